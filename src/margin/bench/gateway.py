@@ -1,0 +1,186 @@
+"""``margin bench gateway``: what the gateway costs on the request path.
+
+A fake upstream answers after ``--delay-ms``; wrk drives load directly at it and then
+through the gateway, side by side in one run. The gateway runs as one process pinned to
+one core (``taskset``), with its ledger and metrics on; wrk and the upstream share the
+other core. Every request carries a different prompt, so no cache can answer for the
+upstream (``--same-prompt`` measures the exact-cache hit path instead).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import yaml
+
+from margin.bench.report import header, write_section
+
+_LUA = """
+counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  local prompt = SAME and "the same question every time" or ("question number " .. counter .. " from thread " .. tostring(wrk.thread))
+  local body = '{"model":"bench","messages":[{"role":"user","content":"' .. prompt .. '"}],"max_tokens":16}'
+  return wrk.format(nil, PATH, nil, body)
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except Exception:
+            time.sleep(0.1)
+    raise click.ClickException(f"{url} did not come up")
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict((p, _ms(v, u)) for p, v, u in
+               re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return WrkResult(rps, lat.get("50", float("nan")), lat.get("99", float("nan")), reqs, errors)
+
+
+def run_wrk(url: str, path: str, connections: int, duration_s: int, same: bool,
+            cpu: str | None) -> WrkResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(f'PATH = "{path}"\nSAME = {"true" if same else "false"}\n' + _LUA)
+        script = f.name
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script, url]
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", cpu] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    os.unlink(script)
+    return parse_wrk(out)
+
+
+def _pin(cmd: list[str], cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu] + cmd if cpu is not None and shutil.which("taskset") else cmd
+
+
+@click.command("gateway")
+@click.option("--delay-ms", default=20.0, show_default=True, help="Fake upstream's answer delay.")
+@click.option("--duration-s", default=10, show_default=True, help="Seconds per wrk run.")
+@click.option("--concurrency", "concurrency", multiple=True, type=int, default=(1, 32),
+              show_default=True)
+@click.option("--same-prompt", is_flag=True, help="Every request identical (exact-cache hits).")
+@click.option("--out", default="docs/benchmarks.md", show_default=True,
+              help="Markdown file to update ('-' to only print).")
+def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...],
+                  same_prompt: bool, out: str) -> None:
+    """Direct vs through-the-gateway throughput and latency, measured with wrk."""
+    if not shutil.which("wrk"):
+        raise click.UsageError("wrk is not installed (Debian: apt-get install wrk)")
+    multi = (os.cpu_count() or 1) >= 2
+    gw_cpu, load_cpu = ("0", "1") if multi else (None, None)
+    tmp = Path(tempfile.mkdtemp(prefix="margin-bench-"))
+    up_port, gw_port = _free_port(), _free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        up = subprocess.Popen(_pin([sys.executable, "-m", "margin.bench.fake_upstream",
+                                    "--port", str(up_port), "--delay-ms", str(delay_ms)],
+                                   load_cpu), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(up)
+        _wait(f"http://127.0.0.1:{up_port}/v1/models", up)
+        config = {"models": [{"name": "bench", "provider": "openai",
+                              "api_base": f"http://127.0.0.1:{up_port}/v1",
+                              "input_cost_per_mtok": 0.15, "output_cost_per_mtok": 0.6}],
+                  "ledger": {"url": str(tmp / "bench.db")},
+                  "server": {"log_level": "warning"}}
+        if not same_prompt:
+            config["cache"] = {"exact": {"enabled": False}}
+        cfg_path = tmp / "margin.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        gw = subprocess.Popen(_pin([sys.executable, "-m", "margin.cli.main", "serve", "--config",
+                                    str(cfg_path), "--port", str(gw_port)], gw_cpu), cwd=tmp,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(gw)
+        _wait(f"http://127.0.0.1:{gw_port}/healthz", gw)
+        rows = []
+        for c in concurrency:
+            # warm both paths (connections, caches), then measure side by side
+            run_wrk(f"http://127.0.0.1:{up_port}", "/v1/chat/completions", c, 2, same_prompt, load_cpu)
+            run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c, 2, same_prompt, load_cpu)
+            direct = run_wrk(f"http://127.0.0.1:{up_port}", "/v1/chat/completions", c,
+                             duration_s, same_prompt, load_cpu)
+            via = run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c,
+                          duration_s, same_prompt, load_cpu)
+            rows.append((c, direct, via))
+            click.echo(f"c={c}: direct {direct.rps:.0f} rps p50 {direct.p50_ms:.2f} ms | "
+                       f"gateway {via.rps:.0f} rps p50 {via.p50_ms:.2f} ms "
+                       f"(errors {direct.errors}/{via.errors})", err=True)
+        try:
+            litellm = subprocess.run([sys.executable, "-c", "import litellm"],
+                                     capture_output=True).returncode == 0
+        except OSError:
+            litellm = False
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    mode = "exact-cache hits (same prompt)" if same_prompt else "cache misses (unique prompts)"
+    cmd = "margin bench gateway" + (" --same-prompt" if same_prompt else "") + (
+        f" --delay-ms {delay_ms:g}" if delay_ms != 20 else "")
+    lines = [f"### Gateway overhead: {mode}", "", header(cmd),
+             f"Fake upstream answers after {delay_ms:g} ms. Gateway: one process pinned to one core "
+             "(uvicorn + uvloop + httptools), ledger (SQLite) and metrics on; wrk (1 thread) and "
+             f"the upstream on the other core; {duration_s} s per run after a 2 s warm-up.", "",
+             "| concurrency | direct rps | gateway rps | gateway / direct | direct P50 ms | "
+             "gateway P50 ms | added P50 ms | direct P99 ms | gateway P99 ms | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c, d, v in rows:
+        lines.append(f"| {c} | {d.rps:,.0f} | {v.rps:,.0f} | {v.rps / d.rps:.2f}× | "
+                     f"{d.p50_ms:.2f} | {v.p50_ms:.2f} | {v.p50_ms - d.p50_ms:+.2f} | "
+                     f"{d.p99_ms:.2f} | {v.p99_ms:.2f} | {d.errors + v.errors} |")
+    lines += ["", "LiteLLM proxy: " + ("installed but not run by this benchmark." if litellm else
+              "not installed on this machine, so not measured side by side.")]
+    text = "\n".join(lines)
+    click.echo(text)
+    if out != "-":
+        write_section("gateway-same-prompt" if same_prompt else "gateway", text, out)

@@ -1,0 +1,95 @@
+"""``margin ledger``: look at what the gateway recorded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import click
+import orjson
+
+from margin.cli._common import db_option, parse_since
+from margin.errors import InputError
+from margin.metering import stats
+from margin.metering.db import connect, is_postgres
+from margin.metering.migrations import migrate
+
+
+def _open(db_url: str):
+    from pathlib import Path
+
+    if not is_postgres(db_url) and not Path(db_url).exists():
+        raise InputError(f"no ledger at {db_url} (run margin serve here, or pass --db)")
+    try:
+        db = connect(db_url)
+    except Exception as exc:
+        raise InputError(f"cannot open ledger {db_url}: {exc}".splitlines()[0]) from None
+    migrate(db)
+    return db
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6f}" if abs(v) < 1 else f"{v:,.2f}"
+    return str(v)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+@click.group()
+def ledger() -> None:
+    """Query the request ledger."""
+
+
+@ledger.command("stats")
+@db_option
+@click.option("--since", help="Only rows newer than this: 1h, 7d, or an ISO date.")
+@click.option("--by", type=click.Choice(stats.GROUPS), default="stage", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
+    """Latency percentiles per stage (or group), cost per user/feature/model/day."""
+    db = _open(db_url)
+    rows = stats.load_rows(db, parse_since(since))
+    result = stats.summary(rows, by)
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    click.echo(f"{result['requests']} requests, {result['errors']} errors, "
+               f"cost {result['cost_usd']:.6f} USD, cache hit rate "
+               f"{result['cache']['hit_rate']:.1%} (saved {result['cache']['saved_usd']:.6f} USD)")
+    cols = ([by, "requests", "p50_ms", "p95_ms", "p99_ms", "mean_ms"] if by == "stage" else
+            [by, "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
+             "saved_usd", "p50_ms", "p95_ms", "p99_ms"])
+    click.echo(_table(result["groups"], cols))
+    comp = result["compression"]
+    if comp["requests"]:
+        click.echo(f"compression: {comp['tokens_saved']} tokens saved on {comp['requests']} "
+                   f"requests ({comp['saved_usd']:.6f} USD)")
+
+
+@ledger.command("list")
+@db_option
+@click.option("-n", "--count", default=20, show_default=True, help="How many recent rows.")
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(db_url: str, count: int, as_json: bool) -> None:
+    """The most recent requests, newest first."""
+    db = _open(db_url)
+    cols = ["id", "ts", "endpoint", "user_id", "feature", "model", "status", "cache",
+            "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"]
+    rows = db.query(f"SELECT {', '.join(cols)} FROM requests ORDER BY ts DESC LIMIT ?", (count,))
+    items = [dict(zip(cols, r)) for r in rows]
+    if as_json:
+        sys.stdout.write(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for it in items:
+        it["ts"] = dt.datetime.fromtimestamp(it["ts"], dt.timezone.utc).strftime("%m-%d %H:%M:%S")
+    click.echo(_table(items, cols))

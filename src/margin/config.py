@@ -1,0 +1,217 @@
+"""Typed settings: one YAML file (``margin.yaml``) plus ``MARGIN_*`` environment variables.
+
+Precedence, lowest first: defaults, the YAML file, environment variables, CLI flags.
+Environment variables address any field as ``MARGIN_<SECTION>__<FIELD>`` (``MARGIN_LEDGER__URL``)
+and a few common ones have short names (``MARGIN_DATABASE_URL``, ``MARGIN_REDIS_URL``,
+``MARGIN_MASTER_KEY``, ``MARGIN_HOST``, ``MARGIN_PORT``). Secrets are never written inline:
+a model names the environment variable that holds its key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from margin.auth.config import AuthConfig
+from margin.cache.config import CacheConfig
+from margin.limits.config import LimitsConfig
+from margin.errors import ConfigError
+
+Provider = str  # "openai" | "llamacpp" | "sentence-transformers" | an entry point
+ModelKind = Literal["chat", "embeddings"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchConfig(_Strict):
+    """Dynamic batching in front of an upstream that accepts a batch."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_tokens: int | None = Field(None, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(1024, ge=1)
+    max_concurrent_batches: int = Field(1, ge=1, le=64)  # batches in flight per model at once
+
+
+class DeploymentConfig(_Strict):
+    """One place a model is served from (an API key, a vLLM server …)."""
+
+    api_base: str
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    weight: float = 1.0
+
+
+class ModelConfig(_Strict):
+    name: str
+    provider: Provider = "openai"
+    kind: ModelKind | None = None
+    # OpenAI-compatible HTTP upstreams
+    api_base: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    supports_stream_usage: bool = True
+    # Prices: USD per million tokens; unset = from the pricing catalogue
+    input_cost_per_mtok: float | None = Field(None, ge=0)
+    output_cost_per_mtok: float | None = Field(None, ge=0)
+    cached_input_cost_per_mtok: float | None = Field(None, ge=0)
+    # Self-hosted models: cost from busy time at this hourly price
+    gpu_hour_usd: float | None = Field(None, ge=0)
+    cpu_hour_usd: float | None = Field(None, ge=0)
+    tier: str | None = None
+    # Local models
+    path: str | None = None
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int | None = None
+    n_parallel: int = Field(1, ge=1, le=64)
+    # Local embeddings variants (sentence-transformers provider; `margin bench models`)
+    quantize: Literal["int8"] | None = None
+    compile: bool = False
+    runtime: Literal["torch", "onnx"] = "torch"
+    batch: BatchConfig | None = None
+    cache: bool = True
+    fallbacks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        # An HTTP upstream may serve both; only local models have a fixed kind by default.
+        if self.kind is None and self.provider == "sentence-transformers":
+            self.kind = "embeddings"
+        elif self.kind is None and self.provider == "llamacpp":
+            self.kind = "chat"
+        if self.provider == "openai" and not (self.api_base or self.deployments):
+            raise ValueError(f"model {self.name!r}: provider openai needs api_base or deployments")
+        if self.api_base and not self.deployments:
+            self.deployments = [DeploymentConfig(api_base=self.api_base,
+                                                 api_key_env=self.api_key_env,
+                                                 upstream_model=self.upstream_model)]
+        return self
+
+
+class LedgerConfig(_Strict):
+    url: str = "margin.db"  # a SQLite path, or postgresql://…
+    batch_size: int = Field(500, ge=1)
+    flush_interval_ms: float = Field(200.0, gt=0)
+    spool_path: str | None = None  # default: <ledger>.spool beside the SQLite file, or ./margin-ledger.spool
+    replay_interval_s: float = Field(5.0, gt=0)
+    log_content: bool = False
+    max_queue_rows: int = Field(1_000_000, ge=1)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    master_key_env: str = "MARGIN_MASTER_KEY"
+    log_level: str = "info"
+
+
+class PricingConfig(_Strict):
+    catalogue_path: str | None = None  # a LiteLLM model_prices_and_context_window.json
+
+
+class Settings(_Strict):
+    models: list[ModelConfig] = Field(default_factory=list)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    redis_url: str | None = None
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Settings":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model name {m.name!r} is declared twice")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+DEFAULT_LOCAL_MODELS: list[dict[str, Any]] = [
+    {"name": "smollm2", "provider": "llamacpp", "tier": "small", "cpu_hour_usd": 0.0},
+    {"name": "all-minilm-l6-v2", "provider": "sentence-transformers", "cpu_hour_usd": 0.0,
+     "batch": {"max_batch_size": 32, "max_wait_ms": 5}},
+]
+
+_SHORT_ENV = {
+    "MARGIN_DATABASE_URL": ("ledger", "url"),
+    "MARGIN_DB": ("ledger", "url"),
+    "MARGIN_HOST": ("server", "host"),
+    "MARGIN_PORT": ("server", "port"),
+    "MARGIN_REDIS_URL": ("redis_url",),
+    "MARGIN_LOG_CONTENT": ("ledger", "log_content"),
+}
+
+
+def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, path in _SHORT_ENV.items():
+        if environ.get(name):
+            _set_path(raw, path, environ[name])
+    for name, value in environ.items():
+        if name.startswith("MARGIN_") and "__" in name:
+            parts = tuple(p.lower() for p in name[len("MARGIN_"):].split("__"))
+            _set_path(raw, parts, yaml.safe_load(value) if value else value)
+
+
+def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    """Load settings from a YAML file (optional), the environment and explicit overrides.
+
+    With no file and no models declared, the bundled local models are served.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get("MARGIN_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        raw = loaded or {}
+    _env_overrides(raw, environ)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(raw, tuple(dotted.split(".")), value)
+    if not raw.get("models"):
+        raw["models"] = [dict(m) for m in DEFAULT_LOCAL_MODELS]
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        src = f"{path}: " if path else ""
+        raise ConfigError(f"{src}{where}: {first['msg']}") from None

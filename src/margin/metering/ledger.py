@@ -1,0 +1,283 @@
+"""The ledger: one row per request, written in batches by a background thread.
+
+The request path only appends to an in-memory queue (``submit``); it never waits on the
+database. When the database is down or locked, rows go to an append-only spool file
+(JSON lines) and are replayed once it answers again. Inserts are idempotent on the
+request id, so a replay after an unacknowledged commit cannot double-count.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from margin.config import LedgerConfig
+from margin.metering.db import Database, connect, is_postgres
+from margin.metering.migrations import migrate
+
+log = logging.getLogger("margin.ledger")
+
+COLUMNS: tuple[str, ...] = (
+    "id", "ts", "endpoint", "user_id", "team", "feature", "key_id", "requested_model",
+    "model", "provider", "route", "status", "error_type", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "cost_usd", "saved_usd", "estimated", "streamed",
+    "cache", "cache_similarity", "latency_ms", "upstream_ms", "ttft_ms", "overhead_ms",
+    "stage_ms", "attempts", "prompt_hash", "tokens_before_compression",
+    "tokens_after_compression", "notes", "prompt", "response",
+)
+
+
+def _insert_sql(dialect: str) -> str:
+    cols = ", ".join(COLUMNS)
+    marks = ", ".join("?" for _ in COLUMNS)
+    # Idempotent on the request id only; any other violation is an error we want to see.
+    return f"INSERT INTO requests ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+
+
+# NOT NULL columns and what an absent value means.
+_DEFAULTS: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
+                             "cost_usd": 0.0, "saved_usd": 0.0, "estimated": 0, "streamed": 0,
+                             "cache": "miss", "status": 0, "endpoint": "unknown"}
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """A row the database refuses (as opposed to a database that is not there)."""
+    import sqlite3
+
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)):
+        return True
+    try:
+        import psycopg
+
+        return isinstance(exc, (psycopg.IntegrityError, psycopg.DataError,
+                                psycopg.ProgrammingError))
+    except ImportError:
+        return False
+
+
+def default_spool_path(cfg: LedgerConfig) -> Path:
+    if cfg.spool_path:
+        return Path(cfg.spool_path)
+    if is_postgres(cfg.url):
+        return Path("margin-ledger.spool")
+    return Path(cfg.url + ".spool")
+
+
+@dataclass
+class LedgerCounters:
+    written: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    failed_batches: int = 0
+    queued: int = 0
+
+
+class LedgerWriter:
+    """Batched, off-the-hot-path writer with a spool for when the database is unavailable."""
+
+    def __init__(self, cfg: LedgerConfig) -> None:
+        self.cfg = cfg
+        self.spool_path = default_spool_path(cfg)
+        self.counters = LedgerCounters()
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._db: Database | None = None
+        self._dialect = "postgresql" if is_postgres(cfg.url) else "sqlite"
+        self._sql = _insert_sql(self._dialect)
+        self._last_replay_try = 0.0
+        self._spool_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
+        self.db_healthy = False
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._ensure_db()
+        self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush everything (to the database, else to the spool) and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        # Whatever the thread could not take (it died, or timed out) goes to the spool.
+        rest = self._drain(len(self._queue))
+        if rest:
+            self._spool(rest)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- hot path ----------------------------------------------------------------
+    def submit(self, row: dict[str, Any]) -> None:
+        """Queue one row; O(1), never blocks on I/O."""
+        self._queue.append(row)
+        if len(self._queue) >= self.cfg.batch_size:
+            self._wake.set()
+
+    # -- writer thread -------------------------------------------------------------
+    def _run(self) -> None:
+        interval_s = self.cfg.flush_interval_ms / 1000
+        while not self._stop.is_set():
+            self._wake.wait(interval_s)
+            self._wake.clear()
+            self._flush_all()
+            self._maybe_replay()
+        self._flush_all()
+        self._maybe_replay(force=True)
+
+    def _drain(self, n: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            try:
+                out.append(self._queue.popleft())
+            except IndexError:
+                break
+        return out
+
+    def _flush_all(self) -> None:
+        while self._queue:
+            batch = self._drain(self.cfg.batch_size)
+            if not batch:
+                return
+            if self._spool_has_rows() or not self._write(batch):
+                # Keep order simple: while a spool exists, new rows join it and are
+                # replayed together, so nothing overtakes what is waiting.
+                self._spool(batch)
+
+    def _ensure_db(self) -> bool:
+        if self._db is not None:
+            return True
+        try:
+            db = connect(self.cfg.url)
+            migrate(db)
+        except Exception as exc:
+            if self.db_healthy or self._db is None:
+                log.warning("ledger database unavailable (%s); spooling to %s",
+                            type(exc).__name__, self.spool_path)
+            self.db_healthy = False
+            return False
+        self._db = db
+        self.db_healthy = True
+        return True
+
+    def _write(self, rows: list[dict[str, Any]]) -> bool:
+        if not self._ensure_db():
+            return False
+        assert self._db is not None
+        try:
+            self._db.executemany(self._sql, [_values(r) for r in rows])
+            self._db.commit()
+        except Exception as exc:
+            self.counters.failed_batches += 1
+            if _is_data_error(exc):
+                self._db.rollback()
+                return self._write_each(rows)
+            log.warning("ledger write of %d rows failed (%s: %s); spooling", len(rows),
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self._db.rollback()
+            self._db.close()
+            self._db = None
+            self.db_healthy = False
+            return False
+        self.counters.written += len(rows)
+        return True
+
+    def _write_each(self, rows: list[dict[str, Any]]) -> bool:
+        """Row by row, so one bad row cannot hold back its batch; bad rows are set aside."""
+        assert self._db is not None
+        for row in rows:
+            try:
+                self._db.execute(self._sql, _values(row))
+                self._db.commit()
+                self.counters.written += 1
+            except Exception as exc:
+                self._db.rollback()
+                if not _is_data_error(exc):
+                    return False  # the database went away mid-way; the caller spools
+                with self._spool_lock, open(str(self.spool_path) + ".bad", "ab") as bad:
+                    bad.write(orjson.dumps(row) + b"\n")
+                log.error("ledger row %s refused by the database (%s); kept in %s.bad",
+                          row.get("id"), str(exc).splitlines()[0], self.spool_path)
+        return True
+
+    # -- spool ------------------------------------------------------------------
+    def _spool_has_rows(self) -> bool:
+        try:
+            return self.spool_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def _spool(self, rows: list[dict[str, Any]]) -> None:
+        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        with self._spool_lock:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.spool_path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        self.counters.spooled += len(rows)
+
+    def _maybe_replay(self, force: bool = False) -> None:
+        if not self._spool_has_rows():
+            return
+        now = time.monotonic()
+        if not force and now - self._last_replay_try < self.cfg.replay_interval_s:
+            return
+        self._last_replay_try = now
+        self.replay_spool()
+
+    def replay_spool(self) -> int:
+        """Move spooled rows into the database; returns how many were replayed."""
+        with self._spool_lock:
+            if not self._spool_has_rows():
+                return 0
+            lines = self.spool_path.read_bytes().splitlines()
+            rows = []
+            for i, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    # A torn last line from a crash mid-write: keep it aside, never drop it.
+                    with open(str(self.spool_path) + ".bad", "ab") as bad:
+                        bad.write(line + b"\n")
+                    log.error("ledger spool line %d unreadable; moved to %s.bad", i,
+                              self.spool_path)
+            for start in range(0, len(rows), self.cfg.batch_size):
+                if not self._write(rows[start:start + self.cfg.batch_size]):
+                    # Rewrite the spool with what is still unwritten, in order.
+                    remaining = rows[start:]
+                    tmp = self.spool_path.with_suffix(".tmp")
+                    tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in remaining))
+                    os.replace(tmp, self.spool_path)
+                    done = start
+                    self.counters.replayed += done
+                    return done
+            self.spool_path.unlink()
+            self.counters.replayed += len(rows)
+            if rows:
+                log.info("replayed %d spooled ledger rows", len(rows))
+            return len(rows)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+
+def _values(row: dict[str, Any]) -> tuple:
+    out = []
+    for c in COLUMNS:
+        v = row.get(c)
+        out.append(_DEFAULTS[c] if v is None and c in _DEFAULTS else v)
+    return tuple(out)

@@ -1,0 +1,107 @@
+"""Numbered schema migrations, recorded in ``schema_migrations``.
+
+Each migration is a list of portable statements (SQLite and PostgreSQL). Add a new number;
+never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import time
+
+from margin.metering.db import Database
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS requests (
+            id TEXT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            endpoint TEXT NOT NULL,
+            user_id TEXT,
+            team TEXT,
+            feature TEXT,
+            key_id TEXT,
+            requested_model TEXT,
+            model TEXT,
+            provider TEXT,
+            route TEXT,
+            status INTEGER NOT NULL,
+            error_type TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            estimated INTEGER NOT NULL DEFAULT 0,
+            streamed INTEGER NOT NULL DEFAULT 0,
+            cache TEXT NOT NULL DEFAULT 'miss',
+            cache_similarity DOUBLE PRECISION,
+            latency_ms DOUBLE PRECISION,
+            upstream_ms DOUBLE PRECISION,
+            ttft_ms DOUBLE PRECISION,
+            overhead_ms DOUBLE PRECISION,
+            stage_ms TEXT,
+            attempts TEXT,
+            prompt_hash TEXT,
+            tokens_before_compression INTEGER,
+            tokens_after_compression INTEGER,
+            notes TEXT,
+            prompt TEXT,
+            response TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+        "CREATE INDEX IF NOT EXISTS requests_user_ts ON requests (user_id, ts)",
+        "CREATE INDEX IF NOT EXISTS requests_feature_ts ON requests (feature, ts)",
+    ],
+    # Virtual API keys (salted hashes only), alerts already sent, and indexes that the
+    # budget start-up sums and spend reports group by.
+    2: [
+        """CREATE TABLE IF NOT EXISTS api_keys (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            name TEXT,
+            user_id TEXT,
+            team TEXT,
+            models TEXT,
+            rpm INTEGER,
+            tpm INTEGER,
+            budget_usd DOUBLE PRECISION,
+            budget_period TEXT,
+            expires_at DOUBLE PRECISION,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )""",
+        """CREATE TABLE IF NOT EXISTS alerts_sent (
+            alert_key TEXT PRIMARY KEY,
+            sent_at DOUBLE PRECISION NOT NULL,
+            payload TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS requests_team_ts ON requests (team, ts)",
+        "CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts)",
+    ],
+}
+
+
+def migrate(db: Database, migrations: dict[int, list[str]] | None = None) -> list[int]:
+    """Apply the migrations this database lacks; return the versions applied."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+               "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+    db.commit()
+    applied: list[int] = []
+    db.lock_for_migrations()
+    try:
+        done = {r[0] for r in db.query("SELECT version FROM schema_migrations")}
+        for version in sorted(migrations):
+            if version in done:
+                continue
+            for statement in migrations[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                       (version, time.time()))
+            applied.append(version)
+        db.commit()
+    except Exception:
+        db.rollback()
+        raise
+    return applied

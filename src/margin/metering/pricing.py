@@ -1,0 +1,109 @@
+"""What a request cost, in USD.
+
+Prices come from the model's own config (USD per million tokens), else from a pricing
+catalogue in LiteLLM's format (USD per token: ``input_cost_per_token``,
+``output_cost_per_token``, ``cache_read_input_token_cost``). Self-hosted models are priced
+by the compute time they spent on the request at their hourly price, i.e. by measured
+throughput: cost per token = hourly price / 3600 / tokens per second.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import orjson
+
+from margin.config import ModelConfig, PricingConfig
+from margin.errors import ConfigError
+
+log = logging.getLogger("margin.pricing")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_usd_per_token: float = 0.0
+    output_usd_per_token: float = 0.0
+    cached_input_usd_per_token: float | None = None
+    hour_usd: float | None = None  # self-hosted: price of the machine per hour
+    known: bool = True
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                 compute_s: float | None = None) -> float:
+        if self.hour_usd is not None:
+            return self.hour_usd * (compute_s or 0.0) / 3600.0
+        cached = min(cached_tokens, prompt_tokens)
+        cached_rate = (self.cached_input_usd_per_token
+                       if self.cached_input_usd_per_token is not None
+                       else self.input_usd_per_token)
+        return ((prompt_tokens - cached) * self.input_usd_per_token
+                + cached * cached_rate
+                + completion_tokens * self.output_usd_per_token)
+
+
+UNKNOWN = Price(known=False)
+
+
+def load_catalogue(path: str | Path | None = None) -> dict[str, dict]:
+    try:
+        if path is None:
+            data = resources.files("margin.data").joinpath("model_prices.json").read_bytes()
+        else:
+            data = Path(path).read_bytes()
+        table = orjson.loads(data)
+    except FileNotFoundError:
+        raise ConfigError(f"pricing catalogue not found: {path}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"pricing catalogue {path}: not valid JSON ({exc})") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"pricing catalogue {path}: expected an object of models")
+    return {k: v for k, v in table.items() if isinstance(v, dict)}
+
+
+class PriceBook:
+    def __init__(self, models: list[ModelConfig], cfg: PricingConfig | None = None) -> None:
+        self.catalogue = load_catalogue(cfg.catalogue_path if cfg else None)
+        self._prices = {m.name: self._resolve(m) for m in models}
+
+    def _lookup(self, name: str) -> dict | None:
+        if name in self.catalogue:
+            return self.catalogue[name]
+        # "openai/gpt-4o" and "gpt-4o" name the same list price.
+        short = name.split("/", 1)[1] if "/" in name else None
+        if short and short in self.catalogue:
+            return self.catalogue[short]
+        for key, entry in self.catalogue.items():
+            if key.endswith("/" + name):
+                return entry
+        return None
+
+    def _resolve(self, m: ModelConfig) -> Price:
+        hour = m.gpu_hour_usd if m.gpu_hour_usd is not None else m.cpu_hour_usd
+        if m.input_cost_per_mtok is not None or m.output_cost_per_mtok is not None:
+            cached = m.cached_input_cost_per_mtok
+            return Price((m.input_cost_per_mtok or 0.0) / 1e6,
+                         (m.output_cost_per_mtok or 0.0) / 1e6,
+                         cached / 1e6 if cached is not None else None)
+        if hour is not None and m.provider != "openai":
+            return Price(hour_usd=hour)
+        candidates = [m.upstream_model, m.name] + [d.upstream_model for d in m.deployments]
+        for name in candidates:
+            entry = self._lookup(name) if name else None
+            if entry:
+                return Price(float(entry.get("input_cost_per_token") or 0.0),
+                             float(entry.get("output_cost_per_token") or 0.0),
+                             (float(entry["cache_read_input_token_cost"])
+                              if entry.get("cache_read_input_token_cost") is not None
+                              else None))
+        if hour is not None:
+            return Price(hour_usd=hour)
+        if m.provider == "openai":
+            log.warning("no price for model %r: its requests are recorded at 0 USD; set "
+                        "input_cost_per_mtok/output_cost_per_mtok", m.name)
+            return UNKNOWN
+        return Price(hour_usd=0.0)
+
+    def price(self, model: str) -> Price:
+        return self._prices.get(model, UNKNOWN)

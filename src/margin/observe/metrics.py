@@ -1,0 +1,86 @@
+"""Prometheus metrics for the gateway, on a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from margin.gateway.context import RequestContext
+
+# Seconds; dense where a gateway's own overhead lives, sparse out to slow generations.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STAGE_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 1.0)
+
+
+class _LedgerCollector:
+    def __init__(self, source: Callable[[], dict[str, float]]) -> None:
+        self.source = source
+
+    def collect(self):
+        values = self.source()
+        c = CounterMetricFamily("margin_ledger_rows", "Ledger rows by outcome",
+                                labels=["outcome"])
+        for outcome in ("written", "spooled", "replayed"):
+            c.add_metric([outcome], values.get(outcome, 0))
+        yield c
+        g = GaugeMetricFamily("margin_ledger_queue_rows", "Rows waiting for the ledger writer")
+        g.add_metric([], values.get("queued", 0))
+        yield g
+        h = GaugeMetricFamily("margin_ledger_db_up", "1 when the ledger database accepts writes")
+        h.add_metric([], values.get("db_up", 0))
+        yield h
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("margin_requests", "Requests answered",
+                                ["endpoint", "model", "status", "cache"], registry=r)
+        self.in_flight = Gauge("margin_requests_in_flight", "Requests being served", registry=r)
+        self.latency = Histogram("margin_request_latency_seconds", "Total request latency",
+                                 ["endpoint", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.upstream = Histogram("margin_upstream_latency_seconds", "Upstream latency",
+                                  ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.ttft = Histogram("margin_time_to_first_token_seconds", "Time to first token",
+                              ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.overhead = Histogram("margin_overhead_seconds", "Gateway overhead (total - upstream)",
+                                  buckets=STAGE_BUCKETS_S, registry=r)
+        self.stage = Histogram("margin_stage_seconds", "Each stage's own time", ["stage"],
+                               buckets=STAGE_BUCKETS_S, registry=r)
+        self.tokens = Counter("margin_tokens", "Tokens metered", ["model", "kind"], registry=r)
+        self.cost = Counter("margin_cost_usd", "Cost in USD", ["model", "user", "feature"],
+                            registry=r)
+        self.saved = Counter("margin_saved_usd", "Cost avoided by caching", ["model"], registry=r)
+        self.events = Counter("margin_events", "Notable events (cache backend down, …)",
+                              ["event"], registry=r)
+
+    def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_LedgerCollector(source))
+
+    def observe(self, ctx: RequestContext) -> None:
+        model = ctx.served_model or ctx.requested_model or "-"
+        self.requests.labels(ctx.endpoint, model, str(ctx.status), ctx.cache).inc()
+        self.latency.labels(ctx.endpoint, model).observe(ctx.latency_ms / 1000)
+        self.overhead.observe(max(ctx.overhead_ms, 0.0) / 1000)
+        if ctx.upstream_ms:
+            self.upstream.labels(model).observe(ctx.upstream_ms / 1000)
+        if ctx.ttft_ms is not None:
+            self.ttft.labels(model).observe(ctx.ttft_ms / 1000)
+        for stage, ms in ctx.stage_ms.items():
+            self.stage.labels(stage).observe(max(ms, 0.0) / 1000)
+        u = ctx.usage
+        if u.prompt_tokens:
+            self.tokens.labels(model, "prompt").inc(u.prompt_tokens)
+        if u.completion_tokens:
+            self.tokens.labels(model, "completion").inc(u.completion_tokens)
+        if ctx.cost_usd:
+            self.cost.labels(model, ctx.user or "-", ctx.feature or "-").inc(ctx.cost_usd)
+        if ctx.saved_usd:
+            self.saved.labels(model).inc(ctx.saved_usd)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
