@@ -58,29 +58,42 @@ class GatewayMetrics:
         self.events = Counter("margin_events", "Notable events (cache backend down, …)",
                               ["event"], registry=r)
 
+        # labels() costs a lock and a dict build per call; children are cached per label set.
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 50_000:  # many distinct users: keep memory bounded
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LedgerCollector(source))
 
     def observe(self, ctx: RequestContext) -> None:
         model = ctx.served_model or ctx.requested_model or "-"
-        self.requests.labels(ctx.endpoint, model, str(ctx.status), ctx.cache).inc()
-        self.latency.labels(ctx.endpoint, model).observe(ctx.latency_ms / 1000)
+        child = self._child
+        child(self.requests, ctx.endpoint, model, str(ctx.status), ctx.cache).inc()
+        child(self.latency, ctx.endpoint, model).observe(ctx.latency_ms / 1000)
         self.overhead.observe(max(ctx.overhead_ms, 0.0) / 1000)
         if ctx.upstream_ms:
-            self.upstream.labels(model).observe(ctx.upstream_ms / 1000)
+            child(self.upstream, model).observe(ctx.upstream_ms / 1000)
         if ctx.ttft_ms is not None:
-            self.ttft.labels(model).observe(ctx.ttft_ms / 1000)
+            child(self.ttft, model).observe(ctx.ttft_ms / 1000)
         for stage, ms in ctx.stage_ms.items():
-            self.stage.labels(stage).observe(max(ms, 0.0) / 1000)
+            child(self.stage, stage).observe(max(ms, 0.0) / 1000)
         u = ctx.usage
         if u.prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(u.prompt_tokens)
+            child(self.tokens, model, "prompt").inc(u.prompt_tokens)
         if u.completion_tokens:
-            self.tokens.labels(model, "completion").inc(u.completion_tokens)
+            child(self.tokens, model, "completion").inc(u.completion_tokens)
         if ctx.cost_usd:
-            self.cost.labels(model, ctx.user or "-", ctx.feature or "-").inc(ctx.cost_usd)
+            child(self.cost, model, ctx.user or "-", ctx.feature or "-").inc(ctx.cost_usd)
         if ctx.saved_usd:
-            self.saved.labels(model).inc(ctx.saved_usd)
+            child(self.saved, model).inc(ctx.saved_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
