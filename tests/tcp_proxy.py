@@ -60,6 +60,10 @@ class TCPProxy:
     def cut(self) -> None:
         """Refuse new connections and reset the open ones: the database is 'down'."""
         if self._listener is not None:
+            try:  # wakes the thread blocked in accept(), so the port is really free
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:

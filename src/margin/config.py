@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig
+from margin.compression.config import CompressionConfig
+from margin.routing.config import RouteConfig
 from margin.errors import ConfigError
 
 Provider = str  # "openai" | "llamacpp" | "sentence-transformers" | an entry point
@@ -130,6 +132,8 @@ class Settings(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":

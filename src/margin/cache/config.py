@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from margin.cache.semantic import SemanticCacheConfig
 
 
 class ExactCacheConfig(BaseModel):
@@ -28,5 +28,5 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
-    semantic: dict[str, Any] = Field(default_factory=dict)
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
     redis_url: str | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import click
@@ -39,7 +38,10 @@ def serve(config_path: str | None, host: str | None, port: int | None, db_url: s
     click.echo(f"margin gateway on http://{s.host}:{s.port}/v1  models: "
                f"{', '.join(m.name for m in settings.models)}  ledger: {settings.ledger.url}",
                err=True)
-    if not os.environ.get(s.master_key_env) and not getattr(gateway, "auth_enabled", False):
+    if gateway.auth_enabled:
+        click.echo("API keys required on /v1/* (master key from "
+                   f"{s.master_key_env}); admin endpoints under /admin/", err=True)
+    else:
         click.echo(f"no master key ({s.master_key_env}) set: the gateway is open, with no API "
                    "keys required (fine for local use only)", err=True)
     config = uvicorn.Config(app, host=s.host, port=s.port, loop="uvloop", http="httptools",

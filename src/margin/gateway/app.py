@@ -151,7 +151,6 @@ class GatewayApp:
             if ctx.user is None and isinstance(body.get("user"), str):
                 ctx.user = body["user"]
             ctx.prompt_hash = prompt_hash(ctx)
-            self.gw.resolve(ctx)
             ctx.stage_ms["parse"] = (time.perf_counter_ns() - t0) / 1e6
             response = await self.gw.handler(ctx)
             if response.is_stream:
@@ -254,6 +253,10 @@ class GatewayApp:
     async def _other(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         method = scope["method"]
         try:
+            if method == "GET" and path.startswith(("/v1/models", "/models")) \
+                    and self.gw.authorize is not None:
+                await self.gw.authorize({k.decode("latin-1").lower(): v.decode("latin-1")
+                                         for k, v in scope["headers"]})
             if method == "GET" and path in ("/v1/models", "/models"):
                 await self._send_json(send, 200, self._models())
             elif method == "GET" and path.startswith(("/v1/models/", "/models/")):

@@ -53,6 +53,8 @@ class Gateway:
         # admin_auth(headers) raises unless the master key is presented.
         self.admin_routes: dict[str, Any] = {}
         self.admin_auth: Any = None
+        # async authorize(headers): raises unless a valid key is presented (set by auth).
+        self.authorize: Any = None
         self._closers: list[Any] = []
         self.started = False
         self.auth_enabled = False

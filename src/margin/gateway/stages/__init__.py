@@ -14,7 +14,15 @@ if TYPE_CHECKING:
 
 STAGES: list[str] = [
     # auth → limits and budgets → exact cache → semantic cache → compression → router → batcher
+    "auth:build",
+    "resolve:build",  # after auth: no model names for callers without a valid key
+    "ratelimit:build",
+    "budget:build",
     "exact_cache:build",
+    "semantic_cache:build",
+    "compression:build",
+    "router:build",
+    "batcher:build",  # last: after the router has picked the model
 ]
 
 

@@ -1,0 +1,204 @@
+"""``/admin/keys`` and ``/admin/spend``, and the master-key check in front of them.
+
+    GET    /admin/keys[?all=1]          list keys (revoked ones too with all=1)
+    POST   /admin/keys                  create: {"user", "team", "models", "rpm", "tpm",
+                                        "budget_usd", "budget_period", "expires", "name"}
+                                        -> 201 with the key, shown this once
+    GET    /admin/keys/<id>             one key
+    PATCH  /admin/keys/<id>             change some fields (null clears one)
+    DELETE /admin/keys/<id>             revoke (also POST /admin/keys/<id>/revoke)
+    GET    /admin/spend?by=team&since=7d[&until=…][&top_users=1&top=10][&tz=…]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any, Callable
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from margin.auth.keys import (DURATION_RE, UNIT_S, UPDATABLE, KeyStore, UnknownKey,
+                               parse_expiry)
+from margin.auth.verifier import KeyVerifier
+from margin.errors import AuthenticationError, BadRequest, InputError, NotFound, PermissionDenied
+from margin.limits import spend
+from margin.metering.db import connect
+
+
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The API key a request presents: ``Authorization: Bearer``, or ``x-api-key``/``api-key``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return auth.strip() or None
+    return headers.get("x-api-key") or headers.get("api-key") or None
+
+
+def is_master(token: str, master_key: str) -> bool:
+    return hmac.compare_digest(token.encode(), master_key.encode())
+
+
+def master_guard(master_key: str) -> Callable[[dict[str, str]], None]:
+    def check(headers: dict[str, str]) -> None:
+        token = presented_key(headers)
+        if token is None:
+            raise AuthenticationError("Admin endpoints need the master key "
+                                      "(Authorization: Bearer <master key>).")
+        if not is_master(token, master_key):
+            raise PermissionDenied("Admin endpoints need the master key; this key is not it.",
+                                   code="master_key_required")
+    return check
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _models(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    if isinstance(value, list):
+        return value
+    raise BadRequest("models must be a list of model names")
+
+
+def _fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    allowed = set(UPDATABLE) | {"expires"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+    out: dict[str, Any] = {}
+    for k, v in body.items():
+        if k in ("expires", "expires_at"):
+            out["expires_at"] = parse_expiry(v)
+        elif k == "models":
+            out["models"] = _models(v)
+        elif k in ("rpm", "tpm"):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise BadRequest(f"{k} must be an integer")
+            out[k] = v
+        elif k == "budget_usd":
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise BadRequest("budget_usd must be a number")
+            out[k] = float(v) if v is not None else None
+        else:
+            out[k] = v
+    if not partial and not out.get("user"):
+        raise BadRequest("a key needs a user")
+    return out
+
+
+class KeysAdmin:
+    def __init__(self, verifier: KeyVerifier) -> None:
+        self.verifier = verifier
+
+    async def __call__(self, app: Any, ctx: Any, rest: str, raw: bytes) -> tuple[int, Any]:
+        method = ctx.notes.get("method", "GET")
+        query = parse_qs(ctx.notes.get("query", ""))
+        parts = [p for p in rest.split("/") if p]
+        try:
+            if not parts:
+                if method == "GET":
+                    everything = query.get("all", ["0"])[0] in ("1", "true", "yes")
+                    keys = await self.verifier.run_db(
+                        lambda s: s.list(include_revoked=everything))
+                    return 200, {"object": "list", "data": [k.public() for k in keys]}
+                if method == "POST":
+                    fields = _fields(_body(raw), partial=False)
+                    record, token = await self.verifier.run_db(
+                        lambda s: KeyStore.create(s, **fields))
+                    return 201, {**record.public(), "key": token}
+            elif len(parts) == 1:
+                key_id = parts[0]
+                if method == "GET":
+                    record = await self.verifier.run_db(lambda s: s.get(key_id))
+                    if record is None:
+                        raise UnknownKey(f"no key with id {key_id}")
+                    return 200, record.public()
+                if method == "PATCH":
+                    changes = _fields(_body(raw), partial=True)
+                    record = await self.verifier.run_db(lambda s: s.update(key_id, changes))
+                    await self.verifier.changed(key_id)
+                    return 200, record.public()
+                if method == "DELETE":
+                    return await self._revoke(key_id)
+            elif len(parts) == 2 and parts[1] == "revoke" and method == "POST":
+                return await self._revoke(parts[0])
+        except UnknownKey as exc:
+            raise NotFound(exc.message, code="key_not_found") from None
+        except InputError as exc:
+            raise BadRequest(exc.message) from None
+        raise NotFound(f"no such admin endpoint: {method} /admin/keys/{rest}",
+                       code="unknown_url")
+
+    async def _revoke(self, key_id: str) -> tuple[int, Any]:
+        record = await self.verifier.run_db(lambda s: s.revoke(key_id))
+        await self.verifier.changed(key_id)
+        return 200, record.public()
+
+
+def parse_since_s(text: str | None, now_s: float) -> float | None:
+    """A duration back from now (``7d``) or an ISO date/time."""
+    if not text:
+        return None
+    m = DURATION_RE.match(text)
+    if m:
+        return now_s - float(m.group(1)) * UNIT_S[m.group(2)]
+    try:
+        return parse_expiry(text, now_s)
+    except InputError:
+        raise BadRequest(f"{text!r} is neither a duration (7d) nor an ISO date") from None
+
+
+class SpendAdmin:
+    def __init__(self, db_url: str, default_tz: str) -> None:
+        self.db_url = db_url
+        self.default_tz = default_tz
+
+    async def __call__(self, app: Any, ctx: Any, rest: str, raw: bytes) -> tuple[int, Any]:
+        if ctx.notes.get("method", "GET") != "GET" or rest.strip("/"):
+            raise NotFound("use GET /admin/spend", code="unknown_url")
+        q = {k: v[-1] for k, v in parse_qs(ctx.notes.get("query", "")).items()}
+        now = time.time()
+        since = parse_since_s(q.get("since", "30d"), now)
+        until = parse_since_s(q.get("until"), now)
+        by = q.get("by", "user")
+        if by not in spend.GROUPS:
+            raise BadRequest(f"by must be one of {', '.join(spend.GROUPS)}")
+        want_top = q.get("top_users", "0") in ("1", "true", "yes")
+        try:
+            top_n = int(q.get("top", "10"))
+        except ValueError:
+            raise BadRequest("top must be an integer") from None
+        tz = q.get("tz", self.default_tz)
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise BadRequest(f"unknown time zone {tz!r}") from None
+
+        def report() -> dict[str, Any]:
+            db = connect(self.db_url)
+            try:
+                if want_top:
+                    return spend.top_users(db, since, until, top_n)
+                return spend.spend_by(db, by, since, until, tz)
+            finally:
+                db.close()
+        return 200, await asyncio.to_thread(report)

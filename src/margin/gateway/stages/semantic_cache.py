@@ -1,0 +1,91 @@
+"""Semantic cache stage: a paraphrase of an earlier question, in the same scope, gets the
+earlier answer.
+
+The scope is everything besides the last user message that can change the answer: the
+tenant, the model asked for, every output-changing parameter, and the system prompt and
+earlier turns (hashed). The last user message is embedded with the local MiniLM model and
+looked up; the guards and the verifier decide (see ``margin.cache.semantic``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+
+from margin.cache.keys import canonical
+from margin.cache.semantic import SemanticCache
+from margin.gateway.context import RequestContext, Response
+from margin.gateway.pipeline import Handler
+from margin.gateway.stages._answers import AnswerStore, cache_control, ttl_for
+
+log = logging.getLogger("margin.cache")
+
+
+def question_and_scope(ctx: RequestContext, tenant: str) -> tuple[str, str] | None:
+    """The text to match on and the scope it is matched in; None when not applicable."""
+    body = ctx.body
+    if ctx.endpoint == "chat":
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else None
+        if not last or last.get("role") != "user" or not isinstance(last.get("content"), str):
+            return None  # tool results, multimodal parts: not a question to paraphrase
+        text = last["content"]
+        rest = {**canonical("chat", body), "messages": messages[:-1]}
+    elif ctx.endpoint == "completions" and isinstance(body.get("prompt"), str):
+        text = body["prompt"]
+        rest = {k: v for k, v in canonical("completions", body).items() if k != "prompt"}
+    else:
+        return None
+    digest = hashlib.blake2b(orjson.dumps([tenant, rest], option=orjson.OPT_SORT_KEYS),
+                             digest_size=16).hexdigest()
+    return text.strip(), digest
+
+
+class SemanticCacheStage:
+    name = "semantic_cache"
+
+    def __init__(self, gateway: Any) -> None:
+        from margin.upstreams.local_embeddings import shared_embedder
+
+        cfg = gateway.settings.cache
+        self.cfg = cfg.semantic
+        self.share = cfg.exact.share_across_tenants
+        self.cache = SemanticCache(self.cfg, redis_url=cfg.redis_url or gateway.settings.redis_url)
+        self.answers = AnswerStore(gateway, "semantic")
+        self._shared_embedder = shared_embedder
+        self.embedder: Any = None
+        gateway.on_close(self.cache.close)
+
+    async def start(self) -> None:
+        self.embedder = await asyncio.to_thread(self._shared_embedder, None)
+        await self.cache.start(wait_for_redis_s=2.0)
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
+        if ctx.cache != "miss" or (ctx.model is not None and not ctx.model.cache):
+            return await call_next(ctx)
+        found = question_and_scope(ctx, "*" if self.share else ctx.tenant)
+        if found is None or not found[0]:
+            return await call_next(ctx)
+        text, scope = found
+        no_cache, no_store = cache_control(ctx)
+        vector = (await asyncio.to_thread(self.embedder.encode, [text]))[0]
+        if not no_cache:
+            hit = await self.cache.lookup(scope, text, vector)
+            if hit is not None:
+                ctx.cache_similarity = round(hit.similarity, 4)
+                ctx.notes["semantic_score"] = round(hit.score, 4)
+                return self.answers.serve(ctx, hit.value)
+        response = await call_next(ctx)
+        if no_store or response.status != 200:
+            return response
+        ttl_s = ttl_for(ctx, self.cfg.ttl_s)
+        return self.answers.capture(
+            ctx, response, lambda entry: self.cache.insert(scope, text, vector, entry, ttl_s))
+
+
+def build(gateway: Any) -> SemanticCacheStage | None:
+    return SemanticCacheStage(gateway) if gateway.settings.cache.semantic.enabled else None

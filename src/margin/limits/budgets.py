@@ -1,0 +1,206 @@
+"""Budget counters with atomic reservations, in process or in Redis.
+
+Before a request, its worst-case cost is *reserved* on every budget it belongs to (key,
+user, team, feature) in one atomic step: all budgets accept it or none is touched, and a
+budget accepts only if ``spent + reserved + amount <= limit``. Concurrent requests can
+therefore never spend past a budget. After the request, ``settle`` replaces the
+reservation with the real cost (0 to release it).
+
+Amounts are integer nano-dollars, so counters add up exactly (Redis ``HINCRBY``; a Lua
+double holds them exactly up to about 9 million dollars). A reservation also carries an
+expiry: if its replica dies mid-request, the next reservation on that budget drops it.
+
+A budget instance is one period of one budget (``team:research:month:2025-03-01``). Its
+counter starts from the spend already in the ledger for that period (``baseline``), and
+in Redis it expires some time after its period ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+NANO = 1_000_000_000
+GRACE_S = 2 * 86400.0  # keep a finished period's counter for late settlements and reports
+
+
+def to_nusd(usd: float, *, round_up: bool = False) -> int:
+    value = usd * NANO
+    return int(math.ceil(value - 1e-6)) if round_up else int(round(value))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetItem:
+    id: str
+    scope: str
+    name: str
+    period: str
+    limit_nusd: int
+    amount_nusd: int       # what this request reserves
+    baseline_nusd: int     # the period's spend in the ledger, for a counter not yet there
+    expires_at_s: float    # wall-clock seconds: period end + grace
+    force: bool = False    # reserve even past the limit (a request already downgraded)
+    action: str = "reject"  # what exhaustion means: "reject" or "downgrade"
+    downgrade_to: str | None = None
+    period_end_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    ok: bool
+    denied: BudgetItem | None
+    spent_nusd: tuple[int, ...]
+    reserved_nusd: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Counter:
+    spent: int
+    expires_at_s: float
+    reserved: int = 0
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # rid -> (amount, exp)
+    next_expiry: float = math.inf
+
+    def drop_expired(self, now_s: float) -> None:
+        if now_s < self.next_expiry:
+            return
+        nxt = math.inf
+        for rid, (amount, exp) in list(self.holds.items()):
+            if exp <= now_s:
+                del self.holds[rid]
+                self.reserved -= amount
+            else:
+                nxt = min(nxt, exp)
+        self.next_expiry = nxt
+
+
+class LocalBudgets:
+    """Budget counters in this process (exact for one replica)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._counters: dict[str, _Counter] = {}
+        self._calls = 0
+
+    def _counter(self, item: BudgetItem) -> _Counter:
+        c = self._counters.get(item.id)
+        if c is None:
+            c = self._counters[item.id] = _Counter(item.baseline_nusd, item.expires_at_s)
+        return c
+
+    def reserve(self, items: Sequence[BudgetItem], rid: str, ttl_s: float) -> ReserveResult:
+        now = self.clock()
+        counters = [self._counter(it) for it in items]
+        denied = None
+        for it, c in zip(items, counters):
+            c.drop_expired(now)
+            if not it.force and c.spent + c.reserved + it.amount_nusd > it.limit_nusd:
+                denied = it
+                break
+        if denied is None:
+            for it, c in zip(items, counters):
+                if it.amount_nusd > 0:
+                    c.reserved += it.amount_nusd
+                    c.holds[rid] = (it.amount_nusd, now + ttl_s)
+                    c.next_expiry = min(c.next_expiry, now + ttl_s)
+        self._calls += 1
+        if self._calls % 10_000 == 0:
+            self._sweep(now)
+        return ReserveResult(denied is None, denied, tuple(c.spent for c in counters),
+                             tuple(c.reserved for c in counters))
+
+    def settle(self, items: Sequence[BudgetItem], rid: str, actual_nusd: int) -> list[int]:
+        out = []
+        for it in items:
+            c = self._counter(it)
+            held = c.holds.pop(rid, None)
+            if held is not None:
+                c.reserved -= held[0]
+            c.spent += max(actual_nusd, 0)
+            out.append(c.spent)
+        return out
+
+    def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
+        """Never report less than the ledger shows (spend by other processes, restarts)."""
+        c = self._counter(item)
+        c.spent = max(c.spent, floor_nusd)
+
+    def spent(self, item_id: str) -> int | None:
+        c = self._counters.get(item_id)
+        return c.spent if c else None
+
+    def _sweep(self, now_s: float) -> None:
+        for key in [k for k, c in self._counters.items() if c.expires_at_s <= now_s]:
+            del self._counters[key]
+
+
+# KEYS: per budget, a hash {s: spent, r: reserved, "h:<rid>": amount} and a sorted set of
+# holds scored by expiry (seconds). Reservations are made by the admission script
+# (``margin.limits.admission``), together with the rate limits.
+# KEYS as above; ARGV: rid, actual, then per budget: baseline, expire_at.
+SETTLE_LUA = """
+local rid, actual = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', h) == 0 then
+    redis.call('HSET', h, 's', ARGV[1 + 2 * i], 'r', 0)
+    redis.call('EXPIREAT', h, ARGV[2 + 2 * i])
+  end
+  local held = redis.call('HGET', h, 'h:' .. rid)
+  if held then
+    redis.call('HINCRBY', h, 'r', -tonumber(held))
+    redis.call('HDEL', h, 'h:' .. rid)
+    redis.call('ZREM', z, rid)
+  end
+  if actual > 0 then redis.call('HINCRBY', h, 's', actual) end
+  out[i] = redis.call('HGET', h, 's')
+end
+return out
+"""
+
+# KEYS: hash; ARGV: floor, expire_at.
+FLOOR_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 's', ARGV[1], 'r', 0)
+  redis.call('EXPIREAT', KEYS[1], ARGV[2])
+  return 1
+end
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+if tonumber(ARGV[1]) > s then redis.call('HSET', KEYS[1], 's', ARGV[1]); return 1 end
+return 0
+"""
+
+
+class RedisBudgets:
+    """The same counters in Redis, shared by every replica."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix + "budget:"
+        self._settle = client.register_script(SETTLE_LUA)
+        self._floor = client.register_script(FLOOR_LUA)
+
+    def keys(self, items: Sequence[BudgetItem]) -> list[str]:
+        out = []
+        for it in items:
+            out += [f"{self.prefix}{it.id}", f"{self.prefix}{it.id}:holds"]
+        return out
+
+    async def settle(self, items: Sequence[BudgetItem], rid: str,
+                     actual_nusd: int) -> list[int]:
+        args: list[Any] = [rid, max(actual_nusd, 0)]
+        for it in items:
+            args += [it.baseline_nusd, int(it.expires_at_s)]
+        reply = await self._settle(keys=self.keys(items), args=args)
+        return [int(v) for v in reply]
+
+    async def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
+        await self._floor(keys=[f"{self.prefix}{item.id}"],
+                          args=[floor_nusd, int(item.expires_at_s)])
+
+    async def spent(self, item_id: str) -> int | None:
+        v = await self.client.hget(f"{self.prefix}{item_id}", "s")
+        return int(v) if v is not None else None

@@ -1,0 +1,115 @@
+"""The budget stage on its own: which budgets apply, the worst case it reserves, spend
+from the ledger at start and from other processes later, release on errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from margin.config import Settings
+from margin.errors import BudgetExceeded, UpstreamError
+from margin.gateway.context import Attempt, RequestContext, Response
+from margin.gateway.stages.budget import BudgetStage
+from margin.limits.admission import Admission
+from margin.limits.budgets import to_nusd
+from margin.metering.db import connect
+from margin.metering.migrations import migrate
+from margin.metering.pricing import PriceBook
+
+
+def make_stage(tmp_path, budgets, **limits):
+    settings = Settings.model_validate({
+        "models": [{"name": "small", "provider": "openai", "api_base": "http://x/v1",
+                    "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}],
+        "ledger": {"url": str(tmp_path / "ledger.db")},
+        "limits": {"budgets": budgets, "anomalies": {"enabled": False},
+                   "default_max_tokens": 100, **limits}})
+    gw = SimpleNamespace(settings=settings, models={m.name: m for m in settings.models},
+                         prices=PriceBook(settings.models, settings.pricing),
+                         on_close=lambda f: None)
+    return BudgetStage(gw, settings.limits, Admission(settings.limits)), settings
+
+
+def ledger_spend(url, team, usd, ts=None):
+    db = connect(url)
+    migrate(db)
+    db.execute("INSERT INTO requests (id, ts, endpoint, status, team, cost_usd) "
+               "VALUES (?, ?, 'chat', 200, ?, ?)", (uuid.uuid4().hex, ts or time.time(), team,
+                                                   usd))
+    db.commit()
+    db.close()
+
+
+def ctx_for(team="research", user="u1", feature=None, prompt="hi", max_tokens=None):
+    body = {"model": "small", "messages": [{"role": "user", "content": prompt}]}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    ctx = RequestContext(uuid.uuid4().hex, "chat", body, {})
+    ctx.team, ctx.user, ctx.feature, ctx.requested_model = team, user, feature, "small"
+    return ctx
+
+
+async def answer(ctx):
+    ctx.usage.prompt_tokens, ctx.usage.completion_tokens = 10, 10
+    ctx.served_model = "small"
+    ctx.attempts.append(Attempt("small", "x", 200, 1.0, prompt_tokens=10, completion_tokens=10))
+    return Response(200, payload={})
+
+
+async def fail(ctx):
+    raise UpstreamError("down")
+
+
+def test_named_budget_overrides_wildcard_and_worst_case_uses_the_cap(tmp_path):
+    stage, settings = make_stage(tmp_path, [
+        {"scope": "team", "name": "*", "usd": 1.0, "period": "day"},
+        {"scope": "team", "name": "research", "usd": 5.0, "period": "day"},
+        {"scope": "team", "name": "research", "usd": 50.0, "period": "month"}])
+    ctx = ctx_for()
+    ctx.model = settings.models[0]
+    found = {(s, n, p): usd for s, n, usd, p, _ in stage._budgets(ctx)}
+    assert found == {("team", "research", "day"): 5.0, ("team", "research", "month"): 50.0}
+    other = ctx_for(team="ops")
+    assert [(usd, p) for _, _, usd, p, _ in stage._budgets(other)] == [(1.0, "day")]
+    # prompt "hi": 1 + 4 + 3 framing tokens; no max_tokens: the 100-token default cap
+    assert stage._worst_nusd(ctx) == to_nusd(8 * 1e-6 + 100 * 2e-6)
+    assert stage._worst_nusd(ctx_for(max_tokens=10)) == to_nusd(8e-6 + 10 * 2e-6)
+
+
+def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
+    stage, settings = make_stage(tmp_path, [
+        {"scope": "team", "name": "research", "usd": 100e-6, "period": "month"}])
+    ledger_spend(settings.ledger.url, "research", 60e-6)
+    ledger_spend(settings.ledger.url, "research", 50e-6, ts=time.time() - 40 * 86400)  # old
+
+    async def main():
+        await stage.start()
+        ctx = ctx_for(max_tokens=10)
+        ctx.model = settings.models[0]
+        with pytest.raises(UpstreamError):
+            await stage(ctx, fail)  # reserved 28e-6, released on the error
+        ok = ctx_for(max_tokens=10)
+        ok.model = settings.models[0]
+        await stage(ok, answer)  # 60 + 30 (10 prompt + 10 completion tokens) = 90e-6
+        item = stage._items(ok, 0, time.time())[0]
+        spent = stage.admission.budgets.spent(item.id)
+        # The ledger writer records our request; another replica (without Redis) spent
+        # more meanwhile: the ledger sync raises our counter to what the ledger shows.
+        ledger_spend(settings.ledger.url, "research", 30e-6)
+        ledger_spend(settings.ledger.url, "research", 25e-6)
+        await stage._sync()
+        after_sync = stage.admission.budgets.spent(item.id)
+        refused = ctx_for(max_tokens=10)
+        refused.model = settings.models[0]
+        with pytest.raises(BudgetExceeded, match="team 'research'"):
+            await stage(refused, answer)
+        await stage.aclose()
+        return spent, after_sync
+
+    spent, after_sync = asyncio.run(main())
+    assert spent == to_nusd(90e-6)
+    assert after_sync == to_nusd(60e-6 + 25e-6 + 30e-6)
