@@ -20,7 +20,7 @@ from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig
 from margin.compression.config import CompressionConfig
-from margin.routing.config import RouteConfig
+from margin.routing.config import ResilienceConfig, RouteConfig
 from margin.errors import ConfigError
 
 Provider = str  # "openai" | "llamacpp" | "sentence-transformers" | an entry point
@@ -133,6 +133,7 @@ class Settings(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routes: list[RouteConfig] = Field(default_factory=list)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
 
     @model_validator(mode="after")

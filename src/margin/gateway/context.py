@@ -92,6 +92,9 @@ class RequestContext:
     # compression: tokens before/after, per strategy
     tokens_before_compression: int | None = None
     tokens_after_compression: int | None = None
+    # (text, unit vector) of the last user message once a stage has embedded it, so later
+    # stages (the learned router) need not embed it again
+    query_embedding: tuple[str, Any] | None = None
     # the answer's text, kept only when the operator turned on log_content
     response_text: str | None = None
     # free-form notes a stage wants in the ledger (small, JSON-serialisable)

@@ -34,5 +34,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
         return estimate_tokens(message_text(msgs)) + 4 * len(msgs) + 3
     prompt = body.get("prompt", "")
     if isinstance(prompt, list):
+        if prompt and all(isinstance(p, int) for p in prompt):  # one prompt as token ids
+            return len(prompt)
         return sum(estimate_tokens(p) if isinstance(p, str) else len(p) for p in prompt)
-    return estimate_tokens(prompt)
+    return estimate_tokens(prompt if isinstance(prompt, str) else str(prompt))

@@ -2,23 +2,38 @@
 
 One aiohttp connection pool per deployment, reused by every request. Upstream errors come
 back as ``UpstreamError`` subclasses carrying the upstream's own message.
+
+Several deployments of one model (two API keys, two vLLM servers) share its traffic: each
+call goes to the one with the fewest outstanding requests (per unit of ``weight``), the
+lower smoothed latency breaking ties. A retryable failure (5xx, 429, timeout, refused
+connection) is retried on another deployment after an exponential, jittered backoff, and the
+failing deployment cools down until a probe brings it back (``margin.routing.fallbacks``).
+A stream is retried only until its first chunk has arrived: after that the client has bytes.
+Every call, failed or not, is an ``Attempt`` on the context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import orjson
 
 from margin.config import DeploymentConfig, ModelConfig
-from margin.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from margin.errors import MarginError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from margin.gateway.context import Attempt, RequestContext, Response
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
+from margin.routing.fallbacks import (DEFAULT_RESILIENCE, FALLBACK_PENDING, Clock,
+                                      DeploymentHealth, started_stream,
+                                      ResilienceConfig, attempt_status, backoff_s, is_retryable,
+                                      retry_after_s)
 from margin.upstreams.base import EmbedResult
+
+T = TypeVar("T")
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -26,11 +41,14 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embedding
 class HTTPDeployment:
     """One base URL + key, with its own pooled session."""
 
-    def __init__(self, model: ModelConfig, dep: DeploymentConfig) -> None:
+    def __init__(self, model: ModelConfig, dep: DeploymentConfig,
+                 health: DeploymentHealth | None = None) -> None:
         self.model = model
         self.dep = dep
         self.base = dep.api_base.rstrip("/")
         self.label = self.base
+        self.weight = dep.weight if dep.weight > 0 else 1.0
+        self.health = health or DeploymentHealth()
         self.upstream_model = dep.upstream_model or model.upstream_model or model.name
         key = os.environ.get(dep.api_key_env, "") if dep.api_key_env else ""
         self._headers = {"content-type": "application/json"}
@@ -60,8 +78,13 @@ class HTTPDeployment:
         self.ewma_latency_ms = (latency_ms if self.ewma_latency_ms == 0
                                 else 0.8 * self.ewma_latency_ms + 0.2 * latency_ms)
 
+    def load_key(self) -> tuple[float, float]:
+        """Least outstanding requests per unit of weight; smoothed latency breaks ties."""
+        return (self.in_flight / self.weight, self.ewma_latency_ms)
 
-def _error_from(status: int, raw: bytes) -> UpstreamStatusError:
+
+def _error_from(status: int, raw: bytes, retry_after: str | None = None
+                ) -> UpstreamStatusError:
     message, etype, code = raw.decode("utf-8", "replace")[:500] or f"HTTP {status}", None, None
     try:
         err = orjson.loads(raw).get("error")
@@ -72,16 +95,43 @@ def _error_from(status: int, raw: bytes) -> UpstreamStatusError:
             message = err
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    return UpstreamStatusError(f"upstream returned {status}: {message}", upstream_status=status,
-                               error_type=etype, code=code if isinstance(code, str) else None)
+    exc = UpstreamStatusError(f"upstream returned {status}: {message}", upstream_status=status,
+                              error_type=etype, code=code if isinstance(code, str) else None)
+    if retry_after:
+        try:
+            # Read by the deployment's health (a 429 cools it for as long as it asks).
+            exc.retry_after_s = float(retry_after)  # type: ignore[attr-defined]
+        except ValueError:
+            pass  # an HTTP date: the default cool-down applies
+    return exc
+
+
+class NoDeploymentAvailable(UpstreamError):
+    """Every deployment of the model is cooling down; the caller may try another model."""
+
+    code = "no_deployment_available"
 
 
 class OpenAIHTTPUpstream:
-    """Speaks to one or more deployments of one model; picks the least busy."""
+    """Speaks to one or more deployments of one model; picks the least busy, retries on
+    another when one fails, and keeps failing ones cooling (see the module docstring)."""
 
-    def __init__(self, model: ModelConfig) -> None:
+    def __init__(self, model: ModelConfig, resilience: ResilienceConfig | None = None,
+                 clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
         self.model = model
-        self.deployments = [HTTPDeployment(model, d) for d in model.deployments]
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.resilience = resilience or DEFAULT_RESILIENCE
+        self.deployments = [HTTPDeployment(model, d, DeploymentHealth(self.resilience.health,
+                                                                       clock))
+                            for d in model.deployments]
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def configure(self, resilience: ResilienceConfig) -> None:
+        """Apply retry and health settings (before traffic; health state starts afresh)."""
+        self.resilience = resilience
+        for d in self.deployments:
+            d.health = DeploymentHealth(resilience.health, self.clock)
 
     async def start(self) -> None:
         return None
@@ -89,15 +139,72 @@ class OpenAIHTTPUpstream:
     async def aclose(self) -> None:
         await asyncio.gather(*(d.aclose() for d in self.deployments))
 
-    def pick(self, exclude: set[int] | None = None) -> HTTPDeployment:
-        choices = [d for i, d in enumerate(self.deployments) if not exclude or i not in exclude]
-        choices = choices or self.deployments
-        return min(choices, key=lambda d: (d.in_flight, d.ewma_latency_ms))
+    # -- choosing a deployment ---------------------------------------------------------
+    def available(self) -> bool:
+        """Is any deployment in rotation (healthy, or due for its probe)?"""
+        now = self.clock()
+        return any(d.health.available(now) for d in self.deployments)
+
+    def pick(self, exclude: set[int] | None = None, *, force: bool = True
+             ) -> HTTPDeployment | None:
+        """The least loaded deployment in rotation, outside ``exclude``.
+
+        With none in rotation, ``force`` returns the one whose cool-down ends first (a
+        request is better sent to a suspect server than refused), else None.
+        """
+        now = self.clock()
+        pool = [d for i, d in enumerate(self.deployments) if not exclude or i not in exclude]
+        ready = [d for d in pool if d.health.available(now)]
+        if ready:
+            return min(ready, key=HTTPDeployment.load_key)
+        if force and pool:
+            return min(pool, key=lambda d: (d.health.cooling_until or 0.0, d.load_key()))
+        return None
+
+    def _next(self, tried: set[int], attempt: int, last_resort: bool) -> HTTPDeployment | None:
+        if attempt == 0:
+            return self.pick(force=last_resort)
+        dep = self.pick(tried, force=False)
+        if dep is None and last_resort and self.resilience.retry.retry_same_deployment_last:
+            dep = self.pick(force=True)
+        return dep
+
+    async def _with_retries(self, call: Callable[[HTTPDeployment], Awaitable[T]],
+                            last_resort: bool) -> T:
+        retry = self.resilience.retry
+        tried: set[int] = set()
+        last_exc: BaseException | None = None
+        for attempt in range(retry.max_attempts):
+            dep = self._next(tried, attempt, last_resort)
+            if dep is None:
+                break
+            if attempt:
+                await self.sleep(backoff_s(attempt, retry, self.rng))
+            tried.add(self.deployments.index(dep))
+            probe = dep.health.begin()
+            try:
+                result = await call(dep)
+            except MarginError as exc:
+                if not is_retryable(exc):
+                    dep.health.release_probe()
+                    raise
+                dep.health.failure(probe, retry_after_s(exc))
+                last_exc = exc
+                continue
+            except BaseException:
+                dep.health.release_probe()
+                raise
+            dep.health.success(probe)
+            return result
+        if last_exc is not None:
+            raise last_exc
+        raise NoDeploymentAvailable(f"every deployment of {self.model.name!r} is cooling down")
 
     def _body(self, ctx: RequestContext, dep: HTTPDeployment) -> dict[str, Any]:
         body = dict(ctx.body)
         body["model"] = dep.upstream_model
-        if ctx.stream and ctx.endpoint in ("chat", "completions") and self.model.supports_stream_usage:
+        if (ctx.stream and ctx.endpoint in ("chat", "completions")
+                and self.model.supports_stream_usage):
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True
             body["stream_options"] = opts
@@ -112,44 +219,77 @@ class OpenAIHTTPUpstream:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream {dep.label} unreachable: {type(exc).__name__}") from None
 
-    async def complete(self, ctx: RequestContext, dep: HTTPDeployment | None = None) -> Response:
-        dep = dep or self.pick()
+    # -- chat and completions ----------------------------------------------------------
+    async def complete(self, ctx: RequestContext, dep: HTTPDeployment | None = None, *,
+                       last_resort: bool | None = None) -> Response:
+        """Answer through one deployment (``dep``) or the best one, retrying on others.
+
+        Not the last resort (another model comes after this one in the fallback chain;
+        by default read from ``FALLBACK_PENDING``): never send to a cooling deployment and
+        never retry one already tried; the caller moves on instead.
+        """
+        if dep is not None:
+            return await self._complete_once(ctx, dep)
+        if last_resort is None:
+            last_resort = not FALLBACK_PENDING.get()
+        return await self._with_retries(lambda d: self._complete_once(ctx, d), last_resort)
+
+    async def _complete_once(self, ctx: RequestContext, dep: HTTPDeployment) -> Response:
         body = self._body(ctx, dep)
         t0 = time.perf_counter()
         dep.in_flight += 1
         try:
             resp = await self._post(dep, ctx.endpoint, body)
-        except Exception:
+        except MarginError as exc:
+            dep.in_flight -= 1
+            self._failed(ctx, dep, t0, exc)
+            raise
+        except BaseException:
             dep.in_flight -= 1
             raise
         if resp.status >= 400 or not ctx.stream:
             try:
                 raw = await resp.read()
             except asyncio.TimeoutError:
-                raise UpstreamTimeout(f"upstream {dep.label} timed out mid-answer") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"upstream {dep.label} failed mid-answer: "
-                                    f"{type(exc).__name__}") from None
+                exc: UpstreamError = UpstreamTimeout(f"upstream {dep.label} timed out mid-answer")
+                self._failed(ctx, dep, t0, exc)
+                raise exc from None
+            except aiohttp.ClientError as err:
+                exc = UpstreamError(f"upstream {dep.label} failed mid-answer: "
+                                    f"{type(err).__name__}")
+                self._failed(ctx, dep, t0, exc)
+                raise exc from None
             finally:
                 dep.in_flight -= 1
                 resp.release()
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            dep.observe(elapsed_ms)
             ctx.upstream_ms += elapsed_ms
             if resp.status >= 400:
                 ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=raw[:200].decode("utf-8", "replace")))
-                raise _error_from(resp.status, raw)
+                raise _error_from(resp.status, raw, resp.headers.get("retry-after"))
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:
+                ctx.attempts.append(Attempt(self.model.name, dep.label, 502, elapsed_ms,
+                                            error="invalid JSON from upstream"))
                 raise UpstreamError(f"upstream {dep.label} answered with invalid JSON") from None
+            dep.observe(elapsed_ms)
             self._record_usage(ctx, payload.get("usage"), payload)
             ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                         prompt_tokens=ctx.usage.prompt_tokens,
                                         completion_tokens=ctx.usage.completion_tokens))
             return Response(200, payload=payload, raw=raw)
-        return Response(200, stream=self._stream(ctx, dep, resp, t0))
+        # Wait for the first chunk here, so that a stream failing before its first byte is
+        # retried like any other failed call.
+        return await started_stream(self._stream(ctx, dep, resp, t0))
+
+    def _failed(self, ctx: RequestContext, dep: HTTPDeployment, t0: float,
+                exc: MarginError) -> None:
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        ctx.upstream_ms += elapsed_ms
+        ctx.attempts.append(Attempt(self.model.name, dep.label, attempt_status(exc), elapsed_ms,
+                                    error=exc.message[:200]))
 
     def _record_usage(self, ctx: RequestContext, usage: Any, payload: dict | None) -> None:
         if isinstance(usage, dict) and "prompt_tokens" in usage:
@@ -165,6 +305,7 @@ class OpenAIHTTPUpstream:
             msg = choice.get("message") or {}
             text += str(msg.get("content") or choice.get("text") or "")
         ctx.usage.completion_tokens = estimate_tokens(text)
+        ctx.usage.cached_tokens = 0
         ctx.usage.estimated = True
 
     async def _stream(self, ctx: RequestContext, dep: HTTPDeployment,
@@ -173,6 +314,8 @@ class OpenAIHTTPUpstream:
         usage = None
         text_parts: list[str] = []
         status = resp.status
+        error: str | None = None
+        sent = 0  # chunks handed on: after the first, a failure is no longer retried
         try:
             async for line in resp.content:
                 if not line.startswith(b"data:"):
@@ -183,11 +326,12 @@ class OpenAIHTTPUpstream:
                 if not data:
                     continue
                 chunk = orjson.loads(data)
-                if ctx.ttft_ms is None:
-                    ctx.ttft_ms = ctx.elapsed_ms()
                 if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                     err = chunk["error"] or {}
+                    status = 502
                     raise UpstreamError(f"upstream stream error: {err.get('message', err)}")
+                if ctx.ttft_ms is None:
+                    ctx.ttft_ms = ctx.elapsed_ms()
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                     if not chunk.get("choices") and not client_wants_usage:
@@ -199,35 +343,51 @@ class OpenAIHTTPUpstream:
                     piece = delta.get("content") if delta else choice.get("text")
                     if piece:
                         text_parts.append(piece)
+                sent += 1
                 yield chunk
+        except UpstreamError as exc:
+            error = exc.message
+            raise
         except asyncio.TimeoutError:
-            status = 504
+            status, error = 504, "stalled mid-stream"
             raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
         except aiohttp.ClientError as exc:
-            status = 502
-            raise UpstreamError(f"upstream {dep.label} stream broke: {type(exc).__name__}") from None
+            status, error = 502, f"stream broke: {type(exc).__name__}"
+            raise UpstreamError(f"upstream {dep.label} stream broke: "
+                                f"{type(exc).__name__}") from None
         except orjson.JSONDecodeError:
-            status = 502
+            status, error = 502, "unreadable stream chunk"
             raise UpstreamError(f"upstream {dep.label} sent an unreadable stream chunk") from None
         finally:
             dep.in_flight -= 1
             resp.release()
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            dep.observe(elapsed_ms)
             ctx.upstream_ms += elapsed_ms
+            if error is None:
+                dep.observe(elapsed_ms)
+            elif sent:
+                # Failed after bytes went out: the retry loop no longer sees it.
+                dep.health.failure()
             if usage:
                 self._record_usage(ctx, usage, None)
-            else:
+            elif error is None or sent:
                 ctx.usage.prompt_tokens = estimate_prompt_tokens(ctx.body)
                 ctx.usage.completion_tokens = estimate_tokens("".join(text_parts))
+                ctx.usage.cached_tokens = 0
                 ctx.usage.estimated = True
-            ctx.attempts.append(Attempt(self.model.name, dep.label, status, elapsed_ms,
-                                        prompt_tokens=ctx.usage.prompt_tokens,
-                                        completion_tokens=ctx.usage.completion_tokens))
+            billed = error is None or sent > 0
+            ctx.attempts.append(Attempt(
+                self.model.name, dep.label, status, elapsed_ms, error=error,
+                prompt_tokens=ctx.usage.prompt_tokens if billed else 0,
+                completion_tokens=ctx.usage.completion_tokens if billed else 0))
             ctx.notes["stream_text_chars"] = sum(len(p) for p in text_parts)
 
+    # -- embeddings --------------------------------------------------------------------
     async def embed(self, inputs: list[Any], ctx: RequestContext | None = None) -> EmbedResult:
-        dep = self.pick()
+        return await self._with_retries(lambda d: self._embed_once(inputs, ctx, d), True)
+
+    async def _embed_once(self, inputs: list[Any], ctx: RequestContext | None,
+                          dep: HTTPDeployment) -> EmbedResult:
         body: dict[str, Any] = {"model": dep.upstream_model, "input": inputs}
         if ctx is not None:
             for k in ("encoding_format", "dimensions", "user"):
@@ -240,18 +400,32 @@ class OpenAIHTTPUpstream:
             resp = await self._post(dep, "embeddings", body)
             try:
                 raw = await resp.read()
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout(f"upstream {dep.label} timed out mid-answer") from None
+            except aiohttp.ClientError as err:
+                raise UpstreamError(f"upstream {dep.label} failed mid-answer: "
+                                    f"{type(err).__name__}") from None
             finally:
                 resp.release()
+        except MarginError as exc:
+            if ctx is not None:
+                self._failed(ctx, dep, t0, exc)
+            raise
         finally:
             dep.in_flight -= 1
         elapsed_ms = (time.perf_counter() - t0) * 1000
-        dep.observe(elapsed_ms)
         if resp.status >= 400:
-            raise _error_from(resp.status, raw)
+            exc = _error_from(resp.status, raw, resp.headers.get("retry-after"))
+            if ctx is not None:
+                ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
+                                            error=exc.message[:200]))
+            raise exc
+        dep.observe(elapsed_ms)
         payload = orjson.loads(raw)
         data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
         if len(data) != len(inputs):
-            raise UpstreamError(f"upstream returned {len(data)} embeddings for {len(inputs)} inputs")
+            raise UpstreamError(f"upstream returned {len(data)} embeddings for "
+                                f"{len(inputs)} inputs")
         usage = payload.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or 0)
         per_input = [estimate_tokens(t) if isinstance(t, str) else len(t) for t in inputs]

@@ -73,6 +73,7 @@ class SemanticCacheStage:
         text, scope = found
         no_cache, no_store = cache_control(ctx)
         vector = (await asyncio.to_thread(self.embedder.encode, [text]))[0]
+        ctx.query_embedding = (text, vector)
         if not no_cache:
             hit = await self.cache.lookup(scope, text, vector)
             if hit is not None:

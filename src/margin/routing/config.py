@@ -1,0 +1,196 @@
+"""Routes: a name clients ask for (``model: "auto"``) mapped to tiers of models, small → large,
+and how one request picks its tier.
+
+```yaml
+routes:
+  - name: auto
+    tiers: [small, large]            # any number, smallest first
+    router: {kind: rules, threshold: 0.5, weights: {reasoning: 1.0}}
+  - name: auto-learned
+    tiers: [small, large]
+    router: {kind: learned, path: router.json, strong_share: 0.3}
+  - name: json-cheap
+    tiers: [small, medium, large]
+    router:
+      kind: cascade
+      checks: {min_chars: 20, must_not_match: "(?i)as an ai"}
+      stream: buffer
+    fallbacks: [backup]              # after the tiers, when every tier failed
+    compression: {enabled: true, history: {max_tokens: 3000}}
+```
+
+``resilience:`` (``ResilienceConfig``, below) sets how deployments are retried and cooled down.
+
+Route names are added to the gateway's names (``/v1/models`` lists them); they must not
+collide with model names, and every tier and fallback must be a declared chat model (checked
+when the gateway starts). Imported by ``margin.config``: nothing here imports it back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from margin.compression.config import CompressionConfig
+from margin.routing.learned import LearnedRouterConfig
+from margin.routing.rules import RulesRouterConfig
+
+# Openers of a refusal, checked on the first 200 characters of the answer.
+DEFAULT_REFUSALS: tuple[str, ...] = (
+    r"^\W*(?:i'?m|i am) (?:sorry|afraid|unable|not able)\b",
+    r"^\W*i (?:can ?not|can't|won't|will not|am unable to|must decline)\b",
+    r"^\W*(?:sorry|unfortunately),? (?:but )?i\b",
+    r"^\W*as an ai\b",
+    r"^\W*i apologi[sz]e\b",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _compiles(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+class CascadeChecks(_Strict):
+    """What makes a tier's answer good enough to stop climbing."""
+
+    empty: bool = True                    # no text and no tool call
+    refusal: bool = True
+    refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+    json_valid: bool = True               # JSON asked for (response_format) → JSON given
+    json_schema: bool = True              # … and valid against a json_schema, when given
+    # Mean token log-probability floor, applied when the upstream returned logprobs.
+    min_mean_logprob: float | None = Field(None, le=0)
+    # Ask the lower tiers for logprobs so that the floor can apply (stripped from the
+    # answer again unless the client asked for them).
+    request_logprobs: bool = False
+    truncated: bool = False               # finish_reason "length" escalates
+    # The operator's verifier: a minimum length, a pattern the answer must (not) match.
+    min_chars: int = Field(0, ge=0)
+    must_match: str | None = None
+    must_not_match: str | None = None
+
+    @field_validator("must_match", "must_not_match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        return _compiles(value)
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _compiles(pattern)
+        return value
+
+
+class CascadeRouterConfig(_Strict):
+    """Answer with the smallest tier; climb while its answer fails a check."""
+
+    kind: Literal["cascade"] = "cascade"
+    checks: CascadeChecks = Field(default_factory=CascadeChecks)
+    # Streams: "buffer" runs the checked cascade without streaming upstream and replays the
+    # final answer as a stream (checks kept, first token later); "first_tier" streams the
+    # smallest tier unchecked; "last_tier" streams the largest.
+    stream: Literal["buffer", "first_tier", "last_tier"] = "buffer"
+
+
+class LearnedRouteConfig(LearnedRouterConfig):
+    """A learned router, with its threshold optionally set by a target share of strong calls
+    (read off the held-out score distribution stored in the router file)."""
+
+    strong_share: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "LearnedRouteConfig":
+        if self.strong_share is not None and self.threshold is not None:
+            raise ValueError("set threshold or strong_share, not both")
+        return self
+
+
+RouterConfig = Annotated[Union[RulesRouterConfig, LearnedRouteConfig, CascadeRouterConfig],
+                         Field(discriminator="kind")]
+
+
+class RouteConfig(_Strict):
+    name: str = Field(min_length=1)
+    tiers: list[str] = Field(min_length=1)
+    router: RouterConfig = Field(default_factory=RulesRouterConfig)
+    # Tried after the tiers above the chosen one (and each model's own ``fallbacks``).
+    fallbacks: list[str] = Field(default_factory=list)
+    # When everything above failed, answer with a smaller tier rather than not at all.
+    fallback_to_lower_tiers: bool = True
+    compression: CompressionConfig | None = None
+    description: str | None = None
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _default_kind(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "kind" not in value:
+            return {**value, "kind": "rules"}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "RouteConfig":
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"route {self.name!r}: a model appears twice in tiers")
+        return self
+
+
+# -- resilience (used by margin.routing.fallbacks and the HTTP upstream) -------------------
+class RetryConfig(_Strict):
+    """How hard one model is tried before its request falls back to another model."""
+
+    # Calls to one model per request, over its deployments (a new deployment each time
+    # while untried ones remain).
+    max_attempts: int = Field(3, ge=1, le=10)
+    # The last model in a fallback chain may also retry a deployment it already tried
+    # (off: clients' SDKs retry too, and retries multiply).
+    retry_same_deployment_last: bool = False
+    backoff_base_ms: float = Field(20.0, ge=0)
+    backoff_max_ms: float = Field(1000.0, ge=0)
+    # "full": uniform in [0, delay] (AWS's full jitter); "equal": delay/2 + uniform(delay/2).
+    jitter: Literal["full", "equal", "none"] = "full"
+
+
+class HealthConfig(_Strict):
+    """When a deployment is taken out of rotation and how it comes back."""
+
+    failures_to_cool: int = Field(1, ge=1)      # consecutive failures that start a cool-down
+    cooldown_s: float = Field(2.0, gt=0)         # first cool-down
+    cooldown_max_s: float = Field(60.0, gt=0)    # cap after repeated failed probes
+    honour_retry_after: bool = True              # a 429's Retry-After sets the cool-down
+    retry_after_max_s: float = Field(300.0, gt=0)
+
+
+class ResilienceConfig(_Strict):
+    """``resilience:`` in margin.yaml: how every HTTP model's deployments are retried and
+    cooled down (``margin.routing.fallbacks``)."""
+
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+
+def check_routes(routes: list[RouteConfig], models: dict[str, Any]) -> None:
+    """Cross-checks against the declared models (raises ValueError with the first problem)."""
+    seen: set[str] = set()
+    for route in routes:
+        if route.name in seen:
+            raise ValueError(f"route {route.name!r} is declared twice")
+        seen.add(route.name)
+        if route.name in models:
+            raise ValueError(f"route {route.name!r} has the name of a model")
+        for name in [*route.tiers, *route.fallbacks]:
+            model = models.get(name)
+            if model is None:
+                raise ValueError(f"route {route.name!r}: unknown model {name!r}")
+            if getattr(model, "kind", None) == "embeddings":
+                raise ValueError(f"route {route.name!r}: {name!r} is an embeddings model")
