@@ -96,6 +96,15 @@ def run_wrk(url: str, path: str, connections: int, duration_s: int, same: bool,
     return parse_wrk(out)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _pin(cmd: list[str], cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] + cmd if cpu is not None and shutil.which("taskset") else cmd
 
@@ -145,9 +154,13 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
             run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c, 2, same_prompt, load_cpu)
             direct = run_wrk(f"http://127.0.0.1:{up_port}", "/v1/chat/completions", c,
                              duration_s, same_prompt, load_cpu)
+            gw_cpu0 = cpu_s(gw.pid)
             via = run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c,
                           duration_s, same_prompt, load_cpu)
-            rows.append((c, direct, via))
+            # CPU per request is what bounds one core's throughput, and unlike wall-clock
+            # numbers it barely moves when other processes share the machine.
+            gw_cpu_ms = (cpu_s(gw.pid) - gw_cpu0) * 1000 / max(via.requests, 1)
+            rows.append((c, direct, via, gw_cpu_ms))
             click.echo(f"c={c}: direct {direct.rps:.0f} rps p50 {direct.p50_ms:.2f} ms | "
                        f"gateway {via.rps:.0f} rps p50 {via.p50_ms:.2f} ms "
                        f"(errors {direct.errors}/{via.errors})", err=True)
@@ -172,12 +185,18 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
              "(uvicorn + uvloop + httptools), ledger (SQLite) and metrics on; wrk (1 thread) and "
              f"the upstream on the other core; {duration_s} s per run after a 2 s warm-up.", "",
              "| concurrency | direct rps | gateway rps | gateway / direct | direct P50 ms | "
-             "gateway P50 ms | added P50 ms | direct P99 ms | gateway P99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for c, d, v in rows:
+             "gateway P50 ms | added P50 ms | direct P99 ms | gateway P99 ms | "
+             "gateway CPU ms / request | one-core capacity rps | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c, d, v, cpu_ms in rows:
         lines.append(f"| {c} | {d.rps:,.0f} | {v.rps:,.0f} | {v.rps / d.rps:.2f}× | "
                      f"{d.p50_ms:.2f} | {v.p50_ms:.2f} | {v.p50_ms - d.p50_ms:+.2f} | "
-                     f"{d.p99_ms:.2f} | {v.p99_ms:.2f} | {d.errors + v.errors} |")
+                     f"{d.p99_ms:.2f} | {v.p99_ms:.2f} | {cpu_ms:.3f} | "
+                     f"{1000 / cpu_ms if cpu_ms > 0 else float('nan'):,.0f} | "
+                     f"{d.errors + v.errors} |")
+    load = os.getloadavg()
+    lines += ["", f"Load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+              f"{os.cpu_count()} cores (other work shared the machine when above ~1)."]
     lines += ["", "LiteLLM proxy: " + ("installed but not run by this benchmark." if litellm else
               "not installed on this machine, so not measured side by side.")]
     text = "\n".join(lines)

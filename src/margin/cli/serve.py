@@ -46,6 +46,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, db_url: s
                    "keys required (fine for local use only)", err=True)
     config = uvicorn.Config(app, host=s.host, port=s.port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_level=settings.server.log_level,
+                            proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
     server.run()

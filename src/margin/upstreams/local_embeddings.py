@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +23,13 @@ from typing import Any, Callable
 import numpy as np
 
 from margin.errors import ConfigError
+
+# torch's OpenMP threads spin at every barrier by default. A gateway shares its cores with
+# its own event loop (and here with other processes), and spinning threads then starve the
+# one that holds the work: measured on this 2-core machine under load, one sentence took
+# 1,110 ms with spinning and 52 ms with passive waiting. Read by libgomp when torch loads, so
+# it must be set before the first ``import torch``; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_DIM = 384
@@ -83,42 +92,53 @@ class LocalEmbedder:
         if not self.path.exists():
             raise ConfigError(f"embeddings model not found at {self.path}")
         self.variant = variant
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self._model = SentenceTransformer(str(self.path), device=device)
-        self._model.eval()
-        self.dim = int(self._model.get_sentence_embedding_dimension() or EMBEDDING_DIM)
-        self._tokenizer = self._model.tokenizer
-        self.max_seq_length = int(getattr(self._model, "max_seq_length", 256) or 256)
+        self.max_seq_length = _max_seq_length(self.path)
+        self._tok = _load_tokenizer(self.path, self.max_seq_length)
+        self._tok_counts = _load_tokenizer(self.path, self.max_seq_length, pad=False)
+        self._model: Any = None
+        self.module: Any = None
         self.onnx_path: Path | None = None
         self._run: Callable[[dict[str, Any]], np.ndarray]
         if variant.runtime == "onnx":
-            self.onnx_path = ensure_onnx(self._model, self.path, variant.quantize,
-                                         Path(onnx_dir) if onnx_dir else None)
-            self._run = onnx_runner(self.onnx_path, threads)
-            # The torch weights are only needed to export; free them.
-            self._model = None  # type: ignore[assignment]
+            target = onnx_file(self.path, variant.quantize, Path(onnx_dir) if onnx_dir else None)
+            if not target.exists():  # built once from the local weights; torch only for that
+                ensure_onnx(self._load_torch(device, threads), self.path, variant.quantize,
+                            target.parent)
+                self._model = None
+            self.onnx_path = target
+            self._run, self.dim = onnx_runner(target, threads)
         else:
+            model = self._load_torch(device, threads)
+            dim_of = (getattr(model, "get_embedding_dimension", None)
+                      or model.get_sentence_embedding_dimension)
+            self.dim = int(dim_of() or EMBEDDING_DIM)
             self._run = self._torch_runner(variant)
         # One forward pass at a time: torch already uses every core for one batch,
         # and concurrent calls would only thrash.
         self._lock = threading.Lock()
 
+    def _load_torch(self, device: str, threads: int | None) -> Any:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._model = SentenceTransformer(str(self.path), device=device)
+        self._model.eval()
+        return self._model
+
     def _torch_runner(self, variant: EmbedderVariant) -> Callable[[dict[str, Any]], np.ndarray]:
-        torch = self._torch
+        import torch
+
         module: Any = self._model
         if variant.quantize == "int8":
-            module = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear},
-                                                            dtype=torch.qint8)
+            module = quantize_int8(module)
+        self.module = module  # what runs (before compilation), e.g. to size its weights
         if variant.compile:
             module = torch.compile(module, dynamic=True)
 
         def run(features: dict[str, Any]) -> np.ndarray:
-            tensors = {k: torch.as_tensor(v) for k, v in features.items()}
+            tensors = {k: torch.from_numpy(v) for k, v in features.items()}
             with torch.inference_mode():
                 out = module(tensors)["sentence_embedding"]
             return out.float().numpy()
@@ -126,21 +146,33 @@ class LocalEmbedder:
         return run
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return dict(self._tokenizer(texts, padding=True, truncation=True,
-                                    max_length=self.max_seq_length, return_tensors="np"))
+        """Padded to the longest text, truncated to the model's max_seq_length (as
+        sentence-transformers does, with the same tokenizer.json, but without torch)."""
+        encs = self._tok.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
 
     def encode_counted(self, texts: list[str], batch_size: int = 64
                        ) -> tuple[np.ndarray, list[int]]:
-        """Unit vectors and each text's token count, tokenizing once.
+        """Unit vectors and each text's token count, tokenizing once."""
+        vectors, counts, _ = self.encode_timed(texts, batch_size)
+        return vectors, counts
+
+    def encode_timed(self, texts: list[str], batch_size: int = 64
+                     ) -> tuple[np.ndarray, list[int], float]:
+        """Vectors, token counts, and the seconds the model was busy (lock wait excluded),
+        which is what self-hosted pricing charges.
 
         Texts are sorted by length before chunking so a chunk pads to similar lengths.
         """
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         counts = [0] * len(texts)
         if not texts:
-            return out, counts
+            return out, counts, 0.0
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock:
+            t0 = time.perf_counter()
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 features = self.tokenize([texts[i] for i in idx])
@@ -149,19 +181,70 @@ class LocalEmbedder:
                 for j, i in enumerate(idx):
                     out[i] = vectors[j]
                     counts[i] = int(lengths[j])
+            busy_s = time.perf_counter() - t0
         # Normalise again in float32: INT8 and ONNX paths land a hair off unit length.
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, np.maximum(norms, 1e-12), out=out)
-        return out, counts
+        return out, counts, busy_s
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.encode_counted(texts, batch_size)[0]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text costs the model (special tokens included, truncation applied)."""
-        encoded = self._tokenizer(texts, add_special_tokens=True, truncation=True,
-                                  max_length=self.max_seq_length)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(e.ids) for e in self._tok_counts.encode_batch(texts)]
+
+
+def _max_seq_length(model_dir: Path) -> int:
+    import json
+
+    try:
+        cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
+        return int(cfg.get("max_seq_length") or 256)
+    except (OSError, ValueError):
+        return 256
+
+
+def _load_tokenizer(model_dir: Path, max_length: int, *, pad: bool = True) -> Any:
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.exists():
+        raise ConfigError(f"embeddings model at {model_dir} has no tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_truncation(max_length)
+    if pad:
+        tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+    else:
+        tok.no_padding()
+    return tok
+
+
+# FFN down-projections (``layer.N.output.dense``) take the GELU outputs, whose outliers make
+# INT8 lose most of its accuracy there: measured on QQP questions, quantizing every Linear
+# per-tensor gives a mean cosine of 0.952 to FP32; per-channel weights with those six layers
+# kept in FP32 give 0.989 (`margin bench models` shows both).
+_FFN_DOWN = re.compile(r"layer\.\d+\.output\.dense$")
+
+
+def quantize_int8(module: Any, *, naive: bool = False) -> Any:
+    """Dynamic INT8 quantization of the Linear layers (weights INT8, activations quantized
+    per batch at run time)."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
+                                       quantize_dynamic)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's move-to-torchao notice
+        # In place: a copy would keep the FP32 weights' pages in the process for good.
+        if naive:
+            return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        spec = {name: per_channel_dynamic_qconfig for name, mod in module.named_modules()
+                if isinstance(mod, torch.nn.Linear) and not _FFN_DOWN.search(name)}
+        spec = spec or {torch.nn.Linear: default_dynamic_qconfig}
+        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
 
 
 # -- ONNX Runtime ----------------------------------------------------------------------
@@ -178,24 +261,30 @@ def _weights_digest(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def onnx_file(model_dir: Path, quantize: str | None, out_dir: Path | None = None) -> Path:
+    """Where the ONNX export of these weights lives (named by a digest of the weights)."""
+    out_dir = out_dir or cache_dir() / "onnx"
+    kind = "int8pc" if quantize == "int8" else "fp32"
+    return out_dir / f"minilm-{_weights_digest(model_dir)}-{kind}.onnx"
+
+
 def ensure_onnx(st_model: Any, model_dir: Path, quantize: str | None,
                 out_dir: Path | None = None) -> Path:
     """Export the model (transformer + mean pooling + L2 norm) to ONNX once, and its dynamic
     INT8 version when asked; both built here from the local weights, never downloaded."""
-    out_dir = out_dir or cache_dir() / "onnx"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"minilm-{_weights_digest(model_dir)}"
-    fp32 = out_dir / f"{stem}-fp32.onnx"
+    fp32 = onnx_file(model_dir, None, out_dir)
+    fp32.parent.mkdir(parents=True, exist_ok=True)
     if not fp32.exists():
         _export_onnx(st_model, fp32)
     if quantize != "int8":
         return fp32
-    int8 = out_dir / f"{stem}-int8.onnx"
+    int8 = onnx_file(model_dir, "int8", out_dir)
     if not int8.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = int8.with_suffix(".tmp.onnx")
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+        # Per-channel weights: per-tensor INT8 drops the mean cosine to FP32 from 0.994 to 0.968.
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(int8)
     return int8
 
@@ -234,7 +323,8 @@ def _export_onnx(st_model: Any, target: Path) -> None:
 
 
 def onnx_runner(path: Path, threads: int | None = None
-                ) -> Callable[[dict[str, Any]], np.ndarray]:
+                ) -> tuple[Callable[[dict[str, Any]], np.ndarray], int]:
+    """A function running the exported model, and the embedding dimension."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -242,26 +332,30 @@ def onnx_runner(path: Path, threads: int | None = None
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # The same choice as for torch's OpenMP threads above: no spinning between ops.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
+    dim = session.get_outputs()[0].shape[-1]
 
     def run(features: dict[str, Any]) -> np.ndarray:
-        feed = {k: np.asarray(features[k], dtype=np.int64) for k in wanted}
-        return session.run(None, feed)[0]
+        return session.run(None, {k: features[k] for k in wanted})[0]
 
-    return run
+    return run, int(dim) if isinstance(dim, int) else EMBEDDING_DIM
 
 
 _shared: dict[tuple[str, EmbedderVariant], LocalEmbedder] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_embedder(path: str | Path | None = None, variant: EmbedderVariant = FP32
-                    ) -> LocalEmbedder:
+def shared_embedder(path: str | Path | None = None, variant: EmbedderVariant = FP32, *,
+                    threads: int | None = None) -> LocalEmbedder:
     """One model per process, path and variant: the gateway, the semantic cache and the
-    router share it."""
+    router share it. ``threads`` applies when this call loads it (torch's thread count is
+    per process)."""
     key = (str(path or ""), variant)
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = LocalEmbedder(path, variant=variant)
+            _shared[key] = LocalEmbedder(path, variant=variant, threads=threads)
         return _shared[key]

@@ -1,26 +1,39 @@
-"""In-process embeddings upstream over ``LocalEmbedder`` (bundled all-MiniLM-L6-v2)."""
+"""In-process embeddings upstream over ``LocalEmbedder`` (bundled all-MiniLM-L6-v2).
+
+One ``embed`` call is one ``encode`` of all its inputs, which is what the batcher relies
+on: a coalesced batch of requests costs the model one forward pass. The model variant
+(``runtime``, ``quantize``, ``compile``) comes from the model's config.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from margin.config import ModelConfig
 from margin.errors import BadRequest
 from margin.gateway.context import RequestContext, Response
 from margin.upstreams.base import EmbedResult
-from margin.upstreams.local_embeddings import LocalEmbedder, shared_embedder
+from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder, shared_embedder
+
+
+def variant_of(model: ModelConfig) -> EmbedderVariant:
+    return EmbedderVariant(runtime=model.runtime, quantize=model.quantize, compile=model.compile)
 
 
 class SentenceTransformersUpstream:
+    # The batcher may hand this upstream many callers' inputs in one call.
+    batchable_embeddings = True
+
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
+        self.variant = variant_of(model)
         self.embedder: LocalEmbedder | None = None
 
     async def start(self) -> None:
         if self.embedder is None:
-            self.embedder = await asyncio.to_thread(shared_embedder, self.model.path)
+            self.embedder = await asyncio.to_thread(shared_embedder, self.model.path,
+                                                    self.variant, threads=self.model.n_threads)
 
     async def aclose(self) -> None:
         return None
@@ -34,11 +47,5 @@ class SentenceTransformersUpstream:
             raise BadRequest("this local embeddings model takes text input, not token ids")
         embedder = self.embedder
 
-        def run() -> tuple[Any, list[int], float]:
-            t0 = time.perf_counter()
-            vectors = embedder.encode(inputs)
-            counts = embedder.count_tokens(inputs)
-            return vectors, counts, time.perf_counter() - t0
-
-        vectors, counts, compute_s = await asyncio.to_thread(run)
+        vectors, counts, compute_s = await asyncio.to_thread(embedder.encode_timed, inputs)
         return EmbedResult(vectors, sum(counts), counts, compute_s)
