@@ -7,6 +7,8 @@ from typing import Any, AsyncIterator
 
 import orjson
 
+from margin.gateway.context import RequestContext
+
 DONE = b"data: [DONE]\n\n"
 
 
@@ -97,3 +99,20 @@ async def replay(payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[s
             yield {**base, "choices": [{"index": ch.get("index", 0), "text": ch.get("text", ""),
                                         "finish_reason": ch.get("finish_reason") or "stop",
                                         "logprobs": None}]}
+
+
+async def replay_to(ctx: RequestContext, payload: dict[str, Any], prompt_tokens: int,
+                    completion_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    """``replay`` for one request: records time to first token, and ends with the usage
+    chunk when the client asked for ``stream_options.include_usage``."""
+    last: dict[str, Any] = {}
+    async for chunk in replay(payload, ctx.endpoint):
+        if ctx.ttft_ms is None:
+            ctx.ttft_ms = ctx.elapsed_ms()
+        last = chunk
+        yield chunk
+    if (ctx.body.get("stream_options") or {}).get("include_usage"):
+        yield {**{k: last.get(k) for k in ("id", "object", "created", "model")},
+               "choices": [], "usage": {"prompt_tokens": prompt_tokens,
+                                        "completion_tokens": completion_tokens,
+                                        "total_tokens": prompt_tokens + completion_tokens}}

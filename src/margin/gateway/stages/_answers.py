@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 import orjson
 
 from margin.gateway.context import RequestContext, Response
-from margin.gateway.streaming import assemble, replay
+from margin.gateway.streaming import assemble, replay_to
 
 TTL_HEADER = "x-margin-cache-ttl"
 
@@ -64,22 +64,10 @@ class AnswerStore:
         ctx.provider = meta.get("provider") or ctx.provider
         ctx.saved_usd = float(meta.get("cost_usd") or 0.0)
         if ctx.stream and ctx.endpoint != "embeddings":
-            return Response(200, stream=self._replay(ctx, orjson.loads(raw), meta))
+            return Response(200, stream=replay_to(ctx, orjson.loads(raw),
+                                                  meta.get("prompt_tokens", 0),
+                                                  meta.get("completion_tokens", 0)))
         return Response(200, raw=raw)
-
-    async def _replay(self, ctx: RequestContext, payload: dict[str, Any],
-                      meta: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        last: dict[str, Any] = {}
-        async for chunk in replay(payload, ctx.endpoint):
-            if ctx.ttft_ms is None:
-                ctx.ttft_ms = ctx.elapsed_ms()
-            last = chunk
-            yield chunk
-        if (ctx.body.get("stream_options") or {}).get("include_usage"):
-            p, c = meta.get("prompt_tokens", 0), meta.get("completion_tokens", 0)
-            yield {**{k: last.get(k) for k in ("id", "object", "created", "model")},
-                   "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                            "total_tokens": p + c}}
 
     def capture(self, ctx: RequestContext, response: Response,
                 store: Callable[[bytes], Any]) -> Response:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,7 +28,7 @@ import orjson
 from margin.errors import BadRequest, ConfigError, MarginError, Overloaded
 from margin.gateway.context import RequestContext, Response, Usage
 from margin.gateway.pipeline import Handler
-from margin.gateway.streaming import replay
+from margin.gateway.streaming import replay_to
 from margin.routing.base import tier_for_probability
 from margin.routing.cascade import check_answer, strip_logprobs, with_logprobs
 from margin.routing.config import (CascadeRouterConfig, LearnedRouteConfig, RouteConfig,
@@ -241,7 +241,8 @@ class RouterStage:
             ctx.body, ctx.stream = body, stream
         note.update(tier=tier, model=ctx.served_model)
         if stream:
-            return Response(200, stream=self._replay(ctx, payload))
+            return Response(200, stream=replay_to(ctx, payload, ctx.usage.prompt_tokens,
+                                                  ctx.usage.completion_tokens))
         return Response(200, payload=payload)
 
     async def _climb(self, ctx: RequestContext, call_next: Handler, route: Route,
@@ -296,21 +297,6 @@ class RouterStage:
         ctx.model = self.gw.models[served]
         ctx.served_model, ctx.provider, ctx.usage = served, ctx.model.provider, usage
         return payload, tier
-
-    async def _replay(self, ctx: RequestContext, payload: dict[str, Any]
-                      ) -> AsyncIterator[dict[str, Any]]:
-        last: dict[str, Any] = {}
-        async for chunk in replay(payload, ctx.endpoint):
-            if ctx.ttft_ms is None:
-                ctx.ttft_ms = ctx.elapsed_ms()
-            last = chunk
-            yield chunk
-        if (ctx.body.get("stream_options") or {}).get("include_usage"):
-            u = ctx.usage
-            yield {**{k: last.get(k) for k in ("id", "object", "created", "model")},
-                   "choices": [], "usage": {"prompt_tokens": u.prompt_tokens,
-                                            "completion_tokens": u.completion_tokens,
-                                            "total_tokens": u.prompt_tokens + u.completion_tokens}}
 
 
 def build(gateway: Any) -> RouterStage | None:
