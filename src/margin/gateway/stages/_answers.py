@@ -7,6 +7,8 @@ and what it cost (a hit's ``saved_usd``); the answer is served as stored bytes.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from typing import Any, AsyncIterator, Callable
 
 import orjson
@@ -49,6 +51,7 @@ class AnswerStore:
     def __init__(self, gateway: Any, outcome: str) -> None:
         self.gw = gateway
         self.outcome = outcome
+        self._pending: set[asyncio.Future] = set()  # stores running off the answer's path
 
     def meta(self, ctx: RequestContext) -> dict[str, Any]:
         u = ctx.usage
@@ -78,8 +81,16 @@ class AnswerStore:
         raw = response.raw if response.raw is not None else orjson.dumps(
             response.payload, option=orjson.OPT_SERIALIZE_NUMPY)
         response.raw = raw
-        store(encode_entry(self.meta(ctx), raw))
+        self._run(store(encode_entry(self.meta(ctx), raw)))
         return response
+
+    def _run(self, result: Any) -> None:
+        """An async store (the semantic cache's) runs in the background, never awaited by
+        the answer; a reference is kept so the task is not collected mid-way."""
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _capture_stream(self, ctx: RequestContext, stream: AsyncIterator[dict[str, Any]],
                               store: Callable[[bytes], Any]) -> AsyncIterator[dict[str, Any]]:
@@ -95,6 +106,4 @@ class AnswerStore:
             # A stream cut short (error, client gone) is never stored.
             if complete and chunks and ctx.status == 200:
                 payload = assemble(chunks, ctx.endpoint)
-                result = store(encode_entry(self.meta(ctx), orjson.dumps(payload)))
-                if hasattr(result, "__await__"):
-                    await result
+                self._run(store(encode_entry(self.meta(ctx), orjson.dumps(payload))))
