@@ -69,7 +69,13 @@ class TCPProxy:
         with self._lock:
             for s in self._conns:
                 try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    # shutdown() first: it wakes the pipe thread blocked in recv() on this
+                    # socket; a bare close() from another thread would leave the kernel
+                    # socket open and the peer waiting forever.
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                try:
                     s.close()
                 except OSError:
                     pass

@@ -127,7 +127,9 @@ class ScopeIndex:
         if self.graph is not None:
             slots = self._graph_search(query, want)
         else:
-            sims = self.vectors[: len(self.entries)] @ query
+            # einsum, not BLAS: a matrix-vector product is memory-bound, and multithreaded
+            # OpenBLAS on a busy machine ran it 7× slower (8 ms vs 1 ms at 10k entries).
+            sims = np.einsum("ij,j->i", self.vectors[: len(self.entries)], query)
             if want < sims.shape[0]:
                 slots = np.argpartition(-sims, want - 1)[:want]
             else:
@@ -190,10 +192,12 @@ class ScopeIndex:
         graph = self.graph
         if graph is None:
             return
-        if slot >= graph.get_max_elements():  # type: ignore[attr-defined]
-            graph.resize_index(max(slot + 1, 2 * graph.get_max_elements()))  # type: ignore[attr-defined]
+        capacity = graph.get_max_elements()  # type: ignore[attr-defined]
+        if slot >= capacity:
+            graph.resize_index(max(slot + 1, 2 * capacity))  # type: ignore[attr-defined]
         # Re-adding a label that was marked deleted un-deletes it and updates its vector.
-        graph.add_items(self.vectors[slot : slot + 1], np.array([slot]))  # type: ignore[attr-defined]
+        graph.add_items(self.vectors[slot : slot + 1],  # type: ignore[attr-defined]
+                        np.array([slot]))
 
     def _graph_delete(self, slot: int) -> None:
         if self.build is not None:

@@ -32,7 +32,7 @@ from margin.cache.features import text_info
 from margin.cache.guards import refusal
 from margin.cache.index import DEFAULT_EXACT_SEARCH_MAX_ENTRIES, Candidate, VectorIndex
 from margin.cache.redis_store import RedisEntryStore, StoredEntry
-from margin.cache.verifier import Verifier, bundled_verifier
+from margin.cache.verifier import OperatingPoint, Verifier, bundled_verifier
 
 log = logging.getLogger("margin.cache.semantic")
 
@@ -82,12 +82,36 @@ class SemanticCacheStats:
     inserts: int = 0
 
 
+def _operating_values(cfg: SemanticCacheConfig,
+                      op: OperatingPoint | None) -> tuple[float, float, int]:
+    """(threshold, candidate floor, top k): the configured values, else the calibrated ones.
+    ``op`` is None only for a cosine-only cache with an explicit threshold."""
+    if cfg.threshold is not None:
+        threshold = cfg.threshold
+    else:
+        assert op is not None
+        threshold = op.threshold if cfg.verifier else op.cosine_only_threshold
+    floor = cfg.candidate_floor
+    if floor is None:
+        # Without the verifier the cosine is the score: nothing below the threshold can hit.
+        floor = op.candidate_floor if (op is not None and cfg.verifier) else threshold
+    return threshold, floor, cfg.top_k or (op.top_k if op is not None else 4)
+
+
 def entry_key(scope: str, text: str) -> str:
     """Same scope and same question → same key, on every replica (re-inserts overwrite)."""
     return hashlib.blake2b(f"{scope}\x00{text}".encode(), digest_size=16).hexdigest()
 
 
 class SemanticCache:
+    """One process's semantic cache, optionally kept in sync with other replicas via Redis.
+
+    ``await start()`` once on the event loop (loads entries from Redis and follows new
+    ones), ``await lookup(scope, text, vector)`` → ``Hit | None``, ``await insert(...)`` (or
+    ``insert_nowait`` from a callback), ``await close()``. ``vector`` is the MiniLM unit
+    embedding of ``text`` (the caller embeds once and may reuse it, e.g. for routing).
+    """
+
     def __init__(self, config: SemanticCacheConfig | None = None, *, redis_url: str | None = None,
                  dim: int = 384, verifier: Verifier | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -100,14 +124,7 @@ class SemanticCache:
             self._verifier = (Verifier.load(self.config.verifier_path)
                               if self.config.verifier_path else bundled_verifier())
         op = self._verifier.operating_point if self._verifier is not None else None
-        use_verifier = self.config.verifier
-        default_threshold = (op.threshold if use_verifier else op.cosine_only_threshold) if op else 0.95
-        self.threshold = self.config.threshold if self.config.threshold is not None else default_threshold
-        floor = self.config.candidate_floor
-        if floor is None:
-            floor = op.candidate_floor if (op and use_verifier) else self.threshold
-        self.candidate_floor = floor
-        self.top_k = self.config.top_k or (op.top_k if op else 4)
+        self.threshold, self.candidate_floor, self.top_k = _operating_values(self.config, op)
         self.index = VectorIndex(dim, max_entries=self.config.max_entries,
                                  exact_search_max_entries=self.config.exact_search_max_entries)
         self.stats = SemanticCacheStats()

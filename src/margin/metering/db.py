@@ -76,7 +76,11 @@ def connect(url: str, *, connect_timeout_s: float = 5.0) -> Database:
     if is_postgres(url):
         import psycopg
 
-        conn = psycopg.connect(url, connect_timeout=max(1, int(connect_timeout_s)))
+        # A database that stops answering (a dead host, a cut network) must fail the write,
+        # not hang the writer thread: TCP keepalives and a send timeout bound the wait.
+        conn = psycopg.connect(url, connect_timeout=max(1, int(connect_timeout_s)),
+                               keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                               keepalives_count=2, tcp_user_timeout=10_000)
         return Database(url, conn, "postgresql")
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
     if "://" in path:

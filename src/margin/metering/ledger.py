@@ -264,7 +264,7 @@ class LedgerWriter:
                     done = start
                     self.counters.replayed += done
                     return done
-            self.spool_path.unlink()
+            self.spool_path.unlink(missing_ok=True)
             self.counters.replayed += len(rows)
             if rows:
                 log.info("replayed %d spooled ledger rows", len(rows))
