@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from margin.metering.db import Database
+from margin.metering.stats import time_where
 
 GROUPS = ("user", "team", "feature", "model", "key", "day")
 _COLUMN = {"user": "user_id", "team": "team", "feature": "feature",
@@ -46,14 +47,7 @@ def _hour_expr(db: Database) -> str:
 
 
 def _where(since_s: float | None, until_s: float | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if since_s is not None:
-        clauses.append("ts >= ?")
-        params.append(since_s)
-    if until_s is not None:
-        clauses.append("ts < ?")
-        params.append(until_s)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return time_where(since_s, until_s)
 
 
 def _row(values: Sequence[Any]) -> dict[str, Any]:

@@ -46,9 +46,8 @@ class Row:
     requested_model: str | None
 
 
-def load_rows(db: Database, since_ts: float | None = None, until_ts: float | None = None
-              ) -> list[Row]:
-    sql = f"SELECT {', '.join(_FIELDS)} FROM requests"
+def time_where(since_ts: float | None, until_ts: float | None) -> tuple[str, list[Any]]:
+    """`` WHERE ts >= ? AND ts < ?`` for the bounds given (empty when neither is)."""
     clauses, params = [], []
     if since_ts is not None:
         clauses.append("ts >= ?")
@@ -56,9 +55,13 @@ def load_rows(db: Database, since_ts: float | None = None, until_ts: float | Non
     if until_ts is not None:
         clauses.append("ts < ?")
         params.append(until_ts)
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY ts"
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def load_rows(db: Database, since_ts: float | None = None, until_ts: float | None = None
+              ) -> list[Row]:
+    where, params = time_where(since_ts, until_ts)
+    sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY ts"
     return [Row(*r) for r in db.query(sql, params)]
 
 
