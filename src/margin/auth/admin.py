@@ -27,6 +27,7 @@ from margin.auth.verifier import KeyVerifier
 from margin.errors import AuthenticationError, BadRequest, InputError, NotFound, PermissionDenied
 from margin.limits import spend
 from margin.metering.db import connect
+from margin.gateway.validate import parse_json_object
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -57,15 +58,7 @@ def master_guard(master_key: str) -> Callable[[dict[str, str]], None]:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return parse_json_object(raw) if raw.strip() else {}
 
 
 def _models(value: Any) -> list[str] | None:

@@ -148,12 +148,7 @@ class GatewayApp:
         try:
             t0 = time.perf_counter_ns()
             raw = await self._read_body(scope, receive)
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"request body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise BadRequest("request body must be a JSON object")
+            body = validate.parse_json_object(raw)
             ctx.body = body
             ctx.requested_model = body.get("model") if isinstance(body.get("model"), str) else None
             ctx.stream = body.get("stream") is True
