@@ -19,7 +19,6 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 
 from margin.auth.keys import (DURATION_RE, UNIT_S, UPDATABLE, KeyStore, UnknownKey,
                                parse_expiry)
