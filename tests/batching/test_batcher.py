@@ -291,3 +291,35 @@ def test_integer_shares_add_up(total, weights, expected):
     shares = split_int_by_weight(total, weights)
     assert sum(shares) == total
     assert sorted(shares, reverse=True) == sorted(expected, reverse=True)
+
+
+def test_the_next_batch_starts_before_the_finished_batchs_callers_resume():
+    # The model must not idle while the event loop answers the batch that just finished
+    # (in the gateway each caller's continuation encodes and writes its HTTP response).
+    async def main():
+        order: list[str] = []
+        model = Model()
+
+        async def fn(items: list[str]) -> list[str]:
+            order.append("batch " + ",".join(items))
+            return await model(items)
+
+        async def caller(item: str) -> str:
+            out = await b.submit(item)
+            order.append(f"caller of {item} resumes")
+            return out.result
+
+        b = Batcher(fn, BatchLimits(max_batch_size=2, max_wait_ms=0))
+        model.hold()
+        gate = model.gate
+        first = asyncio.create_task(caller("a"))
+        await model.started.wait()
+        queued = [asyncio.create_task(caller(x)) for x in ("b", "c")]
+        await asyncio.sleep(0)
+        model.gate = None  # later batches run straight through
+        gate.set()
+        assert await first == "A"
+        assert [await t for t in queued] == ["B", "C"]
+        assert order.index("batch b,c") < order.index("caller of a resumes"), order
+
+    run(main())

@@ -49,6 +49,7 @@ def test_load_generator_drives_a_real_gateway(fake_upstream_factory, gateway_fac
     assert r["p50_ms"] >= 20 and r["p99_ms"] >= r["p50_ms"]
     # eight callers, one upstream call at a time of 20 ms: they must have shared calls
     assert 1 < r["mean_batch"] <= 8
+    assert 0 < r["model_busy_pct"] <= 110 and r["batch_ms"] > 0
     assert r["client_cpu_pct"] > 0 and r["server_cpu_pct"] is not None
     assert sum(up.app.batch_sizes) >= r["requests"]
 
@@ -65,25 +66,36 @@ def test_wrk_driver_drives_a_real_gateway(fake_upstream_factory, gateway_factory
                      "duration_s": 1, "server_pid": gw.proc.pid})
     assert r["errors"] == 0 and r["requests"] > 8
     assert 1 < r["mean_batch"] <= 8
+    assert 0 < r["model_busy_pct"] <= 110 and r["batch_ms"] > 0
     assert r["p50_ms"] >= 20 and r["client_cpu_pct"] > 0
 
 
-def _cell(b: int, c: int, rps: float, p50: float, p99: float, batch: float) -> dict:
+def _cell(b: int, c: int, rps: float, p50: float, p99: float, batch: float,
+          batch_ms: float = 70.0) -> dict:
     return {"max_batch_size": b, "concurrency": c, "rps": rps, "p50_ms": p50, "p99_ms": p99,
-            "mean_batch": batch, "client_cpu_pct": 12.0, "server_cpu_pct": 180.0, "errors": 0}
+            "mean_batch": batch, "batch_ms": batch_ms, "model_busy_pct": 97.0,
+            "client_cpu_pct": 12.0, "server_cpu_pct": 180.0, "errors": 0}
 
 
 def test_render_has_the_seed_table_the_targets_and_costs():
-    offline = {0: {"mean_tokens": 15.0}, 1: {"batch_ms": 8.0, "rps": 125.0},
-               32: {"batch_ms": 70.0, "rps": 457.0}}
+    offline = {0: {"mean_tokens": 15.0}, 1: {"batch_ms": 8.0, "batch_p99_ms": 9.0, "rps": 125.0},
+               32: {"batch_ms": 70.0, "batch_p99_ms": 95.0, "rps": 457.0}}
     cells = [_cell(1, 1, 100, 9.0, 12.0, 1.0), _cell(1, 64, 120, 530, 560, 1.0),
              _cell(32, 1, 100, 9.5, 13.0, 1.0), _cell(32, 64, 420, 150, 160, 31.5)]
     text = render(offline, cells, [1, 32], [1, 64], 5.0, 0.09, "test questions", 5.0,
                   "margin bench batching")
-    assert "| 32 | 70.0 | 457 | 3.7× | 8.8× |" in text  # seed's table: gain and penalty
+    assert "| 32 | 70.0 | 95.0 | 457 | 3.7× | 8.8× |" in text  # seed's table: gain and penalty
     # at c=64: 420/457 of the ceiling, 3.5x batch-1, P99 bound 5 + 2 * 70 = 145 < 160
     assert "| 32 | 31.5 | 420 | 92 % | 3.5× | 150.0 | 160.0 | 16.7× | 145 ✗ |" in text
     assert "= 92 % of the offline ceiling" in text
+    # batch 1 at c=64 queues 64 batches: the two-batch bound does not apply
+    assert "| 1 | 1.0 | 120 | 26 % | 1.0× | 530.0 | 560.0 | 58.9× | – (64 batches queued) |" in text
+    # a ceiling measured just before a cell is the one that cell is compared with
+    cells[-1]["ceiling_rps"] = 480.0
+    text = render(offline, cells, [1, 32], [1, 64], 5.0, 0.09, "test questions", 5.0,
+                  "margin bench batching")
+    assert "| 32 | 31.5 | 420 | 88 % |" in text
+    assert "= 88 % of the offline ceiling measured just before that cell (480 sentences/s" in text
     # cost of 1k requests at 420 req/s and 0.09 USD/h
     assert f"{0.09 / 3600 / 420 * 1000:.6f}" in text
     assert "No GPU on this machine" in text

@@ -36,9 +36,9 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def fp32():
-    from margin.upstreams.local_embeddings import LocalEmbedder
+    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
 
-    emb = LocalEmbedder()
+    emb = LocalEmbedder(variant=EmbedderVariant(runtime="torch"))
     return emb, emb.encode(SENTENCES)
 
 
@@ -68,10 +68,19 @@ def test_int8_is_close_to_fp32(fp32):
     from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
 
     _, ref = fp32
-    int8 = LocalEmbedder(variant=EmbedderVariant(quantize="int8")).encode(SENTENCES)
+    int8 = LocalEmbedder(variant=EmbedderVariant(runtime="torch", quantize="int8")).encode(SENTENCES)
     cos = _cosines(int8, ref)
     assert cos.mean() > 0.97, cos.mean()
     assert cos.mean() < 0.99999, "INT8 vectors identical to FP32: the model was not quantized"
+
+
+def test_auto_runtime_is_onnx_when_installed_and_torch_otherwise():
+    from margin.upstreams.local_embeddings import EmbedderVariant
+
+    has_onnx = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    assert EmbedderVariant().resolved().runtime == ("onnx" if has_onnx else "torch")
+    assert EmbedderVariant(compile=True).resolved().runtime == "torch"
+    assert EmbedderVariant(runtime="torch").resolved().runtime == "torch"
 
 
 @needs_onnx
@@ -109,7 +118,7 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
 
     with pytest.raises(ValidationError):
         ModelConfig(name="m", provider="sentence-transformers", quantize="int4")
-    m = ModelConfig(name="m", provider="sentence-transformers", quantize="int8")
+    m = ModelConfig(name="m", provider="sentence-transformers", runtime="torch", quantize="int8")
     assert variant_of(m).label == "torch-int8"
     if importlib.util.find_spec("onnxruntime") is None:
         return

@@ -194,7 +194,6 @@ class Batcher(Generic[T, R]):
         return count, full
 
     async def _pump(self) -> None:
-        wait_s = self.limits.max_wait_ms / 1000.0
         try:
             while self._queue:
                 while self._queue and self._queue[0].future.done():
@@ -205,22 +204,31 @@ class Batcher(Generic[T, R]):
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                count, full = self._plan()
-                now = self.clock()
-                remaining_s = self._queue[0].enqueued_s + wait_s - now
-                if not full and remaining_s > 0:
+                remaining_s = self._launch_ready(self.clock())
+                if remaining_s > 0:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), remaining_s)
                     except (asyncio.TimeoutError, TimeoutError):
                         pass
-                    continue
-                batch = [self._queue.popleft() for _ in range(count)]
-                batch = [p for p in batch if not p.future.done()]
-                if batch:
-                    self._launch(batch, now, immediate=False)
         finally:
             self._pump_task = None
+
+    def _launch_ready(self, now: float) -> float:
+        """Launch the next batch if it is full or its oldest item is due; else return how
+        long until it is due (0 when launched or when there is nothing to launch)."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        if not self._queue or self._in_flight >= self.limits.max_concurrent_batches:
+            return 0.0
+        count, full = self._plan()
+        remaining_s = self._queue[0].enqueued_s + self.limits.max_wait_ms / 1000.0 - now
+        if not full and remaining_s > 0:
+            return remaining_s
+        batch = [p for p in (self._queue.popleft() for _ in range(count)) if not p.future.done()]
+        if batch:
+            self._launch(batch, now, immediate=False)
+        return 0.0
 
     def _launch(self, batch: list[_Pending], now: float, *, immediate: bool) -> None:
         self._in_flight += 1
@@ -261,6 +269,11 @@ class Batcher(Generic[T, R]):
             st.immediate += int(immediate)
             if error is not None:
                 st.failed_batches += 1
+            # Start the next batch before handing out these results: its task then runs
+            # ahead of the callers' continuations (response encoding, writes), so the model
+            # is fed again at once instead of idling while the loop answers this batch.
+            if not self._closed:
+                self._launch_ready(end)
             self._wake.set()
         for i, p in enumerate(batch):
             if p.future.done():

@@ -49,6 +49,13 @@ def parse_histogram(text: str, name: str, model: str) -> tuple[float, float]:
     return total, count
 
 
+def batch_counters(text: str, model: str) -> tuple[float, float, float]:
+    """(inputs, batches, seconds the model was busy) so far, from the gateway's metrics."""
+    inputs, batches = parse_histogram(text, "margin_batch_size", model)
+    busy_s, _ = parse_histogram(text, "margin_batch_duration_seconds", model)
+    return inputs, batches, busy_s
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     if not sorted_ms:
         return float("nan")
@@ -94,14 +101,14 @@ async def run_cell(cmd: dict[str, Any], texts: list[str]) -> dict[str, Any]:
 
         tasks = [asyncio.create_task(worker()) for _ in range(c)]
         await asyncio.sleep(warmup_s)
-        m0 = parse_histogram(await metrics(), "margin_batch_size", model)
+        m0 = batch_counters(await metrics(), model)
         cpu0, srv0, t0 = _rusage_s(), proc_cpu_s(cmd.get("server_pid")), time.perf_counter()
         phase["measure"] = True
         await asyncio.sleep(duration_s)
         phase["stop"] = True
         wall = time.perf_counter() - t0
         cpu1, srv1 = _rusage_s(), proc_cpu_s(cmd.get("server_pid"))
-        m1 = parse_histogram(await metrics(), "margin_batch_size", model)
+        m1 = batch_counters(await metrics(), model)
         await asyncio.gather(*tasks, return_exceptions=True)
     latencies.sort()
     batches = m1[1] - m0[1]
@@ -110,6 +117,8 @@ async def run_cell(cmd: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         "rps": len(latencies) / wall, "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99), "mean_ms": sum(latencies) / max(1, len(latencies)),
         "mean_batch": (m1[0] - m0[0]) / batches if batches else float("nan"),
+        "model_busy_pct": 100 * (m1[2] - m0[2]) / wall,
+        "batch_ms": 1000 * (m1[2] - m0[2]) / batches if batches else float("nan"),
         "client_cpu_pct": 100 * (cpu1 - cpu0) / wall,
         "server_cpu_pct": (100 * (srv1 - srv0) / wall
                            if srv0 is not None and srv1 is not None else None),
@@ -234,9 +243,9 @@ class WrkDriver:
         url, model, c = cmd["url"], cmd["model"], int(cmd["concurrency"])
         script = self._script(model, int(cmd.get("offset", 0)))
 
-        def metrics() -> tuple[float, float]:
+        def metrics() -> tuple[float, float, float]:
             with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-                return parse_histogram(r.read().decode(), "margin_batch_size", model)
+                return batch_counters(r.read().decode(), model)
 
         def drained(timeout_s: float = 120) -> None:
             # The warm-up's last requests are still being served after wrk hangs up; the
@@ -264,6 +273,8 @@ class WrkDriver:
         return {"model": model, "concurrency": c, "requests": w.requests, "errors": w.errors,
                 "rps": w.rps, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "mean_ms": float("nan"),
                 "mean_batch": (m1[0] - m0[0]) / batches if batches else float("nan"),
+                "model_busy_pct": 100 * (m1[2] - m0[2]) / wall,
+                "batch_ms": 1000 * (m1[2] - m0[2]) / batches if batches else float("nan"),
                 "client_cpu_pct": 100 * cpu / wall,
                 "server_cpu_pct": (100 * (srv1 - srv0) / wall
                                    if srv0 is not None and srv1 is not None else None)}

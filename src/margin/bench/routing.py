@@ -153,8 +153,9 @@ def render_markdown(command: str, results: list[RouterResult], meta: dict[str, o
     lines.append(
         f"Router latency, P50 per request over {int(latency['samples'])} prompts from the "
         f"file, one at a time: rules {latency['rules_p50_ms']:.3f} ms; learned "
-        f"{latency['learned_p50_ms']:.2f} ms (MiniLM embedding of the prompt included, torch "
-        f"intra-op threads {int(latency.get('torch_threads', 0))}; 1-minute load average "
+        f"{latency['learned_p50_ms']:.2f} ms (MiniLM embedding of the prompt included, "
+        f"{meta.get('embedder', 'torch-fp32')} runtime, intra-op threads "
+        f"{int(latency.get('threads', 0)) or 'default'}; 1-minute load average "
         f"{latency.get('load_avg_1m', float('nan')):.1f} on {os.cpu_count()} cores while "
         f"measuring). Without the embedding (reused from the semantic cache) the learned "
         f"router's own work is features + n-grams + two dot products, well under 1 ms.")
@@ -172,15 +173,15 @@ def render_markdown(command: str, results: list[RouterResult], meta: dict[str, o
               show_default=True)
 @click.option("--default-output-tokens", type=click.FloatRange(0), default=1.0,
               show_default=True, help="Output tokens of rows without a stored response.")
-@click.option("--torch-threads", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Intra-op threads for the one-prompt embeddings timed here (a batch of "
-                   "one gains nothing from more, and spinning threads fight other work).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Intra-op threads of the embedding model [default: the runtime's, one per "
+                   "core].")
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Write the section into docs/benchmarks.md.")
 @click.option("--docs", "docs_path", default="docs/benchmarks.md", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def routing(data_path: str, folds: int, seed: int, cache_dir: str, latency_samples: int,
-            default_output_tokens: float, torch_threads: int, write: bool, docs_path: str,
+            default_output_tokens: float, threads: int | None, write: bool, docs_path: str,
             as_json: bool) -> None:
     """Evaluate the learned and rules routers against baselines on held-out rows."""
     from margin.bench.report import write_section
@@ -217,7 +218,7 @@ def routing(data_path: str, folds: int, seed: int, cache_dir: str, latency_sampl
         raise SystemExit(2)
     config = DEFAULT_TRAIN_CONFIG.model_copy(update={"folds": folds, "seed": seed})
     prompts = [r.prompt for r in rows]
-    embedder = shared_embedder()
+    embedder = shared_embedder(threads=threads)
     embeddings = cached_embeddings([p[: config.embed_max_chars] for p in prompts],
                                    embedder.encode, cache_dir, DEFAULT_EMBEDDING_MODEL)
     features = feature_matrix(prompts)
@@ -248,14 +249,12 @@ def routing(data_path: str, folds: int, seed: int, cache_dir: str, latency_sampl
         threshold, _ = threshold_for(Target(quality_fraction=0.95), learned_scores, weak, strong)
         spec = router_spec(final, config, threshold, learned_scores, embeddings.shape[1], {},
                            DEFAULT_EMBEDDING_MODEL)
-        import torch
-
-        torch.set_num_threads(torch_threads)
         latency = measure_latency(prompts, LearnedRouter(spec, embedder=embedder),
                                   latency_samples, seed)
-        latency["torch_threads"] = float(torch_threads)
+        latency["threads"] = float(threads or 0)
     meta: dict[str, object] = {
         "rows": len(rows), "groups": int(len(np.unique(groups))), "folds": folds,
+        "embedder": embedder.variant.label,
         "duplicate_cosine": config.duplicate_cosine, "q_weak": float(weak.mean()),
         "q_strong": float(strong.mean()), "default_output_tokens": default_output_tokens,
         "learned_config": ", ".join(f"{k}={v}" for k, v in config.model_dump().items()

@@ -55,23 +55,36 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class EmbedderVariant:
-    """How the model runs: a runtime, optional INT8 weights, optional torch.compile."""
+    """How the model runs: a runtime, optional INT8 weights, optional torch.compile.
 
-    runtime: str = "torch"          # "torch" | "onnx"
+    ``auto`` (the default) runs ONNX Runtime when it is installed and torch otherwise: on
+    MiniLM it gives the same vectors as torch (mean cosine 1.0000) about twice as fast, in
+    less than half the memory (``margin bench models``).
+    """
+
+    runtime: str = "auto"           # "auto" | "torch" | "onnx"
     quantize: str | None = None     # None | "int8"
     compile: bool = False           # torch only
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("torch", "onnx"):
-            raise ConfigError(f"unknown embeddings runtime {self.runtime!r} (torch or onnx)")
+        if self.runtime not in ("auto", "torch", "onnx"):
+            raise ConfigError(f"unknown embeddings runtime {self.runtime!r} (auto, torch or onnx)")
         if self.quantize not in (None, "int8"):
             raise ConfigError(f"unknown quantization {self.quantize!r} (only int8)")
-        if self.compile and self.runtime != "torch":
+        if self.compile and self.runtime == "onnx":
             raise ConfigError("compile applies to the torch runtime only")
+
+    def resolved(self) -> "EmbedderVariant":
+        """The concrete runtime ``auto`` stands for here."""
+        if self.runtime != "auto":
+            return self
+        onnx = not self.compile and all(
+            importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+        return EmbedderVariant("onnx" if onnx else "torch", self.quantize, self.compile)
 
     @property
     def label(self) -> str:
-        parts = [self.runtime, self.quantize or "fp32"]
+        parts = [self.resolved().runtime, self.quantize or "fp32"]
         if self.compile:
             parts.append("compiled")
         return "-".join(parts)
@@ -91,6 +104,7 @@ class LocalEmbedder:
         self.path = Path(path) if path else bundled_minilm_path()
         if not self.path.exists():
             raise ConfigError(f"embeddings model not found at {self.path}")
+        variant = variant.resolved()
         self.variant = variant
         self.max_seq_length = _max_seq_length(self.path)
         self._tok = _load_tokenizer(self.path, self.max_seq_length)
@@ -282,7 +296,7 @@ def ensure_onnx(st_model: Any, model_dir: Path, quantize: str | None,
     if not int8.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = int8.with_suffix(".tmp.onnx")
+        tmp = int8.with_suffix(f".{os.getpid()}.tmp.onnx")  # several processes may race
         # Per-channel weights: per-tensor INT8 drops the mean cosine to FP32 from 0.994 to 0.968.
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(int8)
@@ -312,7 +326,7 @@ def _export_onnx(st_model: Any, target: Path) -> None:
     args = tuple(sample[k] for k in _ONNX_INPUTS)
     axes = {k: {0: "batch", 1: "seq"} for k in _ONNX_INPUTS}
     axes["embedding"] = {0: "batch"}
-    tmp = target.with_suffix(".tmp.onnx")
+    tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")  # several processes may race
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript exporter: the dynamo one needs onnxscript, one more dependency.
@@ -354,7 +368,7 @@ def shared_embedder(path: str | Path | None = None, variant: EmbedderVariant = F
     """One model per process, path and variant: the gateway, the semantic cache and the
     router share it. ``threads`` applies when this call loads it (torch's thread count is
     per process)."""
-    key = (str(path or ""), variant)
+    key = (str(Path(path) if path else bundled_minilm_path()), variant.resolved())
     with _shared_lock:
         if key not in _shared:
             _shared[key] = LocalEmbedder(path, variant=variant, threads=threads)

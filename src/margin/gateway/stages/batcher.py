@@ -85,6 +85,10 @@ class _BatchMetrics:
                                   ["model"], buckets=SIZE_BUCKETS, registry=r)
         self.wait = Histogram("margin_batch_wait_seconds", "Time from arrival to the batch leaving",
                               ["model"], buckets=WAIT_BUCKETS_S, registry=r)
+        # Its sum over a window / the window = how busy the model was (1.0 = never idle).
+        self.duration = Histogram("margin_batch_duration_seconds",
+                                  "Time one batched upstream call took",
+                                  ["model"], buckets=WAIT_BUCKETS_S, registry=r)
         self.events = gateway.metrics.events
         self._lanes = lanes
         r.register(self)
@@ -100,12 +104,13 @@ class _BatchMetrics:
         yield g
 
     def on_batch(self, model: str) -> Callable[[BatchReport], None]:
-        size, reqs, wait = (self.size.labels(model), self.requests.labels(model),
-                            self.wait.labels(model))
+        size, reqs, wait, duration = (self.size.labels(model), self.requests.labels(model),
+                                      self.wait.labels(model), self.duration.labels(model))
 
         def record(rep: BatchReport) -> None:
             size.observe(rep.size)
             reqs.observe(rep.items)
+            duration.observe(rep.duration_s)
             for w in rep.waits_s:
                 wait.observe(w)
             if not rep.ok:
