@@ -140,3 +140,17 @@ def test_shared_embedder_is_one_per_variant():
     assert shared_embedder(None) is a
     b = shared_embedder(None, EmbedderVariant(quantize="int8"))
     assert b is not a and b.variant.quantize == "int8"
+
+
+@needs_onnx
+def test_auto_falls_back_to_torch_when_the_onnx_export_cannot_be_written(monkeypatch, tmp_path):
+    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("MARGIN_CACHE_DIR", str(blocker / "cache"))
+    emb = LocalEmbedder()
+    assert emb.variant.label == "torch-fp32"
+    assert emb.encode(["Why do cats purr?"]).shape == (1, 384)
+    with pytest.raises(OSError):
+        LocalEmbedder(variant=EmbedderVariant(runtime="onnx"))

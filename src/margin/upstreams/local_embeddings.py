@@ -12,6 +12,7 @@ directory the first time it is asked for.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import threading
@@ -23,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from margin.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # torch's OpenMP threads spin at every barrier by default. A gateway shares its cores with
 # its own event loop (and here with other processes), and spinning threads then starve the
@@ -104,8 +107,8 @@ class LocalEmbedder:
         self.path = Path(path) if path else bundled_minilm_path()
         if not self.path.exists():
             raise ConfigError(f"embeddings model not found at {self.path}")
+        auto = variant.runtime == "auto"
         variant = variant.resolved()
-        self.variant = variant
         self.max_seq_length = _max_seq_length(self.path)
         self._tok = _load_tokenizer(self.path, self.max_seq_length)
         self._tok_counts = _load_tokenizer(self.path, self.max_seq_length, pad=False)
@@ -114,22 +117,33 @@ class LocalEmbedder:
         self.onnx_path: Path | None = None
         self._run: Callable[[dict[str, Any]], np.ndarray]
         if variant.runtime == "onnx":
-            target = onnx_file(self.path, variant.quantize, Path(onnx_dir) if onnx_dir else None)
-            if not target.exists():  # built once from the local weights; torch only for that
-                ensure_onnx(self._load_torch(device, threads), self.path, variant.quantize,
-                            target.parent)
-                self._model = None
-            self.onnx_path = target
-            self._run, self.dim = onnx_runner(target, threads)
-        else:
+            try:
+                self._start_onnx(variant, device, threads, onnx_dir)
+            except Exception as exc:  # noqa: BLE001 - auto may always fall back to torch
+                if not auto:
+                    raise
+                log.warning("embeddings: ONNX Runtime unavailable (%s); running on torch", exc)
+                variant = EmbedderVariant("torch", variant.quantize, variant.compile)
+        if variant.runtime == "torch":
             model = self._load_torch(device, threads)
             dim_of = (getattr(model, "get_embedding_dimension", None)
                       or model.get_sentence_embedding_dimension)
             self.dim = int(dim_of() or EMBEDDING_DIM)
             self._run = self._torch_runner(variant)
+        self.variant = variant
         # One forward pass at a time: torch already uses every core for one batch,
         # and concurrent calls would only thrash.
         self._lock = threading.Lock()
+
+    def _start_onnx(self, variant: EmbedderVariant, device: str, threads: int | None,
+                    onnx_dir: str | Path | None) -> None:
+        target = onnx_file(self.path, variant.quantize, Path(onnx_dir) if onnx_dir else None)
+        if not target.exists():  # built once from the local weights; torch only for that
+            ensure_onnx(self._load_torch(device, threads), self.path, variant.quantize,
+                        target.parent)
+            self._model = None
+        self.onnx_path = target
+        self._run, self.dim = onnx_runner(target, threads)
 
     def _load_torch(self, device: str, threads: int | None) -> Any:
         import torch
