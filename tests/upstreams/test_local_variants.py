@@ -123,6 +123,8 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
     if importlib.util.find_spec("onnxruntime") is None:
         return
     monkeypatch.setenv("MARGIN_CACHE_DIR", str(cache_root))
+    # a fresh process-wide model table: earlier tests may hold one built elsewhere
+    monkeypatch.setattr("margin.upstreams.local_embeddings._shared", {})
     up = SentenceTransformersUpstream(
         ModelConfig(name="m", provider="sentence-transformers", runtime="onnx"))
     asyncio.run(up.start())
