@@ -41,6 +41,12 @@ def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
     return vectors
 
 
+def _default_embedder_label() -> str:
+    from margin.upstreams.local_embeddings import shared_embedder
+
+    return shared_embedder().variant.label
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -329,8 +335,8 @@ def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, s
                   + ". HNSW's nearest entry is the exact nearest for "
                   + ", ".join(f"{a:.1%} of queries at {n:,} entries" for n, a in agreement.items())
                   + " (a miss costs a hit, never a wrong answer: the candidate is re-scored)."
-                  + " Embedding latency is the bundled MiniLM under the default (FP32 torch) "
-                  "variant on this machine, shared with other work.\n")
+                  + " Embedding latency is the bundled MiniLM in its default variant "
+                  f"({_default_embedder_label()}) on this machine.\n")
         data["latency"] = [asdict(r) for r in rows]
         data["build_s"] = build_s
         data["hnsw_top1_agreement"] = agreement
