@@ -44,7 +44,7 @@ def test_tables_show_config_quality_and_cost():
     quality = {"torch-fp32": (1.0, 1.0, 1.0, 0.3), "onnx-int8": (0.9936, 0.98, 0.99, 0.31)}
     lines = render_minilm(rows, quality, 15.0, 0.09, 0.85, 500, 40.0)
     text = "\n".join(lines)
-    assert "| onnx-int8 | runtime: onnx + quantize: int8 | 22 | 160 |" in text
+    assert "| onnx-int8 | quantize: int8 | 22 | 160 |" in text
     assert "700 (b=8)" in text and "430 (b=32)" in text
     assert f"{1e6 * 0.09 / 3600 / (700 * 15):.4f}" in text  # USD per 1M tokens at best batch
     gguf = [{"name": "Q4_1", "weights_mb": 94, "rss_mb": 180, "p50_ms": 300, "tokens_per_s": 80,

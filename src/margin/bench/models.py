@@ -38,13 +38,16 @@ DEFAULT_GPU_HOUR_USD = 2.50  # an on-demand H100 at a GPU cloud, 2025; unused wi
 
 # name → (EmbedderVariant kwargs, config line that selects it, note)
 MINILM = {
-    "torch-fp32": ({}, "(default)", "baseline"),
-    "torch-int8": ({"quantize": "int8"}, "quantize: int8",
+    "torch-fp32": ({"runtime": "torch"}, "runtime: torch", "baseline"),
+    "torch-int8": ({"runtime": "torch", "quantize": "int8"}, "runtime: torch + quantize: int8",
                    "per-channel INT8 Linear, FFN down-projections kept FP32"),
-    "torch-int8-naive": ({"quantize": "int8"}, "–", "every Linear INT8, per-tensor"),
-    "torch-compiled": ({"compile": True}, "compile: true", "torch.compile(dynamic=True)"),
-    "onnx-fp32": ({"runtime": "onnx"}, "runtime: onnx", "ONNX Runtime, exported here"),
-    "onnx-int8": ({"runtime": "onnx", "quantize": "int8"}, "runtime: onnx + quantize: int8",
+    "torch-int8-naive": ({"runtime": "torch", "quantize": "int8"}, "–",
+                         "every Linear INT8, per-tensor"),
+    "torch-compiled": ({"runtime": "torch", "compile": True}, "compile: true",
+                       "torch.compile(dynamic=True)"),
+    "onnx-fp32": ({"runtime": "onnx"}, "(default: runtime auto)",
+                  "ONNX Runtime, exported here; what runtime: auto picks when installed"),
+    "onnx-int8": ({"runtime": "onnx", "quantize": "int8"}, "quantize: int8",
                   "ORT dynamic INT8, per-channel"),
 }
 GGUF_TYPES = ("Q4_0", "Q8_0", "F16")
@@ -72,9 +75,9 @@ def _minilm_worker(job: dict) -> dict:
     name = job["name"]
     kwargs = MINILM[name][0]
     if name == "torch-int8-naive":
-        emb = LocalEmbedder()
+        emb = LocalEmbedder(variant=EmbedderVariant(runtime="torch"))
         emb._model = quantize_int8(emb._model, naive=True)
-        emb._run = emb._torch_runner(EmbedderVariant())  # runs the naive INT8 module
+        emb._run = emb._torch_runner(EmbedderVariant(runtime="torch"))  # the naive INT8 module
     else:
         emb = LocalEmbedder(variant=EmbedderVariant(**kwargs), onnx_dir=job["onnx_dir"])
     load_s = time.perf_counter() - t0
@@ -180,7 +183,7 @@ def _prepare_onnx(onnx_dir: Path) -> float:
     """Export FP32 and INT8 ONNX once (a separate process, so ONNX workers never load torch)."""
     code = ("import sys; from pathlib import Path; "
             "from margin.upstreams.local_embeddings import LocalEmbedder, EmbedderVariant, ensure_onnx;"
-            "e = LocalEmbedder(); ensure_onnx(e._model, e.path, 'int8', Path(sys.argv[1]))")
+            "e = LocalEmbedder(variant=EmbedderVariant(runtime='torch')); ensure_onnx(e._model, e.path, 'int8', Path(sys.argv[1]))")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(onnx_dir)], capture_output=True)
     if proc.returncode != 0:
