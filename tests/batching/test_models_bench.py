@@ -48,12 +48,14 @@ def test_tables_show_config_quality_and_cost():
     assert "700 (b=8)" in text and "430 (b=32)" in text
     assert f"{1e6 * 0.09 / 3600 / (700 * 15):.4f}" in text  # USD per 1M tokens at best batch
     gguf = [{"name": "Q4_1", "weights_mb": 94, "rss_mb": 180, "p50_ms": 300, "tokens_per_s": 80,
-             "mean_latency_s": 0.3, "answers": ["Paris is the capital", "4"]},
+             "mean_latency_s": 0.3, "answers": ["Paris is the capital", "4"],
+             "parallel": {"1": 100.0, "8": 140.0}},
             {"name": "Q8_0", "weights_mb": 138, "rss_mb": 220, "p50_ms": 290, "tokens_per_s": 85,
              "mean_latency_s": 0.29, "answers": ["Paris is a city", "4"]}]
     text = "\n".join(render_gguf(gguf, {"Q8_0": 3.5}, 0.09, 32))
     assert "| Q8_0 | requantized from Q4_1 in 3.5 s | 138 | 220 | 290 | 85 | 50 % | 75 % |" in text
     assert "allow_requantize" in text
+    assert "| 8 | 140 | 1.40× |" in text and "At 8 sequences per decode" in text
 
 
 def test_cli_rejects_unknown_variants():

