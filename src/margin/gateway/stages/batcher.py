@@ -192,6 +192,18 @@ class BatcherStage:
                             break
         return lane
 
+    async def _submit(self, lane: Batcher, ctx: RequestContext, item: Any, *, size: int = 1,
+                      tokens: int = 0) -> Outcome:
+        """Queue one caller's item, count an overload, note how the batch went."""
+        try:
+            outcome = await lane.submit(item, size=size, tokens=tokens)
+        except MarginError as exc:
+            if exc.status_code == 503:
+                self.gw.metrics.events.labels("batch_overloaded").inc()
+            raise
+        self._note(ctx, outcome)
+        return outcome
+
     @staticmethod
     def _note(ctx: RequestContext, outcome: Outcome) -> None:
         ctx.notes["batch_size"] = outcome.batch_size
@@ -211,13 +223,8 @@ class BatcherStage:
         tokens = 0
         if cfg.max_batch_tokens is not None:
             tokens = sum(len(x) if isinstance(x, list) else estimate_tokens(x) for x in inputs)
-        try:
-            outcome = await lane.submit(_EmbedItem(inputs), size=len(inputs), tokens=tokens)
-        except MarginError as exc:
-            if exc.status_code == 503:
-                self.gw.metrics.events.labels("batch_overloaded").inc()
-            raise
-        self._note(ctx, outcome)
+        outcome = await self._submit(lane, ctx, _EmbedItem(inputs), size=len(inputs),
+                                     tokens=tokens)
         return outcome.result
 
     def _embed_lane(self, model: ModelConfig, cfg: BatchConfig, dims: Any) -> Batcher:
@@ -260,14 +267,7 @@ class BatcherStage:
                            on_batch=self.metrics.on_batch(model.name))
 
         lane = self._lane((model.name, "generate"), make)
-        try:
-            outcome = await lane.submit(ctx)
-        except MarginError as exc:
-            if exc.status_code == 503:
-                self.gw.metrics.events.labels("batch_overloaded").inc()
-            raise
-        self._note(ctx, outcome)
-        return outcome.result
+        return (await self._submit(lane, ctx, ctx)).result
 
     # -- completions ----------------------------------------------------------------------
     async def _complete(self, ctx: RequestContext, model: ModelConfig, cfg: BatchConfig,
@@ -280,17 +280,14 @@ class BatcherStage:
             max_tokens = int(ctx.body.get("max_tokens") or 16)
             tokens = sum(estimate_tokens(p) for p in prompts) + max_tokens * n * len(prompts)
         try:
-            outcome = await lane.submit(_CompletionItem(ctx.body, prompts), size=len(prompts),
-                                        tokens=tokens)
+            outcome = await self._submit(lane, ctx, _CompletionItem(ctx.body, prompts),
+                                         size=len(prompts), tokens=tokens)
         except MarginError as exc:
-            if exc.status_code == 503:
-                self.gw.metrics.events.labels("batch_overloaded").inc()
             ctx.attempts.append(Attempt(model.name, "batch", exc.status_code, 0.0,
                                         error=exc.message[:200]))
             raise
         res: _CompletionResult = outcome.result
         share = res.share
-        self._note(ctx, outcome)
         ctx.usage.prompt_tokens = share.prompt_tokens
         ctx.usage.completion_tokens = share.completion_tokens
         ctx.usage.estimated = share.estimated
