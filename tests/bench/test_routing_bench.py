@@ -37,3 +37,17 @@ def test_oracle_beats_random_and_costs_sit_between_the_fixed_baselines():
                           "default_output_tokens": 1.0, "learned_config": "label=two_heads"},
                          {"rules_p50_ms": 0.1, "learned_p50_ms": 9.0, "samples": 10})
     assert "| oracle |" in md and "| always strong | — |" in md and "P50" in md
+
+
+def test_source_prior_orders_rows_by_their_sources_mean_gain():
+    from margin.bench.routing import source_prior_scores
+
+    sources = ["math", "math", "law", "law", "law", "trivia"]
+    weak = np.array([0, 0, 1, 0, 1, 1])
+    strong = np.array([1, 1, 1, 1, 0, 1])
+    scores = source_prior_scores(sources, weak, strong, np.random.default_rng(0))
+    assert scores is not None
+    # math gains 1.0 per row, law 0.0, trivia 0.0: math rows first
+    assert set(np.argsort(-scores)[:2]) == {0, 1}
+    assert np.allclose(scores[[2, 3, 4, 5]], 0.0, atol=1e-8)
+    assert source_prior_scores(["one"] * 3, weak[:3], strong[:3], np.random.default_rng(0)) is None

@@ -71,6 +71,22 @@ def evaluate_scores(name: str, scores: np.ndarray, folds: np.ndarray, weak: np.n
     )
 
 
+SOURCE_PRIOR = "reference: the source's mean gain, in-sample (not a router)"
+
+
+def source_prior_scores(sources: list[str], weak: np.ndarray, strong: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray | None:
+    """Each row scored by the strong model's mean gain over all rows of its source (MMLU
+    subject, GSM8K), measured on every row, scored ones included: knowledge no router has,
+    kept as a yardstick for how much of the APGR the source alone explains."""
+    if len(set(sources)) < 2:
+        return None
+    gain = strong.astype(np.float64) - weak.astype(np.float64)
+    names, inverse = np.unique(np.asarray(sources), return_inverse=True)
+    mean_gain = np.bincount(inverse, gain) / np.bincount(inverse)
+    return mean_gain[inverse] + 1e-9 * rng.random(len(sources))  # random order within a source
+
+
 def fixed_result(name: str, use_strong: bool, weak: np.ndarray, strong: np.ndarray,
                  tokens: "TokenCounts") -> RouterResult:
     from margin.routing.metrics import STRONG_PRICE, WEAK_PRICE
@@ -147,6 +163,14 @@ def render_markdown(command: str, results: list[RouterResult], meta: dict[str, o
         f"{STRONG_PRICE.output_usd_per_mtok}. Tokens ≈ characters / 4; output tokens from the "
         f"stored responses (GSM8K rows) or {meta['default_output_tokens']} per MMLU row "
         f"(scored on one answer letter).")
+    if any(r.name == SOURCE_PRIOR for r in results):
+        lines.append("")
+        lines.append(
+            "The reference row is not a router: it orders rows by their source's average gain "
+            "(strong correct − weak correct) measured on all rows, the scored ones included. "
+            "It shows how much of the achievable APGR the subject alone carries; a router "
+            "sees only the prompt, so beating it needs signal about a row's difficulty "
+            "within its subject.")
     lines.append("")
     lines.append(f"Learned router: {meta['learned_config']}.")
     lines.append("")
@@ -241,6 +265,9 @@ def routing(data_path: str, folds: int, seed: int, cache_dir: str, latency_sampl
         fixed_result("always weak", False, weak, strong, tokens),
         fixed_result("always strong", True, weak, strong, tokens),
     ]
+    reference = source_prior_scores([r.source for r in rows], weak, strong, rng)
+    if reference is not None:
+        results.append(evaluate_scores(SOURCE_PRIOR, reference, fold_of, weak, strong, tokens))
 
     latency = {"rules_p50_ms": float("nan"), "learned_p50_ms": float("nan"), "samples": 0.0}
     if latency_samples:
