@@ -196,9 +196,7 @@ class Batcher(Generic[T, R]):
     async def _pump(self) -> None:
         try:
             while self._queue:
-                while self._queue and self._queue[0].future.done():
-                    self._queue.popleft()  # its caller went away
-                if not self._queue:
+                if not self._drop_abandoned():
                     break
                 if self._in_flight >= self.limits.max_concurrent_batches:
                     self._wake.clear()
@@ -214,12 +212,16 @@ class Batcher(Generic[T, R]):
         finally:
             self._pump_task = None
 
+    def _drop_abandoned(self) -> bool:
+        """Drop queued items whose caller went away from the head; is anything left?"""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        return bool(self._queue)
+
     def _launch_ready(self, now: float) -> float:
         """Launch the next batch if it is full or its oldest item is due; else return how
         long until it is due (0 when launched or when there is nothing to launch)."""
-        while self._queue and self._queue[0].future.done():
-            self._queue.popleft()
-        if not self._queue or self._in_flight >= self.limits.max_concurrent_batches:
+        if not self._drop_abandoned() or self._in_flight >= self.limits.max_concurrent_batches:
             return 0.0
         count, full = self._plan()
         remaining_s = self._queue[0].enqueued_s + self.limits.max_wait_ms / 1000.0 - now

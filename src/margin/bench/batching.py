@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +30,7 @@ import orjson
 import yaml
 
 from margin.batching.loadgen import AiohttpDriver, WrkDriver
+from margin.bench.procs import free_port, stop, wait_http
 from margin.bench.report import header, write_section
 
 _DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "semantic-cache"
@@ -103,35 +101,6 @@ def offline_ceiling(emb: Any, texts: list[str], sizes: list[int],
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"margin serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except Exception:
-            time.sleep(0.2)
-    raise click.ClickException(f"{url} did not come up in {timeout_s:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int],
                       max_wait_ms: float, warmup_s: float, duration_s: float,
                       log: Any, threads: int | None = None, client: str = "wrk",
@@ -141,7 +110,7 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
     ceiling; it runs just before each cell at the top concurrency (the server idle), so that
     cell's share of the ceiling compares two measurements taken seconds apart."""
     tmp = Path(tempfile.mkdtemp(prefix="margin-bench-batching-"))
-    port = _free_port()
+    port = free_port()
     config = {
         "models": [{"name": f"minilm-b{b}", "provider": "sentence-transformers",
                     "cpu_hour_usd": 0.0, "n_threads": threads, "runtime": runtime,
@@ -159,7 +128,7 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
     results: list[dict] = []
     driver: Any = None
     try:
-        _wait(f"http://127.0.0.1:{port}/healthz", server)
+        wait_http(f"http://127.0.0.1:{port}/healthz", server, 180)
         try:
             driver = WrkDriver(texts, env) if client == "wrk" else AiohttpDriver(texts, env)
         except RuntimeError as exc:
@@ -185,7 +154,7 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
     finally:
         if driver is not None:
             driver.close()
-        _stop(server)
+        stop(server)
     return results
 
 

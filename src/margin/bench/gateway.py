@@ -12,19 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import yaml
 
+from margin.bench.procs import free_port, stop, wait_http
 from margin.bench.report import header, write_section
 
 _LUA = """
@@ -47,25 +44,6 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"process for {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise click.ClickException(f"{url} did not come up")
 
 
 def _ms(value: str, unit: str) -> float:
@@ -125,14 +103,14 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
     multi = (os.cpu_count() or 1) >= 2
     gw_cpu, load_cpu = ("0", "1") if multi else (None, None)
     tmp = Path(tempfile.mkdtemp(prefix="margin-bench-"))
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     try:
         up = subprocess.Popen(_pin([sys.executable, "-m", "margin.bench.fake_upstream",
                                     "--port", str(up_port), "--delay-ms", str(delay_ms)],
                                    load_cpu), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(up)
-        _wait(f"http://127.0.0.1:{up_port}/v1/models", up)
+        wait_http(f"http://127.0.0.1:{up_port}/v1/models", up)
         config = {"models": [{"name": "bench", "provider": "openai",
                               "api_base": f"http://127.0.0.1:{up_port}/v1",
                               "input_cost_per_mtok": 0.15, "output_cost_per_mtok": 0.6}],
@@ -146,7 +124,7 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
                                     str(cfg_path), "--port", str(gw_port)], gw_cpu), cwd=tmp,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(gw)
-        _wait(f"http://127.0.0.1:{gw_port}/healthz", gw)
+        wait_http(f"http://127.0.0.1:{gw_port}/healthz", gw)
         rows = []
         for c in concurrency:
             # warm both paths (connections, caches), then measure side by side
@@ -171,11 +149,7 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
             litellm = False
     finally:
         for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
     mode = "exact-cache hits (same prompt)" if same_prompt else "cache misses (unique prompts)"
     cmd = "margin bench gateway" + (" --same-prompt" if same_prompt else "") + (

@@ -157,16 +157,14 @@ def _gguf_worker(job: dict) -> dict:
 def _parallel_decode(llm: Any, job: dict) -> dict[int, float]:
     """Generated tokens/s when the prompts are decoded n at a time in one context
     (``n_parallel``), greedy, the same prompts and token budget as above."""
-    from margin.upstreams.llamacpp import _chat_formatter
+    from margin.upstreams.llamacpp import chat_formatter, chat_tokens
     from margin.upstreams.llamacpp_batch import BatchedGenerator, GenJob
 
-    fmt = _chat_formatter(llm)
+    fmt = chat_formatter(llm)
     jobs = []
     for p in job["prompts"]:
-        r = fmt(messages=[{"role": "user", "content": p}])
-        tokens = llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
-        stop = (r.stop,) if isinstance(r.stop, str) else tuple(r.stop or ())
-        jobs.append(GenJob(tokens, job["max_tokens"], temperature=0.0, stop=stop))
+        tokens, stop = chat_tokens(llm, fmt, [{"role": "user", "content": p}])
+        jobs.append(GenJob(tokens, job["max_tokens"], temperature=0.0, stop=tuple(stop)))
     out: dict[int, float] = {}
     for n in job["parallel"]:
         gen = BatchedGenerator(llm, n, 512, os.cpu_count() or 1)

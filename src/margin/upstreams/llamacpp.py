@@ -73,7 +73,7 @@ class LlamaCppUpstream:
         if self.model.n_parallel > 1:
             self._generator = BatchedGenerator(self._llm, self.model.n_parallel,
                                                self.model.n_ctx, threads)
-            self._chat_format = _chat_formatter(self._llm)
+            self._chat_format = chat_formatter(self._llm)
 
     @property
     def batchable_generation(self) -> bool:
@@ -125,14 +125,10 @@ class LlamaCppUpstream:
             raise UpstreamError(f"local model {self.model.name!r} failed: {exc}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000
         done = iter(results)
-        paired = [(c, j, next(done) if isinstance(j, GenJob) else None) for c, j in zip(ctxs, jobs)]
-        total = sum(len(j.prompt_tokens) + r.completion_tokens
-                    for _, j, r in paired if isinstance(j, GenJob) and r is not None) or 1
-        out: list[Response | BaseException] = []
+        paired = [(c, j, next(done)) for c, j in zip(ctxs, jobs) if isinstance(j, GenJob)]
+        total = sum(len(j.prompt_tokens) + r.completion_tokens for _, j, r in paired) or 1
+        answers: dict[int, Response] = {}
         for c, job, res in paired:
-            if not isinstance(job, GenJob) or res is None:
-                out.append(job if isinstance(job, BaseException) else UpstreamError("no result"))
-                continue
             c.usage.prompt_tokens = len(job.prompt_tokens)
             c.usage.completion_tokens = res.completion_tokens
             c.compute_s = (c.compute_s or 0.0) + compute_s * (
@@ -141,18 +137,17 @@ class LlamaCppUpstream:
             c.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
                                       prompt_tokens=c.usage.prompt_tokens,
                                       completion_tokens=res.completion_tokens))
-            out.append(Response(200, payload=self._payload(c, res)))
-        return out
+            answers[id(c)] = Response(200, payload=self._payload(c, res))
+        # A job that could not be built is that caller's own error, in its place.
+        return [answers[id(c)] if isinstance(j, GenJob) else j for c, j in zip(ctxs, jobs)]
 
     def _job(self, ctx: RequestContext) -> GenJob:
         kw = self._kwargs(ctx)
         stop = list(kw.get("stop") or [])
         if ctx.endpoint == "chat":
-            fmt = self._chat_format(messages=ctx.body["messages"])
-            tokens = self._llm.tokenize(fmt.prompt.encode("utf-8"),
-                                        add_bos=not fmt.added_special, special=True)
-            if fmt.stop:
-                stop += [fmt.stop] if isinstance(fmt.stop, str) else list(fmt.stop)
+            tokens, template_stop = chat_tokens(self._llm, self._chat_format,
+                                                ctx.body["messages"])
+            stop += template_stop
         else:
             prompt = ctx.body["prompt"]
             prompt = prompt[0] if isinstance(prompt, list) else prompt
@@ -309,7 +304,16 @@ class LlamaCppUpstream:
         raise BadRequest(f"model {self.model.name!r} does not serve embeddings")
 
 
-def _chat_formatter(llm: Any) -> Any:
+def chat_tokens(llm: Any, formatter: Any, messages: list[Any]) -> tuple[list[int], list[str]]:
+    """The prompt tokens and the template's stop strings for ``messages``, tokenized as
+    ``create_chat_completion`` does."""
+    fmt = formatter(messages=messages)
+    tokens = llm.tokenize(fmt.prompt.encode("utf-8"), add_bos=not fmt.added_special, special=True)
+    stop = [fmt.stop] if isinstance(fmt.stop, str) else list(fmt.stop or [])
+    return tokens, stop
+
+
+def chat_formatter(llm: Any) -> Any:
     """The GGUF's own chat template, set up as llama-cpp-python does for
     ``create_chat_completion`` (so a batched prompt is tokenized the same way)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter

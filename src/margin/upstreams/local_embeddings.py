@@ -11,6 +11,7 @@ directory the first time it is asked for.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -80,8 +81,7 @@ class EmbedderVariant:
         """The concrete runtime ``auto`` stands for here."""
         if self.runtime != "auto":
             return self
-        onnx = not self.compile and all(
-            importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+        onnx = not self.compile and _onnx_installed()
         return EmbedderVariant("onnx" if onnx else "torch", self.quantize, self.compile)
 
     @property
@@ -90,6 +90,11 @@ class EmbedderVariant:
         if self.compile:
             parts.append("compiled")
         return "-".join(parts)
+
+
+@functools.cache
+def _onnx_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 FP32 = EmbedderVariant()
