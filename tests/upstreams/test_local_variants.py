@@ -156,3 +156,28 @@ def test_auto_falls_back_to_torch_when_the_onnx_export_cannot_be_written(monkeyp
     assert emb.encode(["Why do cats purr?"]).shape == (1, 384)
     with pytest.raises(OSError):
         LocalEmbedder(variant=EmbedderVariant(runtime="onnx"))
+
+
+def test_length_chunks_cover_every_text_once_within_the_padded_budget():
+    from margin.upstreams.local_embeddings import length_chunks
+
+    counts = [12, 3, 40, 12, 300, 7, 7, 25, 12, 3]
+    chunks = length_chunks(counts, 48)
+    assert sorted(i for c in chunks for i in c) == list(range(len(counts)))
+    flat = [counts[i] for c in chunks for i in c]
+    assert flat == sorted(counts)  # shortest first, so each chunk pads to similar lengths
+    for c in chunks:
+        padded = len(c) * max(counts[i] for i in c)
+        assert padded <= 48 or len(c) == 1, (c, padded)
+    assert [4] in chunks  # longer than the budget: alone
+    assert len(chunks) == 5  # [3,3,7,7] [12,12,12] [25] [40] [300]
+    assert length_chunks([], 48) == []
+
+
+def test_mixed_lengths_encode_as_each_text_alone(fp32):
+    emb, _ = fp32
+    texts = SENTENCES[:5] + ["word " * 300, "ok", ""] + SENTENCES[5:]
+    together = emb.encode(texts, chunk_tokens=64)
+    alone = np.concatenate([emb.encode([t]) for t in texts])
+    assert _cosines(together, alone).min() > 0.99999
+    assert emb.count_tokens(["word " * 300])[0] == emb.max_seq_length  # truncated

@@ -84,7 +84,7 @@ def _minilm_worker(job: dict) -> dict:
     texts: list[str] = job["texts"]
     t0 = time.perf_counter()
     for b in (1, *job["batch_sizes"]):  # warm-up (and, compiled, the compilation)
-        emb.encode(texts[:b], batch_size=b)
+        emb.encode(texts[:b])
     first_s = time.perf_counter() - t0
     lat = []
     t_end = time.perf_counter() + job["seconds"]
@@ -103,11 +103,11 @@ def _minilm_worker(job: dict) -> dict:
             chunk = [texts[(i + k) % len(texts)] for k in range(b)]
             i += b
             t0 = time.perf_counter()
-            emb.encode(chunk, batch_size=b)
+            emb.encode(chunk)
             busy += time.perf_counter() - t0
             n_done += b
         through[b] = n_done / busy
-    vectors = emb.encode(job["quality_texts"], batch_size=64)
+    vectors = emb.encode(job["quality_texts"])
     np.save(job["npy_out"], vectors)
     weights_mb = (emb.onnx_path.stat().st_size / 2**20 if emb.onnx_path is not None
                   else _torch_weights_mb(emb.module))

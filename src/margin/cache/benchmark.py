@@ -34,7 +34,7 @@ def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
         return np.load(path)
     from margin.upstreams.local_embeddings import shared_embedder
 
-    vectors = shared_embedder().encode(texts, batch_size=128)
+    vectors = shared_embedder().encode(texts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)

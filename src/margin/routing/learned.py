@@ -168,11 +168,12 @@ class LearnedRouter:
 
     def strong_probabilities(self, requests: Sequence[Request],
                              batch_size: int = 64) -> np.ndarray:
-        """Batch scoring (one encoder pass per batch), in input order."""
+        """Batch scoring (one encoder call per ``batch_size`` requests), in input order."""
         if not requests:
             return np.zeros(0, dtype=np.float32)
         texts = [self.embedding_text(r) for r in requests]
-        embeddings = self.embedder.encode(texts, batch_size=batch_size)
+        embeddings = np.concatenate([self.embedder.encode(texts[i:i + batch_size])
+                                     for i in range(0, len(texts), batch_size)])
         features = np.asarray([extract_features(r) for r in requests], dtype=np.float32)
         return self.probabilities_from(embeddings, features, texts)
 
