@@ -181,3 +181,43 @@ def test_mixed_lengths_encode_as_each_text_alone(fp32):
     alone = np.concatenate([emb.encode([t]) for t in texts])
     assert _cosines(together, alone).min() > 0.99999
     assert emb.count_tokens(["word " * 300])[0] == emb.max_seq_length  # truncated
+
+
+@needs_onnx
+def test_onnx_spreads_a_call_over_workers_with_the_same_vectors(fp32, cache_root):
+    import threading
+
+    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+
+    _, ref = fp32
+    variant = EmbedderVariant(runtime="onnx")
+    one = LocalEmbedder(variant=variant, onnx_dir=cache_root / "onnx", workers=1)
+    two = LocalEmbedder(variant=variant, onnx_dir=cache_root / "onnx", workers=2)
+    assert (one.workers, two.workers) == (1, 2)
+    texts = SENTENCES * 4 + ["word " * 120]
+    before = set(threading.enumerate())
+    spread, counts, busy_s = two.encode_timed(texts)
+    helpers = set(threading.enumerate()) - before
+    assert any(t.name.startswith("margin-onnx") for t in helpers), "the call was not spread"
+    assert counts == one.count_tokens(texts) and busy_s > 0
+    assert _cosines(spread, one.encode(texts)).min() > 0.99999
+    assert _cosines(spread[:len(SENTENCES)], ref).min() > 0.9999
+    # one short text is one pass: it runs alone, on every thread
+    assert _cosines(two.encode(SENTENCES[:1]), ref[:1]).min() > 0.9999
+
+
+@needs_onnx
+def test_a_failed_pass_fails_the_call_after_the_others_finish(cache_root):
+    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+
+    emb = LocalEmbedder(variant=EmbedderVariant(runtime="onnx"), onnx_dir=cache_root / "onnx",
+                        workers=2)
+    bad = {"input_ids": np.zeros((1, 3), dtype=np.int64)}  # a pass without its other inputs
+    good = emb.tokenize(["fine"])[0]
+    from margin.upstreams.local_embeddings import pad_features
+
+    out = np.zeros((3, emb.dim), dtype=np.float32)
+    with pytest.raises(Exception):
+        emb._onnx.run_spread([([0], pad_features(good, 0)), ([1], bad),
+                              ([2], pad_features(good, 0))], out)
+    assert emb.encode(["still works"]).shape == (1, emb.dim)

