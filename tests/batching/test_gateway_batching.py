@@ -153,6 +153,11 @@ def test_concurrent_embeddings_share_upstream_calls_and_each_caller_gets_its_own
     rows = _rows(db, ids)
     shared = [row for row in rows.values() if row["notes"]["batch_requests"] > 1]
     assert shared, "no request recorded a shared batch"
+    call_ms: dict[int, set[float]] = {}
+    for row in rows.values():
+        call_ms.setdefault(row["notes"]["batch_id"], set()).add(row["notes"]["batch_ms"])
+    # one duration per call, the same on every row that rode in it
+    assert all(len(ms) == 1 and next(iter(ms)) > 0 for ms in call_ms.values()), call_ms
     for row in rows.values():
         assert row["notes"]["batch_size"] >= 1 and row["prompt_tokens"] > 0
         # fake_model prices input at 1 USD per million tokens: cost follows own tokens

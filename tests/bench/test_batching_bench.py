@@ -51,6 +51,7 @@ def test_load_generator_drives_a_real_gateway(fake_upstream_factory, gateway_fac
     assert 1 < r["mean_batch"] <= 8
     assert 0 < r["model_busy_pct"] <= 110 and r["batch_ms"] > 0
     assert r["client_cpu_pct"] > 0 and r["server_cpu_pct"] is not None
+    assert r["window"][0] < r["window"][1]
     assert sum(up.app.batch_sizes) >= r["requests"]
 
 
@@ -71,9 +72,10 @@ def test_wrk_driver_drives_a_real_gateway(fake_upstream_factory, gateway_factory
 
 
 def _cell(b: int, c: int, rps: float, p50: float, p99: float, batch: float,
-          batch_ms: float = 70.0) -> dict:
+          batch_ms: float = 70.0, batch_p99_ms: float = 90.0) -> dict:
     return {"max_batch_size": b, "concurrency": c, "rps": rps, "p50_ms": p50, "p99_ms": p99,
-            "mean_batch": batch, "batch_ms": batch_ms, "model_busy_pct": 97.0,
+            "mean_batch": batch, "batch_ms": batch_ms, "batch_p99_ms": batch_p99_ms,
+            "model_busy_pct": 97.0,
             "client_cpu_pct": 12.0, "server_cpu_pct": 180.0, "errors": 0}
 
 
@@ -85,8 +87,10 @@ def test_render_has_the_seed_table_the_targets_and_costs():
     text = render(offline, cells, [1, 32], [1, 64], 5.0, 0.09, "test questions", 5.0,
                   "margin bench batching")
     assert "| 32 | 70.0 | 95.0 | 457 | 3.7× | 8.8× |" in text  # seed's table: gain and penalty
-    # at c=64: 420/457 of the ceiling, 3.5x batch-1, P99 bound 5 + 2 * 70 = 145 < 160
-    assert "| 32 | 31.5 | 420 | 92 % | 3.5× | 150.0 | 160.0 | 16.7× | 145 ✗ |" in text
+    # at c=64: 420/457 of the ceiling, 3.5x batch-1, P99 bound 5 + 2 * 70 = 145 < 160 with
+    # the mean batch time, 5 + 2 * 90 = 185 with the P99 batch time
+    assert "| 32 | 31.5 | 420 | 92 % | 3.5× | 150.0 | 160.0 | 16.7× | 145 ✗ | 185 ✓ |" in text
+    assert "| 32 | 64 | 420 | 150.0 | 160.0 | 31.5 | 70.0 / 90.0 | 97 |" in text
     assert "= 92 % of the offline ceiling" in text
     # batch 1 at c=64 queues 64 batches: the two-batch bound does not apply
     assert "| 1 | 1.0 | 120 | 26 % | 1.0× | 530.0 | 560.0 | 58.9× | – (64 batches queued) |" in text
@@ -118,5 +122,7 @@ def test_bench_batching_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = out.read_text()
     assert "<!-- bench:batching -->" in doc and "<!-- /bench:batching -->" in doc
-    assert "| 4 | 4 |" in doc  # the b=4, c=4 cell
+    row = next(line for line in doc.splitlines() if line.startswith("| 4 | 4 |"))  # b=4, c=4
+    mean_ms, p99_ms = (float(x) for x in row.split("|")[7].split("/"))
+    assert 0 < mean_ms <= p99_ms  # call durations, read back from the gateway's ledger
     assert "generated questions" in doc

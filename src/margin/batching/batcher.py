@@ -74,6 +74,7 @@ class Outcome(Generic[R]):
     wait_ms: float        # from submit to the batch leaving
     immediate: bool       # dispatched on arrival, never queued (the idle path)
     batch_id: int
+    duration_ms: float    # how long the batch call took
 
 
 @dataclass(slots=True)
@@ -289,7 +290,7 @@ class Batcher(Generic[T, R]):
             else:
                 p.future.set_result(Outcome(results[i], len(batch), size, tokens,
                                             (dispatched_s - p.enqueued_s) * 1000.0, immediate,
-                                            batch_id))
+                                            batch_id, elapsed * 1000.0))
         if self.on_batch is not None:
             self.on_batch(BatchReport(len(batch), size, tokens, elapsed,
                                       [(dispatched_s - p.enqueued_s) for p in batch],

@@ -56,6 +56,35 @@ def batch_counters(text: str, model: str) -> tuple[float, float, float]:
     return inputs, batches, busy_s
 
 
+def ledger_batch_ms(db_path: str, model: str, window: tuple[float, float],
+                    timeout_s: float = 10.0) -> list[float]:
+    """How long each batch call took, from the ledger rows of requests that started in
+    ``window`` (``notes.batch_ms``, one value per ``batch_id``), once the writer has
+    flushed them."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    last = -1
+    while True:
+        db = sqlite3.connect(db_path)
+        try:
+            rows = db.execute("SELECT notes FROM requests WHERE model = ? AND ts >= ? AND ts < ?",
+                              (model, window[0], window[1])).fetchall()
+        finally:
+            db.close()
+        # the writer flushes every 200 ms: wait until two reads agree
+        if len(rows) == last or time.monotonic() > deadline:
+            break
+        last = len(rows)
+        time.sleep(0.5)
+    calls: dict[int, float] = {}
+    for (notes,) in rows:
+        n = orjson.loads(notes) if notes else {}
+        if "batch_id" in n and "batch_ms" in n:
+            calls[n["batch_id"]] = float(n["batch_ms"])
+    return sorted(calls.values())
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     if not sorted_ms:
         return float("nan")
@@ -103,10 +132,12 @@ async def run_cell(cmd: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         await asyncio.sleep(warmup_s)
         m0 = batch_counters(await metrics(), model)
         cpu0, srv0, t0 = _rusage_s(), proc_cpu_s(cmd.get("server_pid")), time.perf_counter()
+        window_start = time.time()
         phase["measure"] = True
         await asyncio.sleep(duration_s)
         phase["stop"] = True
         wall = time.perf_counter() - t0
+        window = (window_start, time.time())
         cpu1, srv1 = _rusage_s(), proc_cpu_s(cmd.get("server_pid"))
         m1 = batch_counters(await metrics(), model)
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -122,6 +153,7 @@ async def run_cell(cmd: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         "client_cpu_pct": 100 * (cpu1 - cpu0) / wall,
         "server_cpu_pct": (100 * (srv1 - srv0) / wall
                            if srv0 is not None and srv1 is not None else None),
+        "window": window,
     }
 
 
@@ -264,7 +296,9 @@ class WrkDriver:
                 self._wrk(url, script, c, float(cmd["warmup_s"]))
                 drained()
             m0, srv0 = metrics(), proc_cpu_s(cmd.get("server_pid"))
+            window_start = time.time()
             out, cpu, wall = self._wrk(url, script, c, float(cmd["duration_s"]))
+            window = (window_start, time.time())
             m1, srv1 = metrics(), proc_cpu_s(cmd.get("server_pid"))
         finally:
             os.unlink(script)
@@ -277,7 +311,8 @@ class WrkDriver:
                 "batch_ms": 1000 * (m1[2] - m0[2]) / batches if batches else float("nan"),
                 "client_cpu_pct": 100 * cpu / wall,
                 "server_cpu_pct": (100 * (srv1 - srv0) / wall
-                                   if srv0 is not None and srv1 is not None else None)}
+                                   if srv0 is not None and srv1 is not None else None),
+                "window": window}
 
     def close(self) -> None:
         return None

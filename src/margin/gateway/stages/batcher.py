@@ -9,8 +9,8 @@ passes straight through.
 
 On by default for ``sentence-transformers`` models (the bundled MiniLM); other models batch
 when their config has ``batch:`` (``enabled: false`` turns it off). Each request keeps its own
-ledger row, with ``notes.batch_size`` (inputs in the call it rode in), ``batch_requests`` and
-``batch_wait_ms``.
+ledger row, with ``notes.batch_size`` (inputs in the call it rode in), ``batch_requests``,
+``batch_wait_ms``, ``batch_id`` and ``batch_ms`` (how long that call took).
 """
 
 from __future__ import annotations
@@ -210,6 +210,7 @@ class BatcherStage:
         ctx.notes["batch_requests"] = outcome.batch_items
         ctx.notes["batch_wait_ms"] = round(outcome.wait_ms, 3)
         ctx.notes["batch_id"] = outcome.batch_id  # rows with the same id shared one call
+        ctx.notes["batch_ms"] = round(outcome.duration_ms, 3)
 
     # -- embeddings ---------------------------------------------------------------------
     async def _embed(self, inputs: list[Any], ctx: RequestContext) -> EmbedResult:
