@@ -426,7 +426,7 @@ def models(variants: str, gguf: bool, seconds: float, batch_sizes: str, pairs_pa
                                         threshold)
     from margin.upstreams.local_embeddings import _load_tokenizer, bundled_minilm_path
 
-    tok = _load_tokenizer(bundled_minilm_path(), 256, pad=False)
+    tok = _load_tokenizer(bundled_minilm_path(), 256)
     tokens = sum(len(e.ids) for e in tok.encode_batch(texts[:2000])) / min(2000, len(texts))
     gguf_rows: list[dict] = []
     built: dict[str, Any] = {}
