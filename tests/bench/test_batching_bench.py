@@ -99,7 +99,11 @@ def test_render_has_the_seed_table_the_targets_and_costs():
     text = render(offline, cells, [1, 32], [1, 64], 5.0, 0.09, "test questions", 5.0,
                   "margin bench batching")
     assert "| 32 | 31.5 | 420 | 88 % |" in text
-    assert "= 88 % of the offline ceiling measured just before that cell (480 sentences/s" in text
+    assert "= 88 % of the offline ceiling measured around that cell (480 sentences/s" in text
+    cells[-1].update(ceiling_before_rps=470.0, ceiling_after_rps=490.0)
+    text = render(offline, cells, [1, 32], [1, 64], 5.0, 0.09, "test questions", 5.0,
+                  "margin bench batching")
+    assert "(480 sentences/s at batch 32, the mean of 470 just before and 490 just after" in text
     # cost of 1k requests at 420 req/s and 0.09 USD/h
     assert f"{0.09 / 3600 / 420 * 1000:.6f}" in text
     assert "No GPU on this machine" in text
@@ -126,3 +130,17 @@ def test_bench_batching_runs_end_to_end(tmp_path):
     mean_ms, p99_ms = (float(x) for x in row.split("|")[7].split("/"))
     assert 0 < mean_ms <= p99_ms  # call durations, read back from the gateway's ledger
     assert "generated questions" in doc
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_ray_reference_needs_a_python_with_ray_and_says_so():
+    import importlib.util
+
+    import click
+
+    from margin.bench.batching import run_ray_cell
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed here: this checks the message when it is not")
+    with pytest.raises(click.ClickException, match="Ray Serve exited .*ray"):
+        run_ray_cell(sys.executable, ["a question"], 4, 32, 5.0, 0.0, 1.0, lambda _: None)

@@ -221,3 +221,20 @@ def test_a_failed_pass_fails_the_call_after_the_others_finish(cache_root):
         emb._onnx.run_spread([([0], pad_features(good, 0)), ([1], bad),
                               ([2], pad_features(good, 0))], out)
     assert emb.encode(["still works"]).shape == (1, emb.dim)
+
+
+def test_the_local_upstream_hands_the_gil_over_quickly():
+    import sys
+
+    from margin.upstreams.sentence_transformers import (GIL_SWITCH_INTERVAL_S,
+                                                        SentenceTransformersUpstream)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        up = SentenceTransformersUpstream(ModelConfig(name="emb", provider="sentence-transformers",
+                                                      runtime="torch"))
+        asyncio.run(up.start())
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(before)

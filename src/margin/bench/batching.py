@@ -136,7 +136,8 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
         offset = 0
         for b in sizes:
             for c in concurrency:
-                ceiling = probe() if probe is not None and c == max(concurrency) else None
+                top = probe is not None and c == max(concurrency)
+                ceiling = probe() if top else None
                 r = driver.cell({"url": f"http://127.0.0.1:{port}", "model": f"minilm-b{b}",
                                  "concurrency": c, "warmup_s": warmup_s,
                                  "duration_s": duration_s, "server_pid": server.pid,
@@ -148,7 +149,11 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
                 r["batch_calls"] = len(calls)
                 r["batch_p99_ms"] = percentile(calls, 99)
                 if ceiling is not None:
-                    r["ceiling_rps"] = ceiling
+                    # the machine's speed drifts: the mean of the model alone just before
+                    # and just after the cell is its best estimate during the cell
+                    after = probe()
+                    r["ceiling_before_rps"], r["ceiling_after_rps"] = ceiling, after
+                    r["ceiling_rps"] = (ceiling + after) / 2
                 results.append(r)
                 log(f"b={b:<3} c={c:<3} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                     f"p99 {r['p99_ms']:7.1f} ms  batch {r['mean_batch']:5.1f}  "
@@ -160,6 +165,69 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
             driver.close()
         stop(server)
     return results
+
+
+def run_ray_cell(python: str, texts: list[str], concurrency: int, max_batch_size: int,
+                 max_wait_ms: float, warmup_s: float, duration_s: float, log: Any) -> dict:
+    """The issue's reference, side by side: Ray Serve's ``@serve.batch`` (one replica) serving
+    the same model over HTTP, run by ``python`` (which must have ``ray[serve]``), under the
+    same closed-loop wrk load as the gateway's cells."""
+    import signal
+    import urllib.request
+
+    from margin.bench.gateway import parse_wrk
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([python, "-m", "margin.bench.ray_serve_app", str(port),
+                             str(max_batch_size), str(max_wait_ms)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # Ray's own processes go with it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                last = (err.strip().splitlines() or ["no output"])[-1]
+                raise click.ClickException(f"Ray Serve exited with {proc.returncode}: {last}")
+            try:
+                req = urllib.request.Request(url + "/v1/embeddings", method="POST",
+                                             data=b'{"input": "ready?"}',
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise click.ClickException("Ray Serve did not come up in 300 s")
+            time.sleep(1)
+        driver = WrkDriver(texts, env)
+        script = driver._script("ray", 0)
+        try:
+            if warmup_s:
+                driver._wrk(url, script, concurrency, warmup_s)
+            out, cpu, wall = driver._wrk(url, script, concurrency, duration_s)
+        finally:
+            os.unlink(script)
+        w = parse_wrk(out)
+        r = {"rps": w.rps, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "errors": w.errors,
+             "concurrency": concurrency, "max_batch_size": max_batch_size}
+        log(f"ray   c={concurrency:<3} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+            f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}")
+        return r
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the whole group: Ray's own processes too
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(30)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def _cost(hour_usd: float, rps: float, tokens_per_req: float) -> tuple[float, float]:
@@ -185,7 +253,7 @@ def _bound_cell(r: dict, max_batch: int, concurrency: int, max_wait_ms: float,
 
 def render(offline: dict[int, dict], cells: list[dict], sizes: list[int],
            concurrency: list[int], max_wait_ms: float, hour_usd: float, source: str,
-           duration_s: float, command: str, load: str = "") -> str:
+           duration_s: float, command: str, load: str = "", ray: dict | None = None) -> str:
     tokens = offline[0]["mean_tokens"]
     base = offline[sizes[0]]
     best_b = max((b for b in sizes), key=lambda b: offline[b]["rps"])
@@ -214,8 +282,9 @@ def render(offline: dict[int, dict], cells: list[dict], sizes: list[int],
                  and r["max_batch_size"] == sizes[0]), None)
     b1 = top.get(sizes[0])
     lines += ["", f"**Through the gateway at concurrency {c_top}**: % of ceiling against the "
-              f"model alone at its best batch ({best_b}), measured in the seconds before each "
-              "cell (the machine's speed drifts by ±10 % over minutes); throughput gain against "
+              f"model alone at its best batch ({best_b}), measured just before and just after "
+              "each cell, the mean of the two (the machine's speed drifts by ±10 % and more "
+              "over minutes); throughput gain against "
               f"`max_batch_size` {sizes[0]} at the same load, latency penalty against one request "
               f"alone (P50 at concurrency {min(concurrency)}, `max_batch_size` {sizes[0]}"
               + (f": {idle['p50_ms']:.1f} ms" if idle else "") + ").", "",
@@ -241,14 +310,28 @@ def render(offline: dict[int, dict], cells: list[dict], sizes: list[int],
         lines += ["", f"Best at concurrency {c_top}: `max_batch_size` {best['max_batch_size']}, "
                   f"{best['rps']:.0f} req/s = "
                   f"{100 * best['rps'] / best.get('ceiling_rps', ceiling):.0f} % of the offline "
-                  f"ceiling measured just before that cell "
-                  f"({best.get('ceiling_rps', ceiling):.0f} sentences/s at batch {best_b}; "
+                  "ceiling measured around that cell "
+                  f"({best.get('ceiling_rps', ceiling):.0f} sentences/s at batch {best_b}"
+                  + (f", the mean of {best['ceiling_before_rps']:.0f} just before and "
+                     f"{best['ceiling_after_rps']:.0f} just after"
+                     if "ceiling_after_rps" in best else "") + "; "
                   f"{ceiling:.0f}/s in the table above; target ≥ 90 %), "
-                  f"{best['rps'] / RAY_SERVE_RPS_C64:.1f}× the ~{RAY_SERVE_RPS_C64:.0f} req/s the "
-                  "issue reports for Ray Serve on this kind of machine (not re-measured here). "
+                  + (f"{best['rps'] / ray['rps']:.1f}× Ray Serve measured side by side (below). "
+                     if ray and ray["rps"] else
+                     f"{best['rps'] / RAY_SERVE_RPS_C64:.1f}× the ~{RAY_SERVE_RPS_C64:.0f} req/s "
+                     "the issue reports for Ray Serve on this kind of machine (not re-measured "
+                     "here; `--ray-python` measures it). ")
+                  + 
                   f"Load generator: {best['client_cpu_pct']:.0f} % of one core; server process: "
                   + (f"{best['server_cpu_pct']:.0f} %" if best.get("server_cpu_pct") else "n/a")
                   + " (200 % = both cores)."]
+    if ray:
+        lines += ["", f"**Ray Serve, side by side**: `@serve.batch(max_batch_size="
+                  f"{ray['max_batch_size']}, batch_wait_timeout_s={max_wait_ms / 1000:g})`, one "
+                  "replica, the same model object (`LocalEmbedder`, so the same runtime and "
+                  "chunking) called inside the batched method, the same wrk load at concurrency "
+                  f"{ray['concurrency']}: **{ray['rps']:.0f} req/s**, P50 {ray['p50_ms']:.1f} ms, "
+                  f"P99 {ray['p99_ms']:.1f} ms, {ray['errors']} errors."]
     lines += ["", "With one copy of the model, closed-loop clients settle into two alternating "
               "batches: while one runs, the other half of the clients queue, and they leave the "
               "moment the model is free (they have waited longer than `max_wait_ms`), so the "
@@ -307,12 +390,16 @@ def _ints(text: str, name: str) -> list[int]:
               show_default=True, help="the model's runtime, offline and in the gateway")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch threads for the model [default: torch's, one per core]")
+@click.option("--ray-python", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="a Python with ray[serve] and margin importable: also measure Ray Serve's "
+                   "@serve.batch (batch 32) on the same model and load")
 @click.option("--out", default="docs/benchmarks.md", show_default=True,
               help="markdown file to update ('-' to only print)")
 @click.option("--json", "as_json", is_flag=True, help="print the raw results as JSON")
 def batching(concurrency: str, batch_sizes: str, max_wait_ms: float, duration_s: float,
              warmup_s: float, offline_s: float, questions: Path, cpu_hour_usd: float,
-             client: str, runtime: str, threads: int | None, out: str, as_json: bool) -> None:
+             client: str, runtime: str, threads: int | None, ray_python: str | None, out: str,
+             as_json: bool) -> None:
     """Throughput and latency of dynamic batching on the local MiniLM, through the gateway."""
     import importlib.util
 
@@ -335,14 +422,21 @@ def batching(concurrency: str, batch_sizes: str, max_wait_ms: float, duration_s:
 
     def probe() -> float:
         rps = offline_ceiling(model, texts, [best_b], offline_s)[best_b]["rps"]
-        log(f"offline b={best_b:<3} {rps:6.0f} sentences/s (ceiling, just before the next cell)")
+        log(f"offline b={best_b:<3} {rps:6.0f} sentences/s (ceiling probe, around the next cell)")
         return rps
 
     cells = run_gateway_cells(texts, sizes, conc, max_wait_ms, warmup_s, duration_s, log,
                               threads, client, probe, runtime)
+    ray = None
+    if ray_python:
+        if not shutil.which("wrk"):
+            raise click.UsageError("--ray-python needs wrk")
+        ray = run_ray_cell(ray_python, texts, max(conc), 32, max_wait_ms, warmup_s, duration_s,
+                           log)
     load = f"{load_before} before, {load_note()} after" if load_before else ""
     if as_json:
-        click.echo(orjson.dumps({"offline": offline, "cells": cells}, option=orjson.OPT_NON_STR_KEYS).decode())
+        click.echo(orjson.dumps({"offline": offline, "cells": cells, "ray": ray},
+                                option=orjson.OPT_NON_STR_KEYS).decode())
         return
     parts = ["margin bench batching"]
     if concurrency != "1,8,16,32,64":
@@ -357,8 +451,10 @@ def batching(concurrency: str, batch_sizes: str, max_wait_ms: float, duration_s:
         parts.append(f"--threads {threads}")
     if client != "wrk":
         parts.append(f"--client {client}")
+    if ray_python:
+        parts.append("--ray-python PYTHON")
     text = render(offline, cells, sizes, conc, max_wait_ms, cpu_hour_usd, source, duration_s,
-                  " ".join(parts), load)
+                  " ".join(parts), load, ray)
     click.echo(text)
     if out != "-":
         write_section("batching", text, out)

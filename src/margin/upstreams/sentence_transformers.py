@@ -8,6 +8,7 @@ on: a coalesced batch of requests costs the model one forward pass. The model va
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from margin.config import ModelConfig
@@ -21,6 +22,13 @@ def variant_of(model: ModelConfig) -> EmbedderVariant:
     return EmbedderVariant(runtime=model.runtime, quantize=model.quantize, compile=model.compile)
 
 
+# The model's threads need the GIL for a moment between passes, while the event loop may hold
+# it for the default 5 ms at a time (answering a batch's callers): the cores then sit idle.
+# Handing it over every 0.5 ms instead, measured side by side at concurrency 64 on 2 cores:
+# 278-311 vs 262-299 req/s and P99 267-348 vs 385-486 ms (three runs each).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 class SentenceTransformersUpstream:
     # The batcher may hand this upstream many callers' inputs in one call.
     batchable_embeddings = True
@@ -31,6 +39,7 @@ class SentenceTransformersUpstream:
         self.embedder: LocalEmbedder | None = None
 
     async def start(self) -> None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         if self.embedder is None:
             self.embedder = await asyncio.to_thread(shared_embedder, self.model.path,
                                                     self.variant, threads=self.model.n_threads)
