@@ -164,6 +164,7 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
         if driver is not None:
             driver.close()
         stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)  # the config and the bench's own ledger
     return results
 
 
@@ -332,11 +333,16 @@ def render(offline: dict[int, dict], cells: list[dict], sizes: list[int],
                   "chunking) called inside the batched method, the same wrk load at concurrency "
                   f"{ray['concurrency']}: **{ray['rps']:.0f} req/s**, P50 {ray['p50_ms']:.1f} ms, "
                   f"P99 {ray['p99_ms']:.1f} ms, {ray['errors']} errors."]
-    lines += ["", "With one copy of the model, closed-loop clients settle into two alternating "
-              "batches: while one runs, the other half of the clients queue, and they leave the "
-              "moment the model is free (they have waited longer than `max_wait_ms`), so the "
-              "mean batch is about concurrency / 2 and the model never idles; a request waits "
-              "for about one batch and then rides in the next, hence the P99 bound of "
+    lines += ["", "With one copy of the model, closed-loop clients settle into one of two "
+              "patterns, depending on how the cell starts. Either two alternating batches: "
+              "while one runs, the other half of the clients queue, and they leave the moment "
+              "the model is free (they have waited longer than `max_wait_ms`), so the batches "
+              "hold about concurrency / 2 and the model never idles, but it shares the cores "
+              "with the event loop answering and reading the other half. Or one group: batches "
+              "of about `max_batch_size` with stray single requests between them, the model "
+              "running alone while the clients wait and idling while they turn around. The "
+              "mean batch column averages over all calls, singles included. A request waits "
+              "for at most about one batch and then rides in the next, hence the P99 bound of "
               "`max_wait_ms` + two batch times. Two readings of \"batch time\", both observed in "
               "that cell: the mean (the model's busy time over the batches it ran, from "
               "`margin_batch_duration_seconds`) and the P99 over its calls (each call's duration, "
