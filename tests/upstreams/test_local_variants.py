@@ -218,7 +218,7 @@ def test_a_failed_pass_fails_the_call_after_the_others_finish(cache_root):
 
     out = np.zeros((3, emb.dim), dtype=np.float32)
     with pytest.raises(Exception):
-        emb._onnx.run_spread([([0], pad_features(good, 0)), ([1], bad),
+        emb._onnx.run_passes([([0], pad_features(good, 0)), ([1], bad),
                               ([2], pad_features(good, 0))], out)
     assert emb.encode(["still works"]).shape == (1, emb.dim)
 

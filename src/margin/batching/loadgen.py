@@ -243,7 +243,7 @@ class WrkDriver:
         self.texts = [t for t in texts if "]==]" not in t]
         self.env = env
 
-    def _script(self, model: str, offset: int) -> str:
+    def script_for(self, model: str, offset: int) -> str:
         import tempfile
 
         bodies = ",\n".join("[==[" + orjson.dumps({"model": model, "input": t}).decode() + "]==]"
@@ -252,7 +252,7 @@ class WrkDriver:
             f.write("bodies = {\n" + bodies + "\n}\n" + _WRK_LUA.replace("OFFSET", str(offset)))
             return f.name
 
-    def _wrk(self, url: str, script: str, c: int, seconds: float) -> tuple[str, float, float]:
+    def run_wrk(self, url: str, script: str, c: int, seconds: float) -> tuple[str, float, float]:
         import subprocess
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -273,7 +273,7 @@ class WrkDriver:
         from margin.bench.gateway import parse_wrk
 
         url, model, c = cmd["url"], cmd["model"], int(cmd["concurrency"])
-        script = self._script(model, int(cmd.get("offset", 0)))
+        script = self.script_for(model, int(cmd.get("offset", 0)))
 
         def metrics() -> tuple[float, float, float]:
             with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
@@ -293,11 +293,11 @@ class WrkDriver:
 
         try:
             if cmd["warmup_s"]:
-                self._wrk(url, script, c, float(cmd["warmup_s"]))
+                self.run_wrk(url, script, c, float(cmd["warmup_s"]))
                 drained()
             m0, srv0 = metrics(), proc_cpu_s(cmd.get("server_pid"))
             window_start = time.time()
-            out, cpu, wall = self._wrk(url, script, c, float(cmd["duration_s"]))
+            out, cpu, wall = self.run_wrk(url, script, c, float(cmd["duration_s"]))
             window = (window_start, time.time())
             m1, srv1 = metrics(), proc_cpu_s(cmd.get("server_pid"))
         finally:

@@ -136,8 +136,7 @@ def run_gateway_cells(texts: list[str], sizes: list[int], concurrency: list[int]
         offset = 0
         for b in sizes:
             for c in concurrency:
-                top = probe is not None and c == max(concurrency)
-                ceiling = probe() if top else None
+                ceiling = probe() if probe is not None and c == max(concurrency) else None
                 r = driver.cell({"url": f"http://127.0.0.1:{port}", "model": f"minilm-b{b}",
                                  "concurrency": c, "warmup_s": warmup_s,
                                  "duration_s": duration_s, "server_pid": server.pid,
@@ -174,7 +173,6 @@ def run_ray_cell(python: str, texts: list[str], concurrency: int, max_batch_size
     the same model over HTTP, run by ``python`` (which must have ``ray[serve]``), under the
     same closed-loop wrk load as the gateway's cells."""
     import signal
-    import urllib.request
 
     from margin.bench.gateway import parse_wrk
 
@@ -186,30 +184,15 @@ def run_ray_cell(python: str, texts: list[str], concurrency: int, max_batch_size
                             start_new_session=True)  # Ray's own processes go with it
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                last = (err.strip().splitlines() or ["no output"])[-1]
-                raise click.ClickException(f"Ray Serve exited with {proc.returncode}: {last}")
-            try:
-                req = urllib.request.Request(url + "/v1/embeddings", method="POST",
-                                             data=b'{"input": "ready?"}',
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-            if time.monotonic() > deadline:
-                raise click.ClickException("Ray Serve did not come up in 300 s")
-            time.sleep(1)
+        # Ray's proxy answers before the deployment is up: wait for a real embedding
+        wait_http(url + "/v1/embeddings", proc, 300, data=b'{"input": "ready?"}',
+                  name="Ray Serve")
         driver = WrkDriver(texts, env)
-        script = driver._script("ray", 0)
+        script = driver.script_for("ray", 0)
         try:
             if warmup_s:
-                driver._wrk(url, script, concurrency, warmup_s)
-            out, cpu, wall = driver._wrk(url, script, concurrency, duration_s)
+                driver.run_wrk(url, script, concurrency, warmup_s)
+            out, _, _ = driver.run_wrk(url, script, concurrency, duration_s)
         finally:
             os.unlink(script)
         w = parse_wrk(out)

@@ -115,7 +115,7 @@ class LocalEmbedder:
         self._model: Any = None
         self.module: Any = None
         self.onnx_path: Path | None = None
-        self._run: Callable[[dict[str, Any], bool], np.ndarray]
+        self._run: Callable[[dict[str, Any]], np.ndarray]
         self._onnx: OnnxRunner | None = None
         if variant.runtime == "onnx":
             try:
@@ -211,8 +211,8 @@ class LocalEmbedder:
             ids, counts = self.tokenize(texts)
             chunks = length_chunks(counts, chunk_tokens // self.workers)
             passes = [(idx, pad_features([ids[i] for i in idx], self._pad_id)) for idx in chunks]
-            if self._onnx is not None and len(passes) > 1:
-                self._onnx.run_spread(passes, out)
+            if self._onnx is not None:
+                self._onnx.run_passes(passes, out)
             else:
                 for idx, features in passes:
                     out[idx] = self._run(features)
