@@ -20,7 +20,8 @@ from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig
 from margin.compression.config import CompressionConfig
-from margin.routing.config import ResilienceConfig, RouteConfig
+from margin.routing.config import RouteConfig
+from margin.upstreams.config import ResilienceConfig
 from margin.errors import ConfigError
 
 Provider = str  # "openai" | "llamacpp" | "sentence-transformers" | an entry point

@@ -37,7 +37,7 @@ def _wait_in_flight(base: str, timeout_s: float = 30) -> None:
 
 
 def test_local_minilm_batches_concurrent_requests(tmp_path):
-    from margin.upstreams.local_embeddings import shared_embedder
+    from margin.embedding.minilm import shared_embedder
 
     config = {"models": [{"name": "minilm", "provider": "sentence-transformers",
                           "cpu_hour_usd": 3.6,  # 0.001 USD per busy second: cost = compute

@@ -17,7 +17,7 @@ SCOPE = "tenant-a|small|t=0|h=none"
 
 @pytest.fixture(scope="module")
 def embed():
-    from margin.upstreams.local_embeddings import shared_embedder
+    from margin.embedding.minilm import shared_embedder
 
     model = shared_embedder()
     return lambda text: model.encode([text])[0]

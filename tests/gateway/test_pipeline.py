@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 
 from margin.gateway import pipeline
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 
 
 class Sleepy:

@@ -12,7 +12,7 @@ import pytest
 
 from margin.config import Settings
 from margin.errors import BudgetExceeded, UpstreamError
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.gateway.stages.budget import BudgetStage
 from margin.limits.admission import Admission
 from margin.limits.budgets import to_nusd

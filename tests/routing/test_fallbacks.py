@@ -14,8 +14,8 @@ import pytest
 from margin.config import ModelConfig
 from margin.errors import (BadRequest, Overloaded, UpstreamError, UpstreamStatusError,
                            UpstreamTimeout)
-from margin.gateway.context import RequestContext
-from margin.routing.fallbacks import (COOLING, HEALTHY, PROBING, DeploymentHealth, HealthConfig,
+from margin.types import RequestContext
+from margin.upstreams.resilience import (COOLING, HEALTHY, PROBING, DeploymentHealth, HealthConfig,
                                       ResilienceConfig, RetryConfig, backoff_s, is_retryable)
 from margin.upstreams.openai_http import OpenAIHTTPUpstream
 from tests.conftest import fake_model, free_port

@@ -21,7 +21,7 @@ TUNE = REPO.parent / "shared" / "data" / "routing" / "routellm_gsm8k_mmlu_tune.j
 
 def _has_minilm() -> bool:
     try:
-        from margin.upstreams.local_embeddings import bundled_minilm_path
+        from margin.embedding.minilm import bundled_minilm_path
 
         return bundled_minilm_path().exists()
     except Exception:

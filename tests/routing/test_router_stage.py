@@ -233,7 +233,7 @@ def test_fallback_chain_order(tmp_path):
 def test_a_failing_router_sends_the_request_to_the_largest_tier(tmp_path):
     import asyncio
 
-    from margin.gateway.context import RequestContext
+    from margin.types import RequestContext
 
     gw = Gateway(_settings(tmp_path, [{"name": "auto", "tiers": ["small", "large"]}]))
     (stage,) = [s for s in gw.stages if s.name == "router"]

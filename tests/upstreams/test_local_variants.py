@@ -36,7 +36,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def fp32():
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     emb = LocalEmbedder(variant=EmbedderVariant(runtime="torch"))
     return emb, emb.encode(SENTENCES)
@@ -65,7 +65,7 @@ def test_fp32_matches_sentence_transformers_and_counts_tokens_once(fp32):
 
 
 def test_int8_is_close_to_fp32(fp32):
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     _, ref = fp32
     int8 = LocalEmbedder(variant=EmbedderVariant(runtime="torch", quantize="int8")).encode(SENTENCES)
@@ -75,7 +75,7 @@ def test_int8_is_close_to_fp32(fp32):
 
 
 def test_auto_runtime_is_onnx_when_installed_and_torch_otherwise():
-    from margin.upstreams.local_embeddings import EmbedderVariant
+    from margin.embedding.minilm import EmbedderVariant
 
     has_onnx = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
     assert EmbedderVariant().resolved().runtime == ("onnx" if has_onnx else "torch")
@@ -85,7 +85,7 @@ def test_auto_runtime_is_onnx_when_installed_and_torch_otherwise():
 
 @needs_onnx
 def test_onnx_is_exported_locally_once_and_matches_fp32(fp32, cache_root):
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     _, ref = fp32
     tmp_path = cache_root / "onnx"
@@ -102,7 +102,7 @@ def test_onnx_is_exported_locally_once_and_matches_fp32(fp32, cache_root):
 
 
 def test_variant_combinations_are_checked():
-    from margin.upstreams.local_embeddings import EmbedderVariant
+    from margin.embedding.minilm import EmbedderVariant
 
     with pytest.raises(ConfigError):
         EmbedderVariant(runtime="onnx", compile=True)
@@ -124,7 +124,7 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
         return
     monkeypatch.setenv("MARGIN_CACHE_DIR", str(cache_root))
     # a fresh process-wide model table: earlier tests may hold one built elsewhere
-    monkeypatch.setattr("margin.upstreams.local_embeddings._shared", {})
+    monkeypatch.setattr("margin.embedding.minilm._shared", {})
     up = SentenceTransformersUpstream(
         ModelConfig(name="m", provider="sentence-transformers", runtime="onnx"))
     asyncio.run(up.start())
@@ -136,7 +136,7 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
 
 
 def test_shared_embedder_is_one_per_variant():
-    from margin.upstreams.local_embeddings import EmbedderVariant, shared_embedder
+    from margin.embedding.minilm import EmbedderVariant, shared_embedder
 
     a = shared_embedder()
     assert shared_embedder(None) is a
@@ -146,7 +146,7 @@ def test_shared_embedder_is_one_per_variant():
 
 @needs_onnx
 def test_auto_falls_back_to_torch_when_the_onnx_export_cannot_be_written(monkeypatch, tmp_path):
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
@@ -159,7 +159,7 @@ def test_auto_falls_back_to_torch_when_the_onnx_export_cannot_be_written(monkeyp
 
 
 def test_length_chunks_cover_every_text_once_within_the_padded_budget():
-    from margin.upstreams.local_embeddings import length_chunks
+    from margin.embedding.minilm import length_chunks
 
     counts = [12, 3, 40, 12, 300, 7, 7, 25, 12, 3]
     chunks = length_chunks(counts, 48)
@@ -187,7 +187,7 @@ def test_mixed_lengths_encode_as_each_text_alone(fp32):
 def test_onnx_spreads_a_call_over_workers_with_the_same_vectors(fp32, cache_root):
     import threading
 
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     _, ref = fp32
     variant = EmbedderVariant(runtime="onnx")
@@ -208,13 +208,13 @@ def test_onnx_spreads_a_call_over_workers_with_the_same_vectors(fp32, cache_root
 
 @needs_onnx
 def test_a_failed_pass_fails_the_call_after_the_others_finish(cache_root):
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     emb = LocalEmbedder(variant=EmbedderVariant(runtime="onnx"), onnx_dir=cache_root / "onnx",
                         workers=2)
     bad = {"input_ids": np.zeros((1, 3), dtype=np.int64)}  # a pass without its other inputs
     good = emb.tokenize(["fine"])[0]
-    from margin.upstreams.local_embeddings import pad_features
+    from margin.embedding.minilm import pad_features
 
     out = np.zeros((3, emb.dim), dtype=np.float32)
     with pytest.raises(Exception):

@@ -72,7 +72,7 @@ def load_note() -> str:
 
 
 def load_model(threads: int | None = None, runtime: str = "auto") -> Any:
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder
 
     return LocalEmbedder(threads=threads, variant=EmbedderVariant(runtime=runtime))
 

@@ -30,7 +30,7 @@ from margin.auth.keys import KeyStore
 from margin.auth.verifier import KeyVerifier
 from margin.config import Settings
 from margin.gateway import pipeline
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.limits.admission import Admission
 from margin.limits.redis_common import make_client
 from margin.metering.db import connect

@@ -68,7 +68,7 @@ def _rss_mb() -> float:
 
 
 def _minilm_worker(job: dict) -> dict:
-    from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder, quantize_int8
+    from margin.embedding.minilm import EmbedderVariant, LocalEmbedder, quantize_int8
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()
@@ -206,7 +206,7 @@ def _run_worker(job: dict, timeout_s: float = 900) -> dict:
 def _prepare_onnx(onnx_dir: Path) -> float:
     """Export FP32 and INT8 ONNX once (a separate process, so ONNX workers never load torch)."""
     code = ("import sys; from pathlib import Path; "
-            "from margin.upstreams.local_embeddings import LocalEmbedder, EmbedderVariant; from margin.upstreams.onnx_minilm import ensure_onnx;"
+            "from margin.embedding.minilm import LocalEmbedder, EmbedderVariant; from margin.embedding.onnx_minilm import ensure_onnx;"
             "e = LocalEmbedder(variant=EmbedderVariant(runtime='torch')); ensure_onnx(e._model, e.path, 'int8', Path(sys.argv[1]))")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(onnx_dir)], capture_output=True)
@@ -376,7 +376,7 @@ def models(variants: str, gguf: bool, seconds: float, batch_sizes: str, pairs_pa
     """Memory, latency, throughput, quality and cost of the local models' variants."""
     import importlib.util
 
-    from margin.upstreams.onnx_minilm import cache_dir as default_cache
+    from margin.embedding.onnx_minilm import cache_dir as default_cache
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in MINILM]
@@ -424,7 +424,7 @@ def models(variants: str, gguf: bool, seconds: float, batch_sizes: str, pairs_pa
     for r in rows:
         quality[r["name"]] = _agreement(ref, np.load(tmp / f"{r['name']}.npy"), len(pairs),
                                         threshold)
-    from margin.upstreams.local_embeddings import _load_tokenizer, bundled_minilm_path
+    from margin.embedding.minilm import _load_tokenizer, bundled_minilm_path
 
     tok = _load_tokenizer(bundled_minilm_path(), 256)
     tokens = sum(len(e.ids) for e in tok.encode_batch(texts[:2000])) / min(2000, len(texts))

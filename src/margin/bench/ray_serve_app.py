@@ -20,7 +20,7 @@ def main(port: int, max_batch_size: int, wait_ms: float) -> None:
     from ray import serve
     from starlette.requests import Request
 
-    from margin.upstreams.local_embeddings import LocalEmbedder
+    from margin.embedding.minilm import LocalEmbedder
 
     @serve.deployment(num_replicas=1, max_ongoing_requests=1024,
                       ray_actor_options={"num_cpus": 0})

@@ -229,7 +229,7 @@ def routing(data_path: str, folds: int, seed: int, cache_dir: str, latency_sampl
         router_spec,
         threshold_for,
     )
-    from margin.upstreams.local_embeddings import DEFAULT_EMBEDDING_MODEL, shared_embedder
+    from margin.embedding.minilm import DEFAULT_EMBEDDING_MODEL, shared_embedder
 
     try:
         rows = read_rows(data_path)

@@ -32,7 +32,7 @@ def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
     path = cache_dir / f"minilm-{digest}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
-    from margin.upstreams.local_embeddings import shared_embedder
+    from margin.embedding.minilm import shared_embedder
 
     vectors = shared_embedder().encode(texts)
     if path is not None:
@@ -42,7 +42,7 @@ def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
 
 
 def _default_embedder_label() -> str:
-    from margin.upstreams.local_embeddings import shared_embedder
+    from margin.embedding.minilm import shared_embedder
 
     return shared_embedder().variant.label
 

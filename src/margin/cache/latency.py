@@ -56,7 +56,7 @@ def synthetic_vectors(pool: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def embedding_latency(texts: list[str], n: int = 100) -> LatencyRow:
-    from margin.upstreams.local_embeddings import shared_embedder
+    from margin.embedding.minilm import shared_embedder
 
     model = shared_embedder()
     model.encode(texts[:4])  # warm-up

@@ -78,7 +78,7 @@ def train_command(data_path: str, out_path: str, target_strong_share: float | No
         overrides["c"] = c_value
     config = DEFAULT_TRAIN_CONFIG.model_copy(update=overrides)
 
-    from margin.upstreams.local_embeddings import DEFAULT_EMBEDDING_MODEL, shared_embedder
+    from margin.embedding.minilm import DEFAULT_EMBEDDING_MODEL, shared_embedder
 
     embedder = shared_embedder()
     prompts = [r.prompt for r in rows]

@@ -19,7 +19,7 @@ import orjson
 from margin.errors import (MarginError, NotFound, PayloadTooLarge, BadRequest, UpstreamError,
                            error_body)
 from margin.gateway import validate
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.record import finalize_cost, ledger_row, prompt_hash
 from margin.gateway.service import Gateway
 from margin.gateway.streaming import DONE, sse, sse_error, text_of

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable, Protocol, Sequence
 
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 
 Handler = Callable[[RequestContext], Awaitable[Response]]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from margin.gateway.context import RequestContext
+from margin.types import RequestContext
 from margin.metering.pricing import PriceBook
 
 

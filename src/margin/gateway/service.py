@@ -14,7 +14,7 @@ import numpy as np
 from margin.config import ModelConfig, Settings
 from margin.errors import BadRequest, NotFound
 from margin.gateway import pipeline
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.gateway.stages import build_stages
 from margin.metering.ledger import LedgerWriter
 from margin.metering.pricing import PriceBook

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from margin.gateway.context import RequestContext
+from margin.types import RequestContext
 
 DONE = b"data: [DONE]\n\n"
 

@@ -117,7 +117,7 @@ class LearnedRouter:
     @property
     def embedder(self) -> Any:
         if self._embedder is None:
-            from margin.upstreams.local_embeddings import shared_embedder
+            from margin.embedding.minilm import shared_embedder
 
             self._embedder = shared_embedder(self._embedding_model_path)
         return self._embedder

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from margin.config import ModelConfig
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 
 
 @dataclass(slots=True)

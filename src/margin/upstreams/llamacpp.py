@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable
 
 from margin.config import ModelConfig
 from margin.errors import BadRequest, ConfigError, UpstreamError
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.metering.tokens import message_text
 from margin.upstreams.base import EmbedResult
 from margin.upstreams.llamacpp_batch import BatchedGenerator, GenJob, GenResult

@@ -7,7 +7,7 @@ Several deployments of one model (two API keys, two vLLM servers) share its traf
 call goes to the one with the fewest outstanding requests (per unit of ``weight``), the
 lower smoothed latency breaking ties. A retryable failure (5xx, 429, timeout, refused
 connection) is retried on another deployment after an exponential, jittered backoff, and the
-failing deployment cools down until a probe brings it back (``margin.routing.fallbacks``).
+failing deployment cools down until a probe brings it back (``margin.upstreams.resilience``).
 A stream is retried only until its first chunk has arrived: after that the client has bytes.
 Every call, failed or not, is an ``Attempt`` on the context.
 """
@@ -25,9 +25,9 @@ import orjson
 
 from margin.config import DeploymentConfig, ModelConfig
 from margin.errors import MarginError, UpstreamError, UpstreamStatusError, UpstreamTimeout
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.routing.fallbacks import (DEFAULT_RESILIENCE, FALLBACK_PENDING, Clock,
+from margin.upstreams.resilience import (DEFAULT_RESILIENCE, FALLBACK_PENDING, Clock,
                                       DeploymentHealth, started_stream,
                                       ResilienceConfig, attempt_status, backoff_s, is_retryable,
                                       retry_after_s)

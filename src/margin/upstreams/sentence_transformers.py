@@ -13,9 +13,9 @@ from typing import Any
 
 from margin.config import ModelConfig
 from margin.errors import BadRequest
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.upstreams.base import EmbedResult
-from margin.upstreams.local_embeddings import EmbedderVariant, LocalEmbedder, shared_embedder
+from margin.embedding.minilm import EmbedderVariant, LocalEmbedder, shared_embedder
 
 
 def variant_of(model: ModelConfig) -> EmbedderVariant:

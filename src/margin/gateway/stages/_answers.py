@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.streaming import assemble, replay_to
 
 TTL_HEADER = "x-margin-cache-ttl"

@@ -17,7 +17,7 @@ from typing import Any
 from margin.auth.admin import KeysAdmin, SpendAdmin, is_master, master_guard, presented_key
 from margin.auth.verifier import KeyVerifier
 from margin.errors import AuthenticationError, PermissionDenied
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 
 

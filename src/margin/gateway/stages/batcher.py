@@ -32,7 +32,7 @@ from margin.batching.split import (CompletionShare, combine_completion_bodies,
                                    split_embed_result)
 from margin.config import BatchConfig, ModelConfig
 from margin.errors import MarginError, UpstreamError, UpstreamStatusError
-from margin.gateway.context import Attempt, RequestContext, Response
+from margin.types import Attempt, RequestContext, Response
 from margin.gateway.pipeline import Handler
 from margin.metering.tokens import estimate_tokens
 from margin.upstreams.base import EmbedResult

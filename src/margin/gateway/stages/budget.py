@@ -26,7 +26,7 @@ import time
 from typing import Any, AsyncIterator, Sequence
 
 from margin.errors import BudgetExceeded
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 from margin.gateway.record import finalize_cost
 from margin.limits.admission import Admission, Outcome, shared_admission

@@ -18,7 +18,7 @@ from margin.compression.apply import compress, prompt_tokens
 from margin.compression.config import CompressionConfig
 from margin.compression.retrieval import Scorer, embedding_scorer, lexical_scores
 from margin.errors import ConfigError
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 
 log = logging.getLogger("margin.compression")
@@ -43,7 +43,7 @@ class CompressionStage:
         if not wanted - {"lexical"}:
             return
         try:
-            from margin.upstreams.local_embeddings import shared_embedder
+            from margin.embedding.minilm import shared_embedder
 
             embedder = await asyncio.to_thread(shared_embedder)
         except Exception as exc:

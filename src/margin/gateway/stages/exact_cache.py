@@ -7,7 +7,7 @@ from typing import Any
 
 from margin.cache.exact import ExactCache
 from margin.cache.keys import cache_key
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 from margin.gateway.stages._answers import AnswerStore, cache_control, ttl_for
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, AsyncIterator
 
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 from margin.limits.admission import Admission, Outcome, shared_admission
 from margin.limits.config import LimitsConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 
 

@@ -26,14 +26,14 @@ import numpy as np
 import orjson
 
 from margin.errors import BadRequest, ConfigError, MarginError, Overloaded
-from margin.gateway.context import RequestContext, Response, Usage
+from margin.types import RequestContext, Response, Usage
 from margin.gateway.pipeline import Handler
 from margin.gateway.streaming import replay_to
 from margin.routing.base import tier_for_probability
 from margin.routing.cascade import check_answer, strip_logprobs, with_logprobs
 from margin.routing.config import (CascadeRouterConfig, LearnedRouteConfig, RouteConfig,
                                    check_routes)
-from margin.routing.fallbacks import (DEFAULT_RESILIENCE, FALLBACK_PENDING, is_retryable,
+from margin.upstreams.resilience import (DEFAULT_RESILIENCE, FALLBACK_PENDING, is_retryable,
                                       started_stream)
 
 log = logging.getLogger("margin.router")

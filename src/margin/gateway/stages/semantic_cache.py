@@ -18,7 +18,7 @@ import orjson
 
 from margin.cache.keys import canonical
 from margin.cache.semantic import SemanticCache
-from margin.gateway.context import RequestContext, Response
+from margin.types import RequestContext, Response
 from margin.gateway.pipeline import Handler
 from margin.gateway.stages._answers import AnswerStore, cache_control, ttl_for
 
@@ -49,7 +49,7 @@ class SemanticCacheStage:
     name = "semantic_cache"
 
     def __init__(self, gateway: Any) -> None:
-        from margin.upstreams.local_embeddings import shared_embedder
+        from margin.embedding.minilm import shared_embedder
 
         cfg = gateway.settings.cache
         self.cfg = cfg.semantic

@@ -1,6 +1,9 @@
-"""What one request carries through the pipeline: everything its ledger row needs.
+"""The types every layer shares: what one request carries through the pipeline (everything
+its ledger row needs), what flows back, and what one upstream call reports.
 
-Stages write to the context; nobody re-parses the body. ``Response`` is what flows back:
+This is the bottom of margin's layering: it imports nothing of margin's, so the upstreams,
+caches, limits, metering and the gateway can all use it. Stages write to the context;
+nobody re-parses the body. ``Response`` is what flows back:
 either a complete JSON answer (``payload`` and, when already serialised, ``raw``) or a
 stream of OpenAI chunk dicts.
 """
@@ -9,11 +12,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
-
-from margin.config import ModelConfig
+from typing import Any, AsyncIterator, Protocol
 
 Endpoint = str  # "chat" | "completions" | "embeddings"
+
+
+class ModelRef(Protocol):
+    """What the request path reads of a declared model (``margin.config.ModelConfig``)."""
+
+    name: str
+    provider: str
+    kind: str | None
+    cache: bool
+    fallbacks: list[str]
 
 
 @dataclass(slots=True)
@@ -66,7 +77,7 @@ class RequestContext:
     key_id: str | None = None
     # what was asked and what served it
     requested_model: str | None = None
-    model: ModelConfig | None = None
+    model: ModelRef | None = None  # the declared model chosen to serve (a ModelConfig)
     served_model: str | None = None
     provider: str | None = None
     route: str | None = None

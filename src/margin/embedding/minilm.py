@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from margin.errors import ConfigError
-from margin.upstreams.onnx_minilm import (EMBEDDING_DIM, OnnxRunner, ensure_onnx, onnx_file)
+from margin.embedding.onnx_minilm import (EMBEDDING_DIM, OnnxRunner, ensure_onnx, onnx_file)
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from margin.errors import MarginError, UpstreamError, UpstreamStatusError
-from margin.gateway.context import Response
-from margin.routing.config import HealthConfig, ResilienceConfig, RetryConfig
+from margin.types import Response
+from margin.upstreams.config import HealthConfig, ResilienceConfig, RetryConfig
 
 Clock = Callable[[], float]
 
