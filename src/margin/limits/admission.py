@@ -22,7 +22,7 @@ from margin.limits.config import LimitsConfig
 from margin.limits.ratelimit import (WINDOW_S, Decision, Limit, LimitState, LocalWindows,
                                      RedisWindows)
 from margin.limits.redis_common import REDIS_ERRORS, Breaker
-from margin.limits.runtime import TaskSet
+from margin.tasks import TaskSet
 
 log = logging.getLogger("margin.limits")
 
