@@ -11,96 +11,57 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig
 from margin.compression.config import CompressionConfig
 from margin.routing.config import RouteConfig
-from margin.upstreams.config import ResilienceConfig
+from margin.configbase import Strict as _Strict
+from margin.upstreams.config import (BatchConfig, DeploymentConfig, HTTPModelConfig,
+                                     LlamaCppModelConfig, LocalEmbeddingsModelConfig, ModelConfig,
+                                     ModelKind, ResilienceConfig)
+from margin.upstreams.registry import config_class
 from margin.errors import ConfigError
 
-Provider = str  # "openai" | "llamacpp" | "sentence-transformers" | an entry point
-ModelKind = Literal["chat", "embeddings"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def model_config(**fields: Any) -> ModelConfig:
+    """One model's settings, validated by its provider's own config class."""
+    return config_class(fields.get("provider", "openai")).model_validate(fields)
 
 
-class BatchConfig(_Strict):
-    """Dynamic batching in front of an upstream that accepts a batch."""
-
-    enabled: bool = True
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    max_batch_tokens: int | None = Field(None, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    max_queue: int = Field(1024, ge=1)
-    max_concurrent_batches: int = Field(1, ge=1, le=64)  # batches in flight per model at once
-
-
-class DeploymentConfig(_Strict):
-    """One place a model is served from (an API key, a vLLM server …)."""
-
-    api_base: str
-    api_key_env: str | None = None
-    upstream_model: str | None = None
-    weight: float = 1.0
-
-
-class ModelConfig(_Strict):
-    name: str
-    provider: Provider = "openai"
-    kind: ModelKind | None = None
-    # OpenAI-compatible HTTP upstreams
-    api_base: str | None = None
-    api_key_env: str | None = None
-    upstream_model: str | None = None
-    deployments: list[DeploymentConfig] = Field(default_factory=list)
-    timeout_s: float = Field(120.0, gt=0)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    max_connections: int = Field(256, ge=1)
-    supports_stream_usage: bool = True
-    # Prices: USD per million tokens; unset = from the pricing catalogue
-    input_cost_per_mtok: float | None = Field(None, ge=0)
-    output_cost_per_mtok: float | None = Field(None, ge=0)
-    cached_input_cost_per_mtok: float | None = Field(None, ge=0)
-    # Self-hosted models: cost from busy time at this hourly price
-    gpu_hour_usd: float | None = Field(None, ge=0)
-    cpu_hour_usd: float | None = Field(None, ge=0)
-    tier: str | None = None
-    # Local models
-    path: str | None = None
-    n_ctx: int = Field(2048, ge=128)
-    n_threads: int | None = None
-    n_parallel: int = Field(1, ge=1, le=64)
-    # Local embeddings variants (sentence-transformers provider; `margin bench models`)
-    quantize: Literal["int8"] | None = None
-    compile: bool = False
-    # auto: ONNX Runtime when installed (same vectors, ~2x faster than torch), else torch
-    runtime: Literal["auto", "torch", "onnx"] = "auto"
-    batch: BatchConfig | None = None
-    cache: bool = True
-    fallbacks: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
-        # An HTTP upstream may serve both; only local models have a fixed kind by default.
-        if self.kind is None and self.provider == "sentence-transformers":
-            self.kind = "embeddings"
-        elif self.kind is None and self.provider == "llamacpp":
-            self.kind = "chat"
-        if self.provider == "openai" and not (self.api_base or self.deployments):
-            raise ValueError(f"model {self.name!r}: provider openai needs api_base or deployments")
-        if self.api_base and not self.deployments:
-            self.deployments = [DeploymentConfig(api_base=self.api_base,
-                                                 api_key_env=self.api_key_env,
-                                                 upstream_model=self.upstream_model)]
-        return self
+def _model_configs(raw: Any) -> Any:
+    """Each entry of ``models:`` validated by its provider's own config class."""
+    if not isinstance(raw, list):
+        return raw
+    out: list[Any] = []
+    errors: list[Any] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            out.append(item)  # a ModelConfig already, or an error for the list's own check
+            continue
+        name = item.get("provider", "openai")
+        try:
+            cls = config_class(name) if isinstance(name, str) else ModelConfig
+            out.append(cls.model_validate(item))
+        except ConfigError as exc:
+            errors.append(InitErrorDetails(type=PydanticCustomError("provider", exc.message),
+                                           loc=(i, "provider"), input=name))
+        except ValidationError as exc:
+            for e in exc.errors():
+                ctx = e.get("ctx") or {}
+                errors.append(InitErrorDetails(
+                    type=PydanticCustomError(e["type"], e["msg"].replace("{", "(").replace(
+                        "}", ")")), loc=(i, *e["loc"]), input=e.get("input"), ctx=ctx))
+    if errors:
+        raise ValidationError.from_exception_data("models", errors)
+    return out
 
 
 class LedgerConfig(_Strict):
@@ -126,7 +87,8 @@ class PricingConfig(_Strict):
 
 
 class Settings(_Strict):
-    models: list[ModelConfig] = Field(default_factory=list)
+    models: Annotated[list[SerializeAsAny[ModelConfig]], BeforeValidator(_model_configs)] = \
+        Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
@@ -222,3 +184,9 @@ def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | N
         where = ".".join(str(p) for p in first["loc"])
         src = f"{path}: " if path else ""
         raise ConfigError(f"{src}{where}: {first['msg']}") from None
+
+
+__all__ = ["BatchConfig", "DeploymentConfig", "HTTPModelConfig", "LedgerConfig",
+           "LlamaCppModelConfig", "LocalEmbeddingsModelConfig", "ModelConfig", "ModelKind",
+           "model_config",
+           "PricingConfig", "ServerConfig", "Settings", "load_settings"]

@@ -7,4 +7,5 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Docstrings under fields describe them: ``margin config docs`` prints them.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)

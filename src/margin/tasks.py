@@ -34,8 +34,8 @@ class TaskSet:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
-    async def aclose(self) -> None:
-        await self.drain()
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        await self.drain(timeout_s)
         for task in list(self._tasks):
             task.cancel()
 

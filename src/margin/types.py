@@ -27,6 +27,17 @@ class ModelRef(Protocol):
     fallbacks: list[str]
 
 
+class KeyRef(Protocol):
+    """What the request path reads of the API key a request presented
+    (``margin.auth.keys.KeyRecord``)."""
+
+    id: str
+    rpm: int | None
+    tpm: int | None
+    budget_usd: float | None
+    budget_period: str | None
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -63,6 +74,51 @@ class Response:
 
 
 @dataclass(slots=True)
+class CallResult:
+    """What one upstream call did, written by the upstream as it goes (for a stream: until
+    its last chunk) and folded into the request's context by whoever made the call."""
+
+    usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False  # the upstream set ``usage`` (else the caller's stays)
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream_ms: float = 0.0
+    ttft_ms: float | None = None  # from the request's start to the first streamed chunk
+    compute_s: float | None = None  # self-hosted models: busy time spent on this call
+    notes: dict[str, Any] = field(default_factory=dict)  # for the ledger row's notes
+
+    def set_usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                  estimated: bool = False) -> None:
+        self.usage = Usage(prompt_tokens, completion_tokens, cached_tokens, estimated)
+        self.usage_reported = True
+
+    def add_compute(self, seconds: float) -> None:
+        self.compute_s = (self.compute_s or 0.0) + seconds
+
+
+@dataclass(slots=True)
+class Call:
+    """What an upstream is asked to do: one chat, completions or embeddings call.
+
+    Built by the gateway from a request (or by the batcher for several requests at once);
+    an upstream reads ``endpoint``, ``body`` and ``stream`` and writes what happened to
+    ``result``. ``last_resort`` is False while another model comes after this one in the
+    request's fallback chain: the upstream then gives up sooner (it never sends to a
+    deployment that is cooling down) and lets the chain move on.
+    """
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    stream: bool = False
+    request_id: str = ""
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    last_resort: bool = True
+    result: CallResult = field(default_factory=CallResult)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter_ns() - self.started_ns) / 1e6
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     endpoint: Endpoint
@@ -75,6 +131,7 @@ class RequestContext:
     team: str | None = None
     feature: str | None = None
     key_id: str | None = None
+    key: KeyRef | None = None  # the verified key's record (its own limits and budget)
     # what was asked and what served it
     requested_model: str | None = None
     model: ModelRef | None = None  # the declared model chosen to serve (a ModelConfig)
@@ -108,7 +165,17 @@ class RequestContext:
     query_embedding: tuple[str, Any] | None = None
     # the answer's text, kept only when the operator turned on log_content
     response_text: str | None = None
-    # free-form notes a stage wants in the ledger (small, JSON-serialisable)
+    # the parsed inputs of an embeddings request (a list even for one input)
+    inputs: list[Any] | None = None
+    # estimated prompt tokens, computed once by whoever needs it first (limits, budgets)
+    prompt_tokens_est: int | None = None
+    # True while the router tries a model that has another after it in the fallback chain
+    more_fallbacks: bool = False
+    # the admission stage's state for this request (rate-limit and budget outcome)
+    admission: Any = None
+    # headers a stage adds to the answer (x-ratelimit-*, x-margin-budget …)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # extra payload for the ledger row's ``notes`` column (small, JSON-serialisable)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
@@ -119,7 +186,41 @@ class RequestContext:
         """The namespace caches and limits are scoped to: the key's team, else the key, else open."""
         return self.team or self.key_id or "_open"
 
+    def call(self) -> Call:
+        """The upstream call this request asks for, timed from the request's start."""
+        return Call(self.endpoint, self.body, self.stream, self.request_id, self.started_ns,
+                    last_resort=not self.more_fallbacks)
+
+    def absorb(self, result: CallResult) -> None:
+        """Fold what one upstream call did into the request (a cascade makes several)."""
+        if result.usage_reported:
+            self.usage = result.usage
+        self.attempts.extend(result.attempts)
+        self.upstream_ms += result.upstream_ms
+        if result.compute_s is not None:
+            self.compute_s = (self.compute_s or 0.0) + result.compute_s
+        if result.ttft_ms is not None and self.ttft_ms is None:
+            self.ttft_ms = result.ttft_ms
+        if result.notes:
+            self.notes.update(result.notes)
+
     def fail(self, status: int, error_type: str, message: str) -> None:
         self.status = status
         self.error_type = error_type
         self.error_message = message
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """One call to an ``/admin/<name>`` endpoint, as its handler sees it."""
+
+    method: str
+    path: str  # what follows /admin/<name>/ ("" for the collection itself)
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The last value of query parameter ``name``."""
+        values = self.query.get(name)
+        return values[-1] if values else default

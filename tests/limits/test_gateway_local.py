@@ -100,10 +100,11 @@ def test_streams_are_reconciled_after_they_end(tmp_path, monkeypatch, upstream):
         (prompt_t, completion_t, cost, key_id, user, team), = rows
         assert (key_id, user, team) == (record.id, "carol", "t")
         # The token window holds the real usage, not the up-front prompt estimate.
-        window = gw.limits_admission.windows._logs[f"k:{record.id}:t"]
+        (admission,) = [s.admission for s in gw.stages if s.name == "admission"]
+        window = admission.windows._logs[f"k:{record.id}:t"]
         assert window.total == prompt_t + completion_t == 3 + 12
         # The key's budget holds the real cost, the reservation released.
-        budgets = gw.limits_admission.budgets
+        budgets = admission.budgets
         (counter,) = [c for k, c in budgets._counters.items() if k.startswith("key:")]
         assert counter.spent == to_nusd(cost) and counter.reserved == 0
     finally:
@@ -154,7 +155,8 @@ def test_open_gateway_without_master_key_still_limits_users(tmp_path, monkeypatc
     cfg = base_config(tmp_path, upstream, default_user={"rpm": 2})
     srv, gw = start_gateway(tmp_path, monkeypatch, cfg, master=None)
     try:
-        assert [s.name for s in gw.stages][:2] == ["resolve", "ratelimit"]  # no auth, no budget
+        # no auth; limits and budgets are one stage, admission
+        assert [s.name for s in gw.stages][:2] == ["resolve", "admission"]
         codes = [post(srv, None, f"q{i}", user="erin").status_code for i in range(3)]
         assert codes == [200, 200, 429]
         assert post(srv, None, "q", user="frank").status_code == 200

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from margin.config import ModelConfig, PricingConfig
+from margin.config import ModelConfig, PricingConfig, model_config
 from margin.metering.pricing import PriceBook
 
 
 def _m(**kw) -> ModelConfig:
     kw.setdefault("api_base", "http://x/v1")
-    return ModelConfig(**kw)
+    return model_config(**kw)
 
 
 def test_configured_prices_win_over_the_catalogue():
@@ -35,7 +35,7 @@ def test_user_supplied_litellm_file(tmp_path):
 
 
 def test_self_hosted_cost_is_compute_time_at_the_hourly_price():
-    book = PriceBook([ModelConfig(name="local", provider="llamacpp", gpu_hour_usd=3.6)])
+    book = PriceBook([model_config(name="local", provider="llamacpp", gpu_hour_usd=3.6)])
     # 2 s of compute at 3.6 USD/h = 0.002 USD, whatever the token count
     assert book.price("local").cost_usd(100, 50, compute_s=2.0) == pytest.approx(0.002)
 

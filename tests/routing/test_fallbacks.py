@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from margin.config import ModelConfig
+from margin.config import model_config
 from margin.errors import (BadRequest, Overloaded, UpstreamError, UpstreamStatusError,
                            UpstreamTimeout)
 from margin.types import RequestContext
@@ -125,7 +125,7 @@ def test_which_errors_are_retried():
 
 # -- picking a deployment ---------------------------------------------------------------------
 def _upstream(n: int, clock: FakeClock, **health) -> OpenAIHTTPUpstream:
-    model = ModelConfig(name="m", deployments=[{"api_base": f"http://127.0.0.1:{9000 + i}/v1"}
+    model = model_config(name="m", deployments=[{"api_base": f"http://127.0.0.1:{9000 + i}/v1"}
                                                for i in range(n)])
     return OpenAIHTTPUpstream(model, ResilienceConfig(health=HealthConfig(**health)), clock)
 
@@ -150,7 +150,7 @@ def test_pick_least_outstanding_then_lowest_latency_skipping_cooling():
 
 def test_weights_scale_outstanding_requests():
     clock = FakeClock()
-    model = ModelConfig(name="m", deployments=[
+    model = model_config(name="m", deployments=[
         {"api_base": "http://127.0.0.1:9001/v1", "weight": 3.0},
         {"api_base": "http://127.0.0.1:9002/v1", "weight": 1.0}])
     up = OpenAIHTTPUpstream(model, clock=clock)
@@ -163,7 +163,7 @@ def test_weights_scale_outstanding_requests():
 def test_retry_moves_to_another_deployment_with_backoff(fake_upstream_factory):
     live = fake_upstream_factory(name="live")
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    model = ModelConfig(name="m", deployments=[{"api_base": dead}, {"api_base": live.url + "/v1"}])
+    model = model_config(name="m", deployments=[{"api_base": dead}, {"api_base": live.url + "/v1"}])
     slept: list[float] = []
 
     async def run() -> tuple[list[RequestContext], OpenAIHTTPUpstream]:
@@ -179,7 +179,9 @@ def test_retry_moves_to_another_deployment_with_backoff(fake_upstream_factory):
             for _ in range(3):
                 ctx = RequestContext("r", "chat", {"model": "m", "messages": [
                     {"role": "user", "content": "hi"}]}, {})
-                response = await up.complete(ctx)
+                call = ctx.call()
+                response = await up.complete(call)
+                ctx.absorb(call.result)
                 assert response.status == 200
                 ctxs.append(ctx)
                 up.deployments[1].in_flight = 1

@@ -227,7 +227,7 @@ def test_fallback_chain_order(tmp_path):
     # A plain model request: its fallbacks, theirs in turn, each model once.
     assert stage.fallback_chain("l", None) == ["l", "backup"]
     assert stage.fallback_chain("s", None) == ["s", "s2"]
-    assert gw.aliases == {"auto": "route", "up-only": "route"}
+    assert gw.routes == ["auto", "up-only"]
 
 
 def test_a_failing_router_sends_the_request_to_the_largest_tier(tmp_path):

@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from margin.config import ModelConfig
+from margin.config import model_config
 from margin.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(
@@ -117,8 +117,8 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
     from margin.upstreams.sentence_transformers import SentenceTransformersUpstream, variant_of
 
     with pytest.raises(ValidationError):
-        ModelConfig(name="m", provider="sentence-transformers", quantize="int4")
-    m = ModelConfig(name="m", provider="sentence-transformers", runtime="torch", quantize="int8")
+        model_config(name="m", provider="sentence-transformers", quantize="int4")
+    m = model_config(name="m", provider="sentence-transformers", runtime="torch", quantize="int8")
     assert variant_of(m).label == "torch-int8"
     if importlib.util.find_spec("onnxruntime") is None:
         return
@@ -126,7 +126,7 @@ def test_model_config_selects_the_variant(monkeypatch, cache_root):
     # a fresh process-wide model table: earlier tests may hold one built elsewhere
     monkeypatch.setattr("margin.embedding.minilm._shared", {})
     up = SentenceTransformersUpstream(
-        ModelConfig(name="m", provider="sentence-transformers", runtime="onnx"))
+        model_config(name="m", provider="sentence-transformers", runtime="onnx"))
     asyncio.run(up.start())
     assert up.embedder is not None and up.embedder.variant.label == "onnx-fp32"
     assert up.embedder.onnx_path is not None and cache_root in up.embedder.onnx_path.parents
@@ -232,7 +232,7 @@ def test_the_local_upstream_hands_the_gil_over_quickly():
     before = sys.getswitchinterval()
     sys.setswitchinterval(0.005)
     try:
-        up = SentenceTransformersUpstream(ModelConfig(name="emb", provider="sentence-transformers",
+        up = SentenceTransformersUpstream(model_config(name="emb", provider="sentence-transformers",
                                                       runtime="torch"))
         asyncio.run(up.start())
         assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)

@@ -16,7 +16,6 @@ import asyncio
 import hmac
 import time
 from typing import Any, Callable
-from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -26,7 +25,8 @@ from margin.auth.verifier import KeyVerifier
 from margin.errors import AuthenticationError, BadRequest, InputError, NotFound, PermissionDenied
 from margin.limits import spend
 from margin.metering.db import connect
-from margin.gateway.validate import parse_json_object
+from margin.jsonbody import parse_json_object
+from margin.types import AdminRequest
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -101,9 +101,8 @@ class KeysAdmin:
     def __init__(self, verifier: KeyVerifier) -> None:
         self.verifier = verifier
 
-    async def __call__(self, app: Any, ctx: Any, rest: str, raw: bytes) -> tuple[int, Any]:
-        method = ctx.notes.get("method", "GET")
-        query = parse_qs(ctx.notes.get("query", ""))
+    async def __call__(self, req: AdminRequest) -> tuple[int, Any]:
+        method, query, raw, rest = req.method, req.query, req.body, req.path
         parts = [p for p in rest.split("/") if p]
         try:
             if not parts:
@@ -164,10 +163,10 @@ class SpendAdmin:
         self.db_url = db_url
         self.default_tz = default_tz
 
-    async def __call__(self, app: Any, ctx: Any, rest: str, raw: bytes) -> tuple[int, Any]:
-        if ctx.notes.get("method", "GET") != "GET" or rest.strip("/"):
+    async def __call__(self, req: AdminRequest) -> tuple[int, Any]:
+        if req.method != "GET" or req.path.strip("/"):
             raise NotFound("use GET /admin/spend", code="unknown_url")
-        q = {k: v[-1] for k, v in parse_qs(ctx.notes.get("query", "")).items()}
+        q = {k: v[-1] for k, v in req.query.items()}
         now = time.time()
         since = parse_since_s(q.get("since", "30d"), now)
         until = parse_since_s(q.get("until"), now)

@@ -235,8 +235,8 @@ class Batcher(Generic[T, R]):
 
     def _launch(self, batch: list[_Pending], now: float, *, immediate: bool) -> None:
         self._in_flight += 1
-        # A context of its own: one call serves several callers, so none of their context
-        # variables (e.g. "a fallback model is waiting") may steer it.
+        # A context of its own: one call serves several callers, so no caller's context
+        # variables may leak into it.
         task = asyncio.get_running_loop().create_task(
             self._run(batch, now, immediate, next(_BATCH_IDS)), context=contextvars.Context())
         self._tasks.add(task)

@@ -1,6 +1,6 @@
 """``margin bench limits``: what rate limits and budgets add to a request.
 
-The real stages (rate limit, then budget) run in the real pipeline in front of a terminal
+The real admission stage (rate limits and budgets) runs in the real pipeline in front of a terminal
 that answers at once with usage, as an upstream would; the time is what the pipeline
 records as those stages' own time: the check before the request and the reconciliation
 after it (with Redis the reconciliation is sent in the background and not waited for).
@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -52,16 +51,6 @@ class Result:
                 "p99_ms": round(float(p99), 4)}
 
 
-class _Keys:
-    """Stands in for the key verifier: the key is already verified and cached."""
-
-    def __init__(self, record: Any) -> None:
-        self.record = record
-
-    def cached(self, key_id: str | None) -> Any:
-        return self.record if key_id == self.record.id else None
-
-
 # What each request is checked against, besides its key's own rpm, tpm and budget.
 SCENARIOS = {
     "key limits + key and team budgets": {"budgets": ["team"], "everyone": False},
@@ -91,46 +80,47 @@ async def _terminal(ctx: RequestContext) -> Response:
     return Response(200, payload={"ok": True})
 
 
-def _ctx(i: int, key_id: str) -> RequestContext:
+def _ctx(i: int, key: Any) -> RequestContext:
     body = {"model": "small", "max_tokens": 64,
             "messages": [{"role": "user", "content": f"What is the capital of France? #{i % 7}"}]}
     ctx = RequestContext(request_id=uuid.uuid4().hex, endpoint="chat", body=body,
                          headers={"authorization": "Bearer x"})
     ctx.requested_model = "small"
-    ctx.key_id, ctx.user, ctx.team, ctx.feature = key_id, f"user{i % 50}", "research", "chat"
+    ctx.key_id, ctx.key = key.id, key
+    ctx.user, ctx.team, ctx.feature = f"user{i % 50}", "research", "chat"
     return ctx
 
 
 async def _run_limits(mode: str, scenario: str, settings: Settings, key: Any,
                       n: int) -> Result:
-    from margin.gateway.stages.budget import BudgetStage
-    from margin.gateway.stages.ratelimit import RateLimitStage
+    from margin.gateway.stages.admission import AdmissionStage
+    from margin.limits.alerts import Alerter, MemoryLatch
+    from margin.limits.budget_policy import Budgets
+    from margin.limits.rate_policy import RateLimits
 
-    closers: list[Any] = []
-    gw = SimpleNamespace(settings=settings, models={m.name: m for m in settings.models},
-                         prices=PriceBook(settings.models, settings.pricing),
-                         on_close=closers.append)
-    redis = (make_client(settings.redis_url, settings.limits.redis_timeout_s)
-             if settings.redis_url else None)
-    keys = _Keys(key)
-    admission = Admission(settings.limits, redis)
-    rl = RateLimitStage(settings.limits, admission, keys)
-    budget = BudgetStage(gw, settings.limits, admission, keys, redis)
-    model = gw.models["small"]
-    handler = pipeline.build([rl, budget], _terminal)
+    cfg = settings.limits
+    models = {m.name: m for m in settings.models}
+    prices = PriceBook(settings.models, settings.pricing)
+    redis = make_client(settings.redis_url, cfg.redis_timeout_s) if settings.redis_url else None
+    admission = Admission(cfg, redis)
+    budgets = Budgets(cfg, prices, models, settings.ledger.url, Alerter(cfg.alerts, MemoryLatch()),
+                      keys_have_budgets=True)
+    stage = AdmissionStage(cfg, admission, RateLimits(cfg), budgets, prices, models)
+    model = models["small"]
+    handler = pipeline.build([stage], _terminal)
     samples = []
     for i in range(n + 200):
-        ctx = _ctx(i, key.id)
+        ctx = _ctx(i, key)
         ctx.model = model
         await handler(ctx)
         if i >= 200:  # warm-up (script loading, first connections) excluded
-            samples.append(ctx.stage_ms["ratelimit"] + ctx.stage_ms["budget"])
+            samples.append(ctx.stage_ms["admission"])
         if redis is not None:  # reconciliation runs in the background; not part of the time
             await admission.tasks.drain()
-    await admission.aclose()
-    await budget.aclose()
+    await stage.aclose()
+    await budgets.alerter.aclose()
     if redis is not None:
-        await _cleanup(redis, settings.limits.redis_prefix)
+        await _cleanup(redis, cfg.redis_prefix)
         await redis.aclose()
     return Result(mode, f"rate limit + budget: {scenario}", samples)
 
@@ -224,7 +214,7 @@ def markdown(rows: list[dict[str, Any]], command: str, load: tuple[float, float,
     lines += ["", "Scenarios: a key with its own rpm, tpm and budget plus its team's budget "
               "(2 request/token limits, 2 budgets); and everything at once: key, user, team "
               "and model limits (4 request + 4 token limits) and key, user, team and feature "
-              "budgets. The time is the two stages' own time as the pipeline records it, "
+              "budgets. The time is the admission stage's own time as the pipeline records it, "
               "reconciliation after the answer included. With Redis one Lua call admits the "
               "request against limits and budgets together before it runs; the two "
               "reconciliations after it are sent in the background and not waited for."]

@@ -7,13 +7,13 @@ stops asking Redis for a while, logs it once, counts it, and serves from L1 alon
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from typing import Callable
 
 from margin.cache.config import ExactCacheConfig
+from margin.tasks import TaskSet
 
 log = logging.getLogger("margin.cache")
 
@@ -70,7 +70,7 @@ class ExactCache:
         self._redis = None
         self._redis_down_until = 0.0
         self._on_event = on_event or (lambda _e: None)
-        self._pending: set[asyncio.Task] = set()
+        self._pending = TaskSet("exact cache L2 store")
 
     async def start(self) -> None:
         if self.redis_url:
@@ -81,8 +81,7 @@ class ExactCache:
                                                   socket_connect_timeout=max(t, 0.2))
 
     async def aclose(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._pending.drain()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -121,9 +120,7 @@ class ExactCache:
         """Store in L1 now and in Redis in the background (the answer is not held up)."""
         self.l1.set(key, value, ttl_s)
         if self._redis_usable():
-            task = asyncio.get_running_loop().create_task(self._put_l2(key, value, ttl_s))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._pending.spawn(self._put_l2(key, value, ttl_s))
 
     async def _put_l2(self, key: str, value: bytes, ttl_s: float) -> None:
         try:

@@ -11,18 +11,21 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
 
 import orjson
 
 from margin.errors import (MarginError, NotFound, PayloadTooLarge, BadRequest, UpstreamError,
                            error_body)
+from margin.auth.admin import KeysAdmin, SpendAdmin, master_guard
 from margin.gateway import validate
-from margin.types import RequestContext, Response
-from margin.gateway.record import finalize_cost, ledger_row, prompt_hash
+from margin.gateway.record import ledger_row, prompt_hash
 from margin.gateway.service import Gateway
+from margin.gateway.stages.auth import authorize
 from margin.gateway.streaming import DONE, sse, sse_error, text_of
+from margin.metering.charge import finalize_cost
+from margin.types import AdminRequest, RequestContext, Response
 
 log = logging.getLogger("margin.gateway")
 
@@ -52,7 +55,16 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
-AdminHandler = Callable[["GatewayApp", RequestContext, str, bytes], Awaitable[tuple[int, Any]]]
+AdminHandler = Callable[[AdminRequest], Awaitable[tuple[int, Any]]]
+
+
+def admin_handlers(gateway: Gateway) -> dict[str, AdminHandler]:
+    """``/admin/<name>`` handlers; they exist whenever a master key does."""
+    if gateway.keys is None:
+        return {}
+    s = gateway.settings
+    return {"keys": KeysAdmin(gateway.keys),
+            "spend": SpendAdmin(s.ledger.url, s.limits.timezone)}
 
 
 class GatewayApp:
@@ -60,8 +72,8 @@ class GatewayApp:
         self.gw = gateway
         self.max_body = gateway.settings.server.max_body_bytes
         self.log_content = gateway.settings.ledger.log_content
-        # /admin/<name> handlers registered by stages on the gateway (keys, spend …).
-        self.admin: dict[str, AdminHandler] = gateway.admin_routes
+        self.admin = admin_handlers(gateway)
+        self.admin_guard = master_guard(gateway.master_key) if gateway.master_key else None
 
     # -- ASGI entry ------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,7 +143,7 @@ class GatewayApp:
              (b"x-margin-overhead-ms", f"{max(ctx.elapsed_ms() - ctx.upstream_ms, 0):.3f}".encode())]
         if with_cost:
             h.append((b"x-margin-cost-usd", f"{ctx.cost_usd:.8f}".encode()))
-        for k, v in ctx.notes.get("_headers", {}).items():
+        for k, v in ctx.response_headers.items():
             h.append((k.encode(), str(v).encode()))
         return h
 
@@ -154,7 +166,7 @@ class GatewayApp:
             ctx.stream = body.get("stream") is True
             inputs = check(body)
             if endpoint == "embeddings":
-                ctx.notes["_inputs"] = inputs
+                ctx.inputs = inputs
             if ctx.user is None and isinstance(body.get("user"), str):
                 ctx.user = body["user"]
             ctx.prompt_hash = prompt_hash(ctx)
@@ -248,8 +260,6 @@ class GatewayApp:
     def _finish(self, ctx: RequestContext) -> None:
         ctx.latency_ms = ctx.elapsed_ms()
         ctx.overhead_ms = max(ctx.latency_ms - ctx.upstream_ms, 0.0)
-        ctx.notes.pop("_inputs", None)
-        ctx.notes.pop("_headers", None)
         try:
             self.gw.metrics.observe(ctx)
             self.gw.ledger.submit(ledger_row(ctx, log_content=self.log_content))
@@ -261,9 +271,9 @@ class GatewayApp:
         method = scope["method"]
         try:
             if method == "GET" and path.startswith(("/v1/models", "/models")) \
-                    and self.gw.authorize is not None:
-                await self.gw.authorize({k.decode("latin-1").lower(): v.decode("latin-1")
-                                         for k, v in scope["headers"]})
+                    and self.gw.keys is not None and self.gw.master_key:
+                await authorize({k.decode("latin-1").lower(): v.decode("latin-1")
+                                 for k, v in scope["headers"]}, self.gw.master_key, self.gw.keys)
             if method == "GET" and path in ("/v1/models", "/models"):
                 await self._send_json(send, 200, self._models())
             elif method == "GET" and path.startswith(("/v1/models/", "/models/")):
@@ -297,7 +307,7 @@ class GatewayApp:
                                   [(k.encode(), v.encode()) for k, v in exc.headers().items()])
 
     def _models(self) -> dict[str, Any]:
-        names = list(self.gw.models) + [a for a in self.gw.aliases if a not in self.gw.models]
+        names = list(self.gw.models) + [a for a in self.gw.routes if a not in self.gw.models]
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "margin"} for n in names]}
 
@@ -307,16 +317,13 @@ class GatewayApp:
         handler = self.admin.get(head)
         if handler is None:
             raise NotFound(f"no such admin endpoint: /admin/{name}", code="unknown_url")
-        if self.gw.admin_auth is None:
+        if self.admin_guard is None:
             raise NotFound("admin endpoints need a master key: set MARGIN_MASTER_KEY",
                            code="admin_disabled")
-        self.gw.admin_auth(headers)
+        self.admin_guard(headers)
         body = await self._read_body(scope, receive)
-        ctx = RequestContext(request_id=uuid.uuid4().hex, endpoint="admin", body={},
-                             headers=headers)
-        ctx.notes["method"] = scope["method"]
-        ctx.notes["query"] = scope.get("query_string", b"").decode()
-        status, payload = await handler(self, ctx, rest, body)
+        query = parse_qs(scope.get("query_string", b"").decode())
+        status, payload = await handler(AdminRequest(scope["method"], rest, query, headers, body))
         await self._send_json(send, status, payload)
 
 

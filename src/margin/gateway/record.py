@@ -1,4 +1,4 @@
-"""Turning a finished request into its ledger row and its cost."""
+"""Turning a finished request into its ledger row (its cost: ``margin.metering.charge``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 
 from margin.types import RequestContext
-from margin.metering.pricing import PriceBook
 
 
 def prompt_hash(ctx: RequestContext) -> str:
@@ -22,31 +21,6 @@ def prompt_hash(ctx: RequestContext) -> str:
         subject = body.get("input")
     data = orjson.dumps([ctx.endpoint, body.get("model"), subject], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def finalize_cost(ctx: RequestContext, prices: PriceBook) -> None:
-    """Price every upstream call this request made (a cascade pays for each)."""
-    if ctx.cache in ("exact", "semantic"):
-        ctx.cost_usd = 0.0
-        return
-    total = 0.0
-    self_hosted_priced = False
-    if len(ctx.attempts) <= 1:
-        model = ctx.served_model or ctx.requested_model or ""
-        p = prices.price(model)
-        u = ctx.usage
-        total = p.cost_usd(u.prompt_tokens, u.completion_tokens, u.cached_tokens, ctx.compute_s)
-    else:
-        for a in ctx.attempts:
-            p = prices.price(a.model)
-            if p.hour_usd is not None:
-                if not self_hosted_priced:  # compute time is summed over the local calls
-                    total += p.cost_usd(0, 0, 0, ctx.compute_s)
-                    self_hosted_priced = True
-                continue
-            a.cost_usd = p.cost_usd(a.prompt_tokens, a.completion_tokens)
-            total += a.cost_usd
-    ctx.cost_usd = total
 
 
 def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:

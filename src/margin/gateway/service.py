@@ -1,115 +1,136 @@
 """The gateway's long-lived parts, built once from settings: upstreams, prices, ledger,
-metrics and the folded pipeline. Stages get this object at build time."""
+metrics, API keys, alerts, the background services and the folded pipeline.
+
+Stages get the narrow, read-only ``Services`` view of these (``gateway/services.py``) and
+their own config section; nothing a stage builds is written back here. Start-up order:
+ledger writer, background services, upstreams, stages; shutdown runs it in reverse.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-
+from margin.auth.verifier import KeyVerifier
 from margin.config import ModelConfig, Settings
-from margin.errors import BadRequest, NotFound
+from margin.errors import NotFound
 from margin.gateway import pipeline
-from margin.types import Attempt, RequestContext, Response
+from margin.gateway.embeddings import embed_via
+from margin.gateway.services import RedisClients, Services
 from margin.gateway.stages import build_stages
+from margin.limits.alerts import Alerter, DatabaseLatch, RedisLatch
+from margin.limits.watch import AnomalyWatcher
 from margin.metering.ledger import LedgerWriter
 from margin.metering.pricing import PriceBook
 from margin.observe.metrics import GatewayMetrics
+from margin.types import RequestContext, Response
 from margin.upstreams.base import EmbedResult, Upstream
 from margin.upstreams.registry import build_upstream
 
 log = logging.getLogger("margin.gateway")
 
 
-def embeddings_payload(model: str, result: EmbedResult, encoding_format: str | None) -> dict:
-    data = []
-    for i, vec in enumerate(result.vectors):
-        if encoding_format == "base64":
-            emb: Any = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
-        else:
-            emb = np.asarray(vec, dtype=np.float32)  # orjson writes numpy arrays natively
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": result.prompt_tokens,
-                      "total_tokens": result.prompt_tokens}}
+class BackgroundService(Protocol):
+    """Something the gateway runs beside the request path (an alert sender, a watcher)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Watcher:
+    """The hourly cost-anomaly check as a background service."""
+
+    def __init__(self, watcher: AnomalyWatcher) -> None:
+        self.watcher = watcher
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.watcher.run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models: dict[str, ModelConfig] = {m.name: m for m in settings.models}
-        self.upstreams: dict[str, Upstream] = {m.name: build_upstream(m) for m in settings.models}
+        self.upstreams: dict[str, Upstream] = {
+            m.name: build_upstream(m, settings.resilience) for m in settings.models}
         self.prices = PriceBook(settings.models, settings.pricing)
         self.metrics = GatewayMetrics()
         self.ledger = LedgerWriter(settings.ledger)
         self.metrics.watch_ledger(self._ledger_counts)
-        # Names a client may ask for besides models (routes add themselves here).
-        self.aliases: dict[str, str] = {}
-        # /admin/<name> handlers: async (app, ctx, rest_of_path, body) -> (status, payload);
-        # admin_auth(headers) raises unless the master key is presented.
-        self.admin_routes: dict[str, Any] = {}
-        self.admin_auth: Any = None
-        # async authorize(headers): raises unless a valid key is presented (set by auth).
-        self.authorize: Any = None
-        self._closers: list[Any] = []
-        self.started = False
-        self.auth_enabled = False
-        self.stages = build_stages(self)
+        self.redis = RedisClients()
+        # Names a client may ask for besides models: the routes.
+        self.routes: list[str] = [r.name for r in settings.routes]
+        self.master_key: str | None = os.environ.get(settings.server.master_key_env) or None
+        self.keys: KeyVerifier | None = None
+        if self.master_key:
+            auth = settings.auth
+            self.keys = KeyVerifier(settings.ledger.url, auth, auth.redis_url or settings.redis_url)
+        self.alerter = self._alerter()
+        self.background: list[BackgroundService] = [self.alerter]
+        if self.keys is not None:
+            self.background.append(self.keys)
+        anomalies = settings.limits.anomalies
+        if anomalies.enabled:
+            self.background.append(_Watcher(AnomalyWatcher(settings.ledger.url, anomalies,
+                                                            self.alerter)))
+        self.services = Services(
+            models=self.models, upstreams=self.upstreams, prices=self.prices,
+            metrics=self.metrics, ledger_url=settings.ledger.url, redis=self.redis,
+            alerter=self.alerter, keys=self.keys, master_key=self.master_key)
+        self.stages = build_stages(settings, self.services)
         self.handler = pipeline.build(self.stages, self.dispatch)
+        self.started = False
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.keys is not None
+
+    def _alerter(self) -> Alerter:
+        """Alerts fire once across replicas: the latch is Redis when limits share one,
+        else a table in the ledger database."""
+        limits = self.settings.limits
+        url = limits.redis_url or self.settings.redis_url
+        latch = (RedisLatch(self.redis.client(url, limits.redis_timeout_s), limits.redis_prefix)
+                 if url else DatabaseLatch(self.settings.ledger.url))
+        return Alerter(limits.alerts, latch)
 
     def _ledger_counts(self) -> dict[str, float]:
         c = self.ledger.counters
         return {"written": c.written, "spooled": c.spooled, "replayed": c.replayed,
                 "queued": self.ledger.pending, "db_up": 1.0 if self.ledger.db_healthy else 0.0}
 
-    def on_close(self, closer: Any) -> None:
-        """Register an async callable to run at shutdown (stages with background tasks)."""
-        self._closers.append(closer)
-
     async def start(self) -> None:
         t0 = time.perf_counter()
         await asyncio.to_thread(self.ledger.start)
+        for service in self.background:
+            await service.start()
         await asyncio.gather(*(u.start() for u in self.upstreams.values()))
         for stage in self.stages:
-            start = getattr(stage, "start", None)
-            if start is not None:
-                await start()
+            await stage.start()
         self.started = True
         log.info("gateway ready in %.1f s: models %s", time.perf_counter() - t0,
                  ", ".join(self.models))
 
     async def stop(self) -> None:
-        for closer in reversed(self._closers):
+        for part in [*reversed(self.stages), *reversed(self.background)]:
             try:
-                await closer()
+                await part.aclose()
             except Exception:
-                log.exception("error while stopping a stage")
+                log.exception("error while stopping %s", type(part).__name__)
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()),
                              return_exceptions=True)
+        await self.redis.aclose()
         await asyncio.to_thread(self.ledger.close)
-
-    def resolve(self, ctx: RequestContext) -> None:
-        """Set ``ctx.model`` from the name the client asked for (routes resolve later)."""
-        name = ctx.requested_model or ""
-        model = self.models.get(name)
-        if model is not None:
-            wanted = "embeddings" if ctx.endpoint == "embeddings" else "chat"
-            if model.kind is not None and model.kind != wanted:
-                raise BadRequest(f"model '{name}' serves {model.kind}, not {ctx.endpoint}",
-                                 code="model_not_supported")
-            ctx.model = model
-            ctx.served_model = model.name
-            ctx.provider = model.provider
-            return
-        if name in self.aliases:
-            ctx.route = name
-            return
-        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                       code="model_not_found")
 
     async def dispatch(self, ctx: RequestContext) -> Response:
         """The pipeline's last step: call the upstream of ``ctx.model``."""
@@ -120,23 +141,33 @@ class Gateway:
         ctx.provider = ctx.model.provider
         upstream = self.upstreams[ctx.model.name]
         if ctx.endpoint == "embeddings":
-            return await self.embed_via(upstream.embed, ctx)
-        return await upstream.complete(ctx)
+            async def embed(inputs: list[Any], ctx: RequestContext) -> EmbedResult:
+                call = ctx.call()
+                try:
+                    return await upstream.embed(inputs, call)
+                finally:
+                    ctx.absorb(call.result)
 
-    async def embed_via(self, embed: Any, ctx: RequestContext) -> Response:
-        """Answer an embeddings request through ``embed`` (the upstream, or its batcher)."""
-        assert ctx.model is not None
-        inputs = ctx.notes.pop("_inputs", None) or ctx.body["input"]
-        if not isinstance(inputs, list) or (inputs and isinstance(inputs[0], int)):
-            inputs = [inputs]
-        t0 = time.perf_counter()
-        result: EmbedResult = await embed(inputs, ctx)
-        elapsed_ms = (time.perf_counter() - t0) * 1000
-        ctx.upstream_ms += elapsed_ms
-        ctx.usage.prompt_tokens = result.prompt_tokens
-        if result.compute_s is not None:
-            ctx.compute_s = (ctx.compute_s or 0.0) + result.compute_s
-        ctx.attempts.append(Attempt(ctx.model.name, ctx.model.provider, 200, elapsed_ms,
-                                    prompt_tokens=result.prompt_tokens))
-        return Response(200, payload=embeddings_payload(ctx.model.name, result,
-                                                         ctx.body.get("encoding_format")))
+            return await embed_via(embed, ctx)
+        call = ctx.call()
+        try:
+            response = await upstream.complete(call)
+        except BaseException:
+            ctx.absorb(call.result)
+            raise
+        if response.stream is None:
+            ctx.absorb(call.result)
+        else:
+            response.stream = _absorb_at_end(ctx, call, response.stream)
+        return response
+
+
+async def _absorb_at_end(ctx: RequestContext, call: Any, stream: Any) -> Any:
+    """Relay a stream; fold its call's usage and timings into the request when it ends
+    (before the stages wrapped around it settle their accounts)."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        await stream.aclose()
+        ctx.absorb(call.result)

@@ -9,22 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from margin.errors import BadRequest
+from margin.jsonbody import parse_json_object  # noqa: F401 - the gateway's body parser
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ENCODINGS = frozenset({"float", "base64"})
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or a 400 that says what is wrong with it."""
-    import orjson
-
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
 
 
 def _bad(message: str, param: str | None = None) -> BadRequest:

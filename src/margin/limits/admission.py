@@ -1,10 +1,8 @@
 """One atomic admission step per request: its rate limits and its budget reservations.
 
-The rate-limit stage knows which limits apply to a request, the budget stage right behind
-it which budgets. Rather than one Redis round trip each, the rate-limit stage *defers* its
-limits and the budget stage admits both at once: one Lua call with Redis, one synchronous
-step in process. A request refused by either is charged to neither. Without a budget
-stage the rate-limit stage admits on its own (same call, no budgets).
+The admission stage knows which limits (``rate_policy``) and which budgets
+(``budget_policy``) apply to a request and admits both at once: one Lua call with Redis,
+one synchronous step in process. A request refused by either is charged to neither.
 
 Afterwards the same object corrects token charges (``adjust``) and turns reservations
 into real costs (``settle``); with Redis these are sent in the background.
@@ -177,23 +175,6 @@ class Admission:
         self._admit = redis.register_script(ADMIT_LUA) if redis is not None else None
         self.breaker = Breaker("limits", cfg.redis_retry_after_s)
         self.tasks = TaskSet("limits")
-        self.joined = False  # True when a budget stage admits on the rate-limit stage's behalf
-        self._deferred: dict[str, Sequence[Limit]] = {}
-        self._outcomes: dict[str, Outcome] = {}
-
-    # -- the hand-off between the two stages -------------------------------------------
-    def defer(self, rid: str, limits: Sequence[Limit]) -> None:
-        self._deferred[rid] = limits
-
-    def take_deferred(self, rid: str) -> Sequence[Limit]:
-        return self._deferred.pop(rid, ())
-
-    def put_outcome(self, rid: str, outcome: Outcome) -> None:
-        self._outcomes[rid] = outcome
-
-    def pop_outcome(self, rid: str) -> Outcome | None:
-        self._deferred.pop(rid, None)
-        return self._outcomes.pop(rid, None)
 
     # -- admission -------------------------------------------------------------------
     async def admit(self, rid: str, limits: Sequence[Limit],
@@ -297,13 +278,3 @@ class Admission:
 
     async def aclose(self) -> None:
         await self.tasks.aclose()
-
-
-def shared_admission(gateway: Any, cfg: LimitsConfig, redis: Any) -> Admission:
-    """The one ``Admission`` of a gateway, shared by its rate-limit and budget stages."""
-    admission = getattr(gateway, "limits_admission", None)
-    if admission is None:
-        admission = gateway.limits_admission = Admission(cfg, redis)
-        gateway.on_close(admission.aclose)
-    return admission
-

@@ -21,6 +21,7 @@ import orjson
 from margin.limits.config import AlertConfig
 from margin.limits.redis_common import REDIS_ERRORS
 from margin.metering.db import Database, connect
+from margin.tasks import TaskSet
 
 log = logging.getLogger("margin.alerts")
 
@@ -112,16 +113,17 @@ class Alerter:
     def __init__(self, cfg: AlertConfig, latch: Latch) -> None:
         self.cfg = cfg
         self.latch = latch
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskSet("alerts")
         self._session: Any = None
         self.fired = 0
         self.webhook_failures = 0
 
+    async def start(self) -> None:
+        """Nothing to open up front: the webhook session opens with the first alert."""
+
     def fire(self, key: str, ttl_s: float, event: dict[str, Any]) -> None:
         """Claim ``key`` and, if this replica wins, log and post ``event``; never blocks."""
-        task = asyncio.get_running_loop().create_task(self._fire(key, ttl_s, event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(self._fire(key, ttl_s, event))
 
     async def _fire(self, key: str, ttl_s: float, event: dict[str, Any]) -> None:
         try:
@@ -164,13 +166,10 @@ class Alerter:
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (a little) for alerts in flight; used at shutdown and by tests."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        await self.tasks.drain(timeout_s)
 
     async def aclose(self) -> None:
-        await self.drain(2.0)
-        for task in list(self._tasks):
-            task.cancel()
+        await self.tasks.aclose(2.0)
         if self._session is not None:
             await self._session.close()
         await self.latch.aclose()

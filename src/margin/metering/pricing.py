@@ -86,11 +86,10 @@ class PriceBook:
             return Price((m.input_cost_per_mtok or 0.0) / 1e6,
                          (m.output_cost_per_mtok or 0.0) / 1e6,
                          cached / 1e6 if cached is not None else None)
-        if hour is not None and m.provider != "openai":
+        if hour is not None and not m.hosted:
             return Price(hour_usd=hour)
-        candidates = [m.upstream_model, m.name] + [d.upstream_model for d in m.deployments]
-        for name in candidates:
-            entry = self._lookup(name) if name else None
+        for name in m.catalogue_names():
+            entry = self._lookup(name)
             if entry:
                 return Price(float(entry.get("input_cost_per_token") or 0.0),
                              float(entry.get("output_cost_per_token") or 0.0),
@@ -99,7 +98,7 @@ class PriceBook:
                               else None))
         if hour is not None:
             return Price(hour_usd=hour)
-        if m.provider == "openai":
+        if m.hosted:
             log.warning("no price for model %r: its requests are recorded at 0 USD; set "
                         "input_cost_per_mtok/output_cost_per_mtok", m.name)
             return UNKNOWN

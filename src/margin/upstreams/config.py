@@ -1,13 +1,214 @@
-"""Settings of the upstreams: how an HTTP model's deployments are retried and cooled down
-(the ``resilience:`` section). Imports only pydantic: ``margin.config`` imports this module."""
+"""Settings of the models margin serves (the ``models:`` list) and of how an HTTP model's
+deployments are retried and cooled down (the ``resilience:`` section).
+
+Every model has the common part, ``ModelConfig``: its name, provider, prices, tier, batching,
+caching and fallbacks. Each provider adds its own fields in a subclass, chosen by the
+model's ``provider`` value (``margin.upstreams.registry`` knows which class belongs to which
+provider, built-in or third-party)::
+
+    models:
+      - name: small
+        provider: openai                  # HTTPModelConfig: any OpenAI-compatible API
+        api_base: http://127.0.0.1:8001/v1
+        api_key_env: UPSTREAM_KEY
+      - name: local-chat
+        provider: llamacpp                # LlamaCppModelConfig: in-process GGUF
+        n_parallel: 4
+      - name: embed
+        provider: sentence-transformers   # LocalEmbeddingsModelConfig: in-process MiniLM
+
+Imports only pydantic and margin's leaf modules: ``margin.config`` imports this module.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from margin.configbase import Strict as _Strict
+
+ModelKind = Literal["chat", "embeddings"]
+
+
+class BatchConfig(_Strict):
+    """Dynamic batching in front of an upstream that accepts a batch."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Inputs (embeddings) or prompts (completions) in one upstream call, at most."""
+    max_batch_tokens: int | None = Field(None, ge=1)
+    """Estimated tokens in one upstream call, at most (unset: no token bound)."""
+    max_wait_ms: float = Field(5.0, ge=0)
+    """How long the first request of a batch waits for others to join it."""
+    max_queue: int = Field(1024, ge=1)
+    """Requests waiting for a batch, at most; beyond it requests get 503."""
+    max_concurrent_batches: int = Field(1, ge=1, le=64)
+    """Batches in flight per model at once."""
+
+
+class ModelConfig(_Strict):
+    """One model clients can ask for: what every provider's models have in common."""
+
+    # The provider this class configures; subclasses set it (None: any provider).
+    provider_name: ClassVar[str | None] = None
+    # The kind of model when the config does not say (None: serves chat and embeddings).
+    default_kind: ClassVar[ModelKind | None] = None
+    # A hosted API bills tokens; a model run in-process costs its compute time instead.
+    hosted: ClassVar[bool] = True
+
+    name: str
+    """The name clients ask for (``"model": "small"``)."""
+    provider: str = "openai"
+    """Which upstream serves it: openai, llamacpp, sentence-transformers, or a provider
+    registered by a plug-in."""
+    kind: ModelKind | None = None
+    """chat or embeddings; unset: whatever the provider's models serve."""
+    input_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million prompt tokens; unset: from the pricing catalogue."""
+    output_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million completion tokens; unset: from the pricing catalogue."""
+    cached_input_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million prompt tokens read from the provider's prompt cache."""
+    gpu_hour_usd: float | None = Field(None, ge=0)
+    """Self-hosted: cost = busy time x this hourly price."""
+    cpu_hour_usd: float | None = Field(None, ge=0)
+    """Self-hosted on CPUs: cost = busy time x this hourly price."""
+    tier: str | None = None
+    """A label for reports and routes (small, large …)."""
+    batch: BatchConfig | None = None
+    """Dynamic batching of requests to this model (for upstreams that take a batch)."""
+    cache: bool = True
+    """Whether the exact and semantic caches may answer for this model."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Models to try, in order, when this one fails with a retryable error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_provider(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.provider_name and "provider" not in data:
+            data = {**data, "provider": cls.provider_name}
+        return data
+
+    @model_validator(mode="after")
+    def _default_kind(self) -> "ModelConfig":
+        if self.provider_name is not None and self.provider != self.provider_name:
+            raise ValueError(f"model {self.name!r}: {type(self).__name__} configures provider "
+                             f"{self.provider_name!r}, not {self.provider!r}")
+        if self.kind is None and self.default_kind is not None:
+            self.kind = self.default_kind
+        return self
+
+    def effective_batch(self) -> BatchConfig | None:
+        """The batching this model gets (None: requests go one by one)."""
+        return self.batch if self.batch is not None and self.batch.enabled else None
+
+    def catalogue_names(self) -> list[str]:
+        """Names to look this model's price up by in the pricing catalogue, best first."""
+        return [self.name]
+
+
+class DeploymentConfig(_Strict):
+    """One place a model is served from (an API key, a vLLM server …)."""
+
+    api_base: str
+    """The API's base URL, up to and including ``/v1``."""
+    api_key_env: str | None = None
+    """The environment variable that holds this deployment's key."""
+    upstream_model: str | None = None
+    """The model name this deployment knows (default: the model's)."""
+    weight: float = 1.0
+    """Share of traffic relative to the other deployments (by outstanding requests)."""
+
+
+class HTTPModelConfig(ModelConfig):
+    """A model behind any OpenAI-compatible HTTP API: OpenAI, vLLM, Ollama, llama.cpp
+    server, TGI. One deployment (``api_base``) or several (``deployments``)."""
+
+    provider_name: ClassVar[str | None] = "openai"
+
+    api_base: str | None = None
+    """The API's base URL, up to and including ``/v1``."""
+    api_key_env: str | None = None
+    """The environment variable that holds the key (never the key itself)."""
+    upstream_model: str | None = None
+    """The name the upstream knows; it also picks the catalogue price."""
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    """Several places serving the same model; traffic goes to the least busy."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Longest wait for the next bytes of an answer."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """Longest wait to open a connection."""
+    max_connections: int = Field(256, ge=1)
+    """Pooled connections per deployment."""
+    supports_stream_usage: bool = True
+    """Ask for usage on streams (``stream_options.include_usage``)."""
+
+    def catalogue_names(self) -> list[str]:
+        names = [self.upstream_model, self.name, *(d.upstream_model for d in self.deployments)]
+        return [n for n in names if n]
+
+    @model_validator(mode="after")
+    def _deployments(self) -> "HTTPModelConfig":
+        if not (self.api_base or self.deployments):
+            raise ValueError(f"model {self.name!r}: provider {self.provider} needs api_base or "
+                             "deployments")
+        if self.api_base and not self.deployments:
+            self.deployments = [DeploymentConfig(api_base=self.api_base,
+                                                 api_key_env=self.api_key_env,
+                                                 upstream_model=self.upstream_model)]
+        return self
+
+
+class LlamaCppModelConfig(ModelConfig):
+    """A GGUF model run in-process by llama.cpp (the bundled SmolLM2 unless ``path``)."""
+
+    provider_name: ClassVar[str | None] = "llamacpp"
+    default_kind: ClassVar[ModelKind | None] = "chat"
+    hosted: ClassVar[bool] = False
+
+    path: str | None = None
+    """The GGUF file; unset: the bundled SmolLM2-135M-Instruct."""
+    n_ctx: int = Field(2048, ge=128)
+    """Context length in tokens."""
+    n_threads: int | None = None
+    """CPU threads (default: every core)."""
+    n_parallel: int = Field(1, ge=1, le=64)
+    """Sequences decoded together (> 1 batches concurrent plain requests)."""
+
+    def effective_batch(self) -> BatchConfig | None:
+        if self.n_parallel <= 1:
+            return super().effective_batch()
+        # The decoder holds n_parallel sequences: no batch may be larger.
+        cfg = self.batch or BatchConfig(max_batch_size=self.n_parallel)
+        cfg = cfg.model_copy(update={"max_batch_size": min(cfg.max_batch_size,
+                                                           self.n_parallel)})
+        return cfg if cfg.enabled else None
+
+
+class LocalEmbeddingsModelConfig(ModelConfig):
+    """Sentence embeddings computed in-process (the bundled all-MiniLM-L6-v2 unless
+    ``path``)."""
+
+    provider_name: ClassVar[str | None] = "sentence-transformers"
+    default_kind: ClassVar[ModelKind | None] = "embeddings"
+    hosted: ClassVar[bool] = False
+
+    path: str | None = None
+    """A sentence-transformers model directory; unset: the bundled all-MiniLM-L6-v2."""
+    n_threads: int | None = None
+    """CPU threads (default: every core)."""
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    """auto: ONNX Runtime when installed (same vectors, about 2x faster than torch)."""
+    quantize: Literal["int8"] | None = None
+    """int8: dynamically quantized weights (faster, vectors differ slightly)."""
+    compile: bool = False
+    """torch.compile the model (torch runtime only)."""
+
+    def effective_batch(self) -> BatchConfig | None:
+        # On by default: concurrent requests then share one forward pass.
+        cfg = self.batch if self.batch is not None else BatchConfig()
+        return cfg if cfg.enabled else None
 
 
 class RetryConfig(_Strict):

@@ -22,11 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from margin.config import ModelConfig
 from margin.errors import BadRequest, ConfigError, UpstreamError
-from margin.types import Attempt, RequestContext, Response
+from margin.types import Attempt, Call, Response
 from margin.metering.tokens import message_text
-from margin.upstreams.base import EmbedResult
+from margin.upstreams.base import Upstream
+from margin.upstreams.config import LlamaCppModelConfig
 from margin.upstreams.llamacpp_batch import BatchedGenerator, GenJob, GenResult
 
 # OpenAI's defaults, so that a request means the same here as against the API.
@@ -47,9 +47,12 @@ def bundled_smollm2_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class LlamaCppUpstream:
-    def __init__(self, model: ModelConfig) -> None:
-        self.model = model
+class LlamaCppUpstream(Upstream):
+    config_class = LlamaCppModelConfig
+    model: LlamaCppModelConfig
+
+    def __init__(self, model: LlamaCppModelConfig) -> None:
+        super().__init__(model)
         self.path = Path(model.path) if model.path else bundled_smollm2_path()
         self._llm: Any = None
         self._generator: BatchedGenerator | None = None
@@ -79,20 +82,20 @@ class LlamaCppUpstream:
     def batchable_generation(self) -> bool:
         return self.model.n_parallel > 1
 
-    def batchable(self, ctx: RequestContext) -> bool:
+    def batchable(self, call: Call) -> bool:
         """Whether the batched decoder can serve this request as the normal path would."""
-        body = ctx.body
-        if ctx.stream or int(body.get("n") or 1) != 1:
+        body = call.body
+        if call.stream or int(body.get("n") or 1) != 1:
             return False
         if any(body.get(k) not in (None, False) for k in _NOT_BATCHABLE):
             return False
-        if ctx.endpoint == "completions":
+        if call.endpoint == "completions":
             prompt = body.get("prompt")
             return isinstance(prompt, str) or (
                 isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str))
-        return ctx.endpoint == "chat"
+        return call.endpoint == "chat"
 
-    async def complete_batch(self, ctxs: list[RequestContext]) -> list[Response | BaseException]:
+    async def complete_batch(self, calls: list[Call]) -> list[Response | BaseException]:
         """Several ``batchable`` requests decoded together; one response (or error) each.
         Usage is each request's own; the batch's compute time is shared by tokens."""
         assert self._generator is not None, "n_parallel is 1 or start() was not awaited"
@@ -102,7 +105,7 @@ class LlamaCppUpstream:
         def run() -> tuple[list[GenJob | BaseException], list[GenResult], float]:
             t_start = time.perf_counter()
             jobs: list[GenJob | BaseException] = []
-            for c in ctxs:
+            for c in calls:
                 try:
                     job = self._job(c)
                     if not self._generator.fits(job):
@@ -125,31 +128,30 @@ class LlamaCppUpstream:
             raise UpstreamError(f"local model {self.model.name!r} failed: {exc}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000
         done = iter(results)
-        paired = [(c, j, next(done)) for c, j in zip(ctxs, jobs) if isinstance(j, GenJob)]
+        paired = [(c, j, next(done)) for c, j in zip(calls, jobs) if isinstance(j, GenJob)]
         total = sum(len(j.prompt_tokens) + r.completion_tokens for _, j, r in paired) or 1
         answers: dict[int, Response] = {}
         for c, job, res in paired:
-            c.usage.prompt_tokens = len(job.prompt_tokens)
-            c.usage.completion_tokens = res.completion_tokens
-            c.compute_s = (c.compute_s or 0.0) + compute_s * (
-                len(job.prompt_tokens) + res.completion_tokens) / total
-            c.upstream_ms += elapsed_ms
-            c.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
-                                      prompt_tokens=c.usage.prompt_tokens,
+            r = c.result
+            r.set_usage(len(job.prompt_tokens), res.completion_tokens)
+            r.add_compute(compute_s * (len(job.prompt_tokens) + res.completion_tokens) / total)
+            r.upstream_ms += elapsed_ms
+            r.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
+                                      prompt_tokens=r.usage.prompt_tokens,
                                       completion_tokens=res.completion_tokens))
             answers[id(c)] = Response(200, payload=self._payload(c, res))
         # A job that could not be built is that caller's own error, in its place.
-        return [answers[id(c)] if isinstance(j, GenJob) else j for c, j in zip(ctxs, jobs)]
+        return [answers[id(c)] if isinstance(j, GenJob) else j for c, j in zip(calls, jobs)]
 
-    def _job(self, ctx: RequestContext) -> GenJob:
-        kw = self._kwargs(ctx)
+    def _job(self, call: Call) -> GenJob:
+        kw = self._kwargs(call)
         stop = list(kw.get("stop") or [])
-        if ctx.endpoint == "chat":
+        if call.endpoint == "chat":
             tokens, template_stop = chat_tokens(self._llm, self._chat_format,
-                                                ctx.body["messages"])
+                                                call.body["messages"])
             stop += template_stop
         else:
-            prompt = ctx.body["prompt"]
+            prompt = call.body["prompt"]
             prompt = prompt[0] if isinstance(prompt, list) else prompt
             tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True)
         seed = kw.get("seed")
@@ -157,12 +159,12 @@ class LlamaCppUpstream:
                       float(kw["top_p"]), int(seed) if seed is not None else None,
                       tuple(str(x) for x in stop))
 
-    def _payload(self, ctx: RequestContext, res: GenResult) -> dict[str, Any]:
-        usage = {"prompt_tokens": ctx.usage.prompt_tokens,
-                 "completion_tokens": res.completion_tokens,
-                 "total_tokens": ctx.usage.prompt_tokens + res.completion_tokens}
+    def _payload(self, call: Call, res: GenResult) -> dict[str, Any]:
+        prompt_tokens = call.result.usage.prompt_tokens
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": res.completion_tokens,
+                 "total_tokens": prompt_tokens + res.completion_tokens}
         created = int(time.time())
-        if ctx.endpoint == "chat":
+        if call.endpoint == "chat":
             return {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
                     "created": created, "model": self.model.name,
                     "choices": [{"index": 0, "logprobs": None, "finish_reason": res.finish_reason,
@@ -181,14 +183,14 @@ class LlamaCppUpstream:
             self._executor.submit(gen.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _kwargs(self, ctx: RequestContext) -> dict[str, Any]:
-        body = ctx.body
+    def _kwargs(self, call: Call) -> dict[str, Any]:
+        body = call.body
         kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
         kw.setdefault("temperature", 1.0)
         kw.setdefault("top_p", 1.0)
         if isinstance(kw.get("stop"), str):
             kw["stop"] = [kw["stop"]]
-        if ctx.endpoint == "chat":
+        if call.endpoint == "chat":
             kw["max_tokens"] = (body.get("max_completion_tokens") or body.get("max_tokens")
                                 or _CHAT_DEFAULT_MAX_TOKENS)
         else:
@@ -199,28 +201,28 @@ class LlamaCppUpstream:
             raise BadRequest(f"model {self.model.name!r} does not return logprobs")
         return kw
 
-    def _call(self, ctx: RequestContext) -> Callable[..., Any]:
+    def _generate_fn(self, call: Call) -> Callable[..., Any]:
         assert self._llm is not None, "start() was not awaited"
-        if ctx.endpoint == "chat":
-            messages = ctx.body["messages"]
+        if call.endpoint == "chat":
+            messages = call.body["messages"]
             return lambda **kw: self._llm.create_chat_completion(messages=messages, **kw)
-        prompt = ctx.body.get("prompt")
+        prompt = call.body.get("prompt")
         if isinstance(prompt, list):
             if len(prompt) != 1 or not isinstance(prompt[0], str):
                 raise BadRequest("this local model takes one prompt string per request")
             prompt = prompt[0]
         return lambda **kw: self._llm.create_completion(prompt=prompt, **kw)
 
-    async def complete(self, ctx: RequestContext) -> Response:
-        call, kw = self._call(ctx), self._kwargs(ctx)
-        if ctx.stream:
-            return Response(200, stream=self._stream(ctx, call, kw))
+    async def complete(self, call: Call) -> Response:
+        fn, kw = self._generate_fn(call), self._kwargs(call)
+        if call.stream:
+            return Response(200, stream=self._stream(call, fn, kw))
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
 
         def run() -> tuple[dict[str, Any], float]:
             t_start = time.perf_counter()
-            result = call(**kw)
+            result = fn(**kw)
             return result, time.perf_counter() - t_start
 
         try:
@@ -229,17 +231,17 @@ class LlamaCppUpstream:
             raise UpstreamError(f"local model {self.model.name!r} failed: {exc}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000
         usage = result.get("usage") or {}
-        ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
-        ctx.compute_s = (ctx.compute_s or 0.0) + compute_s
-        ctx.upstream_ms += elapsed_ms
-        ctx.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
-                                    prompt_tokens=ctx.usage.prompt_tokens,
-                                    completion_tokens=ctx.usage.completion_tokens))
+        r = call.result
+        r.set_usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        r.add_compute(compute_s)
+        r.upstream_ms += elapsed_ms
+        r.attempts.append(Attempt(self.model.name, "local", 200, elapsed_ms,
+                                  prompt_tokens=r.usage.prompt_tokens,
+                                  completion_tokens=r.usage.completion_tokens))
         result["model"] = self.model.name
         return Response(200, payload=result)
 
-    async def _stream(self, ctx: RequestContext, call: Callable[..., Any],
+    async def _stream(self, call: Call, fn: Callable[..., Any],
                       kw: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -250,7 +252,7 @@ class LlamaCppUpstream:
         def worker() -> None:
             t_start = time.perf_counter()
             try:
-                for chunk in call(stream=True, **kw):
+                for chunk in fn(stream=True, **kw):
                     if cancelled.is_set():  # the client went away: free the model now
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
@@ -272,8 +274,8 @@ class LlamaCppUpstream:
                 if kind == "error":
                     status = 502
                     raise UpstreamError(f"local model {self.model.name!r} failed: {item}")
-                if ctx.ttft_ms is None:
-                    ctx.ttft_ms = ctx.elapsed_ms()
+                if call.result.ttft_ms is None:
+                    call.result.ttft_ms = call.elapsed_ms()
                 item["model"] = self.model.name
                 for choice in item.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content") or choice.get("text")
@@ -284,24 +286,19 @@ class LlamaCppUpstream:
         finally:
             cancelled.set()
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            ctx.upstream_ms += elapsed_ms
+            r = call.result
+            r.upstream_ms += elapsed_ms
             # llama.cpp streams one token per chunk; the prompt is counted with the
             # model's own tokenizer, without the chat template's few framing tokens.
-            prompt_text = (message_text(ctx.body["messages"]) if ctx.endpoint == "chat"
-                           else str(ctx.body.get("prompt")))
-            ctx.usage.prompt_tokens = len(self._llm.tokenize(prompt_text.encode(), add_bos=True))
-            ctx.usage.completion_tokens = pieces
-            ctx.usage.estimated = ctx.endpoint == "chat"
-            ctx.attempts.append(Attempt(self.model.name, "local", status, elapsed_ms,
-                                        prompt_tokens=ctx.usage.prompt_tokens,
-                                        completion_tokens=pieces))
-            if future.done():
-                ctx.compute_s = (ctx.compute_s or 0.0) + busy.get("s", elapsed_ms / 1000)
-            else:
-                ctx.compute_s = (ctx.compute_s or 0.0) + elapsed_ms / 1000
-
-    async def embed(self, inputs: list[Any], ctx: RequestContext | None = None) -> EmbedResult:
-        raise BadRequest(f"model {self.model.name!r} does not serve embeddings")
+            prompt_text = (message_text(call.body["messages"]) if call.endpoint == "chat"
+                           else str(call.body.get("prompt")))
+            r.set_usage(len(self._llm.tokenize(prompt_text.encode(), add_bos=True)), pieces,
+                        estimated=call.endpoint == "chat")
+            r.attempts.append(Attempt(self.model.name, "local", status, elapsed_ms,
+                                      prompt_tokens=r.usage.prompt_tokens,
+                                      completion_tokens=pieces))
+            r.add_compute(busy.get("s", elapsed_ms / 1000) if future.done()
+                          else elapsed_ms / 1000)
 
 
 def chat_tokens(llm: Any, formatter: Any, messages: list[Any]) -> tuple[list[int], list[str]]:

@@ -23,15 +23,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import aiohttp
 import orjson
 
-from margin.config import DeploymentConfig, ModelConfig
+from margin.upstreams.config import DeploymentConfig, HTTPModelConfig
 from margin.errors import MarginError, UpstreamError, UpstreamStatusError, UpstreamTimeout
-from margin.types import Attempt, RequestContext, Response
+from margin.types import Attempt, Call, Response
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.upstreams.resilience import (DEFAULT_RESILIENCE, FALLBACK_PENDING, Clock,
-                                      DeploymentHealth, started_stream,
-                                      ResilienceConfig, attempt_status, backoff_s, is_retryable,
-                                      retry_after_s)
-from margin.upstreams.base import EmbedResult
+from margin.upstreams.base import EmbedResult, Upstream
+from margin.upstreams.resilience import (DEFAULT_RESILIENCE, Clock, DeploymentHealth,
+                                         ResilienceConfig, attempt_status, backoff_s,
+                                         is_retryable, retry_after_s, started_stream)
 
 T = TypeVar("T")
 
@@ -41,7 +40,7 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embedding
 class HTTPDeployment:
     """One base URL + key, with its own pooled session."""
 
-    def __init__(self, model: ModelConfig, dep: DeploymentConfig,
+    def __init__(self, model: HTTPModelConfig, dep: DeploymentConfig,
                  health: DeploymentHealth | None = None) -> None:
         self.model = model
         self.dep = dep
@@ -112,13 +111,19 @@ class NoDeploymentAvailable(UpstreamError):
     code = "no_deployment_available"
 
 
-class OpenAIHTTPUpstream:
+class OpenAIHTTPUpstream(Upstream):
     """Speaks to one or more deployments of one model; picks the least busy, retries on
     another when one fails, and keeps failing ones cooling (see the module docstring)."""
 
-    def __init__(self, model: ModelConfig, resilience: ResilienceConfig | None = None,
+    config_class = HTTPModelConfig
+    # An OpenAI-compatible API takes a list of inputs (embeddings) or prompts (completions)
+    batchable_embeddings = True
+    batchable_completions = True
+    model: HTTPModelConfig
+
+    def __init__(self, model: HTTPModelConfig, resilience: ResilienceConfig | None = None,
                  clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
-        self.model = model
+        super().__init__(model)
         self.clock = clock
         self.rng = rng or random.Random()
         self.resilience = resilience or DEFAULT_RESILIENCE
@@ -132,9 +137,6 @@ class OpenAIHTTPUpstream:
         self.resilience = resilience
         for d in self.deployments:
             d.health = DeploymentHealth(resilience.health, self.clock)
-
-    async def start(self) -> None:
-        return None
 
     async def aclose(self) -> None:
         await asyncio.gather(*(d.aclose() for d in self.deployments))
@@ -200,10 +202,10 @@ class OpenAIHTTPUpstream:
             raise last_exc
         raise NoDeploymentAvailable(f"every deployment of {self.model.name!r} is cooling down")
 
-    def _body(self, ctx: RequestContext, dep: HTTPDeployment) -> dict[str, Any]:
-        body = dict(ctx.body)
+    def _body(self, call: Call, dep: HTTPDeployment) -> dict[str, Any]:
+        body = dict(call.body)
         body["model"] = dep.upstream_model
-        if (ctx.stream and ctx.endpoint in ("chat", "completions")
+        if (call.stream and call.endpoint in ("chat", "completions")
                 and self.model.supports_stream_usage):
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True
@@ -220,97 +222,92 @@ class OpenAIHTTPUpstream:
             raise UpstreamError(f"upstream {dep.label} unreachable: {type(exc).__name__}") from None
 
     # -- chat and completions ----------------------------------------------------------
-    async def complete(self, ctx: RequestContext, dep: HTTPDeployment | None = None, *,
-                       last_resort: bool | None = None) -> Response:
+    async def complete(self, call: Call, dep: HTTPDeployment | None = None) -> Response:
         """Answer through one deployment (``dep``) or the best one, retrying on others.
 
-        Not the last resort (another model comes after this one in the fallback chain;
-        by default read from ``FALLBACK_PENDING``): never send to a cooling deployment and
-        never retry one already tried; the caller moves on instead.
+        Not the last resort (``call.last_resort`` False: another model comes after this one
+        in the fallback chain): never send to a cooling deployment and never retry one
+        already tried; the caller moves on instead.
         """
         if dep is not None:
-            return await self._complete_once(ctx, dep)
-        if last_resort is None:
-            last_resort = not FALLBACK_PENDING.get()
-        return await self._with_retries(lambda d: self._complete_once(ctx, d), last_resort)
+            return await self._complete_once(call, dep)
+        return await self._with_retries(lambda d: self._complete_once(call, d),
+                                        call.last_resort)
 
-    async def _complete_once(self, ctx: RequestContext, dep: HTTPDeployment) -> Response:
-        body = self._body(ctx, dep)
+    async def _complete_once(self, call: Call, dep: HTTPDeployment) -> Response:
+        body = self._body(call, dep)
         t0 = time.perf_counter()
         dep.in_flight += 1
         try:
-            resp = await self._post(dep, ctx.endpoint, body)
+            resp = await self._post(dep, call.endpoint, body)
         except MarginError as exc:
             dep.in_flight -= 1
-            self._failed(ctx, dep, t0, exc)
+            self._failed(call, dep, t0, exc)
             raise
         except BaseException:
             dep.in_flight -= 1
             raise
-        if resp.status >= 400 or not ctx.stream:
+        if resp.status >= 400 or not call.stream:
             try:
                 raw = await resp.read()
             except asyncio.TimeoutError:
                 exc: UpstreamError = UpstreamTimeout(f"upstream {dep.label} timed out mid-answer")
-                self._failed(ctx, dep, t0, exc)
+                self._failed(call, dep, t0, exc)
                 raise exc from None
             except aiohttp.ClientError as err:
                 exc = UpstreamError(f"upstream {dep.label} failed mid-answer: "
                                     f"{type(err).__name__}")
-                self._failed(ctx, dep, t0, exc)
+                self._failed(call, dep, t0, exc)
                 raise exc from None
             finally:
                 dep.in_flight -= 1
                 resp.release()
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            ctx.upstream_ms += elapsed_ms
+            call.result.upstream_ms += elapsed_ms
             if resp.status >= 400:
-                ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
+                call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=raw[:200].decode("utf-8", "replace")))
                 raise _error_from(resp.status, raw, resp.headers.get("retry-after"))
             try:
                 payload = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                ctx.attempts.append(Attempt(self.model.name, dep.label, 502, elapsed_ms,
+                call.result.attempts.append(Attempt(self.model.name, dep.label, 502, elapsed_ms,
                                             error="invalid JSON from upstream"))
                 raise UpstreamError(f"upstream {dep.label} answered with invalid JSON") from None
             dep.observe(elapsed_ms)
-            self._record_usage(ctx, payload.get("usage"), payload)
-            ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
-                                        prompt_tokens=ctx.usage.prompt_tokens,
-                                        completion_tokens=ctx.usage.completion_tokens))
+            self._record_usage(call, payload.get("usage"), payload)
+            call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
+                                        prompt_tokens=call.result.usage.prompt_tokens,
+                                        completion_tokens=call.result.usage.completion_tokens))
             return Response(200, payload=payload, raw=raw)
         # Wait for the first chunk here, so that a stream failing before its first byte is
         # retried like any other failed call.
-        return await started_stream(self._stream(ctx, dep, resp, t0))
+        return await started_stream(self._stream(call, dep, resp, t0))
 
-    def _failed(self, ctx: RequestContext, dep: HTTPDeployment, t0: float,
+    def _failed(self, call: Call, dep: HTTPDeployment, t0: float,
                 exc: MarginError) -> None:
         elapsed_ms = (time.perf_counter() - t0) * 1000
-        ctx.upstream_ms += elapsed_ms
-        ctx.attempts.append(Attempt(self.model.name, dep.label, attempt_status(exc), elapsed_ms,
+        call.result.upstream_ms += elapsed_ms
+        call.result.attempts.append(Attempt(self.model.name, dep.label, attempt_status(exc), elapsed_ms,
                                     error=exc.message[:200]))
 
-    def _record_usage(self, ctx: RequestContext, usage: Any, payload: dict | None) -> None:
+    def _record_usage(self, call: Call, usage: Any, payload: dict | None) -> None:
         if isinstance(usage, dict) and "prompt_tokens" in usage:
-            ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
             details = usage.get("prompt_tokens_details") or {}
-            ctx.usage.cached_tokens = int(details.get("cached_tokens") or 0)
-            ctx.usage.estimated = False
+            call.result.set_usage(int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0),
+                                  int(details.get("cached_tokens") or 0))
             return
-        ctx.usage.prompt_tokens = estimate_prompt_tokens(ctx.body)
         text = ""
         for choice in (payload or {}).get("choices") or []:
             msg = choice.get("message") or {}
             text += str(msg.get("content") or choice.get("text") or "")
-        ctx.usage.completion_tokens = estimate_tokens(text)
-        ctx.usage.cached_tokens = 0
-        ctx.usage.estimated = True
+        call.result.set_usage(estimate_prompt_tokens(call.body), estimate_tokens(text),
+                              estimated=True)
 
-    async def _stream(self, ctx: RequestContext, dep: HTTPDeployment,
+    async def _stream(self, call: Call, dep: HTTPDeployment,
                       resp: aiohttp.ClientResponse, t0: float) -> AsyncIterator[dict[str, Any]]:
-        client_wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
         usage = None
         text_parts: list[str] = []
         status = resp.status
@@ -330,8 +327,8 @@ class OpenAIHTTPUpstream:
                     err = chunk["error"] or {}
                     status = 502
                     raise UpstreamError(f"upstream stream error: {err.get('message', err)}")
-                if ctx.ttft_ms is None:
-                    ctx.ttft_ms = ctx.elapsed_ms()
+                if call.result.ttft_ms is None:
+                    call.result.ttft_ms = call.elapsed_ms()
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                     if not chunk.get("choices") and not client_wants_usage:
@@ -362,37 +359,35 @@ class OpenAIHTTPUpstream:
             dep.in_flight -= 1
             resp.release()
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            ctx.upstream_ms += elapsed_ms
+            call.result.upstream_ms += elapsed_ms
             if error is None:
                 dep.observe(elapsed_ms)
             elif sent:
                 # Failed after bytes went out: the retry loop no longer sees it.
                 dep.health.failure()
             if usage:
-                self._record_usage(ctx, usage, None)
+                self._record_usage(call, usage, None)
             elif error is None or sent:
-                ctx.usage.prompt_tokens = estimate_prompt_tokens(ctx.body)
-                ctx.usage.completion_tokens = estimate_tokens("".join(text_parts))
-                ctx.usage.cached_tokens = 0
-                ctx.usage.estimated = True
+                call.result.set_usage(estimate_prompt_tokens(call.body),
+                                      estimate_tokens("".join(text_parts)), estimated=True)
             billed = error is None or sent > 0
-            ctx.attempts.append(Attempt(
+            call.result.attempts.append(Attempt(
                 self.model.name, dep.label, status, elapsed_ms, error=error,
-                prompt_tokens=ctx.usage.prompt_tokens if billed else 0,
-                completion_tokens=ctx.usage.completion_tokens if billed else 0))
-            ctx.notes["stream_text_chars"] = sum(len(p) for p in text_parts)
+                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
+                completion_tokens=call.result.usage.completion_tokens if billed else 0))
+            call.result.notes["stream_text_chars"] = sum(len(p) for p in text_parts)
 
     # -- embeddings --------------------------------------------------------------------
-    async def embed(self, inputs: list[Any], ctx: RequestContext | None = None) -> EmbedResult:
-        return await self._with_retries(lambda d: self._embed_once(inputs, ctx, d), True)
+    async def embed(self, inputs: list[Any], call: Call | None = None) -> EmbedResult:
+        return await self._with_retries(lambda d: self._embed_once(inputs, call, d), True)
 
-    async def _embed_once(self, inputs: list[Any], ctx: RequestContext | None,
+    async def _embed_once(self, inputs: list[Any], call: Call | None,
                           dep: HTTPDeployment) -> EmbedResult:
         body: dict[str, Any] = {"model": dep.upstream_model, "input": inputs}
-        if ctx is not None:
+        if call is not None:
             for k in ("encoding_format", "dimensions", "user"):
-                if k in ctx.body:
-                    body[k] = ctx.body[k]
+                if k in call.body:
+                    body[k] = call.body[k]
             body["encoding_format"] = "float"
         t0 = time.perf_counter()
         dep.in_flight += 1
@@ -408,16 +403,16 @@ class OpenAIHTTPUpstream:
             finally:
                 resp.release()
         except MarginError as exc:
-            if ctx is not None:
-                self._failed(ctx, dep, t0, exc)
+            if call is not None:
+                self._failed(call, dep, t0, exc)
             raise
         finally:
             dep.in_flight -= 1
         elapsed_ms = (time.perf_counter() - t0) * 1000
         if resp.status >= 400:
             exc = _error_from(resp.status, raw, resp.headers.get("retry-after"))
-            if ctx is not None:
-                ctx.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
+            if call is not None:
+                call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=exc.message[:200]))
             raise exc
         dep.observe(elapsed_ms)

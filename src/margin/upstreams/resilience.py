@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -31,11 +30,6 @@ Clock = Callable[[], float]
 
 
 DEFAULT_RESILIENCE = ResilienceConfig()
-
-# Set by the router stage while it calls a model that has another model after it in its
-# fallback chain: the upstream then gives up sooner (no cooling deployment forced, no
-# deployment retried twice) and lets the chain move on.
-FALLBACK_PENDING: ContextVar[bool] = ContextVar("margin_fallback_pending", default=False)
 
 
 # -- errors -----------------------------------------------------------------------------

@@ -11,14 +11,14 @@ import asyncio
 import sys
 from typing import Any
 
-from margin.config import ModelConfig
 from margin.errors import BadRequest
-from margin.types import RequestContext, Response
-from margin.upstreams.base import EmbedResult
+from margin.types import Call
+from margin.upstreams.base import EmbedResult, Upstream
+from margin.upstreams.config import LocalEmbeddingsModelConfig
 from margin.embedding.minilm import EmbedderVariant, LocalEmbedder, shared_embedder
 
 
-def variant_of(model: ModelConfig) -> EmbedderVariant:
+def variant_of(model: LocalEmbeddingsModelConfig) -> EmbedderVariant:
     return EmbedderVariant(runtime=model.runtime, quantize=model.quantize, compile=model.compile)
 
 
@@ -29,12 +29,14 @@ def variant_of(model: ModelConfig) -> EmbedderVariant:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-class SentenceTransformersUpstream:
+class SentenceTransformersUpstream(Upstream):
+    config_class = LocalEmbeddingsModelConfig
     # The batcher may hand this upstream many callers' inputs in one call.
     batchable_embeddings = True
+    model: LocalEmbeddingsModelConfig
 
-    def __init__(self, model: ModelConfig) -> None:
-        self.model = model
+    def __init__(self, model: LocalEmbeddingsModelConfig) -> None:
+        super().__init__(model)
         self.variant = variant_of(model)
         self.embedder: LocalEmbedder | None = None
 
@@ -44,13 +46,7 @@ class SentenceTransformersUpstream:
             self.embedder = await asyncio.to_thread(shared_embedder, self.model.path,
                                                     self.variant, threads=self.model.n_threads)
 
-    async def aclose(self) -> None:
-        return None
-
-    async def complete(self, ctx: RequestContext) -> Response:
-        raise BadRequest(f"model {self.model.name!r} serves embeddings only")
-
-    async def embed(self, inputs: list[Any], ctx: RequestContext | None = None) -> EmbedResult:
+    async def embed(self, inputs: list[Any], call: Call | None = None) -> EmbedResult:
         assert self.embedder is not None, "start() was not awaited"
         if not all(isinstance(t, str) for t in inputs):
             raise BadRequest("this local embeddings model takes text input, not token ids")

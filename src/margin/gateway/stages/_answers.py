@@ -7,12 +7,13 @@ and what it cost (a hit's ``saved_usd``); the answer is served as stored bytes.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from typing import Any, AsyncIterator, Callable
 
 import orjson
 
+from margin.metering.pricing import PriceBook
+from margin.tasks import TaskSet
 from margin.types import RequestContext, Response
 from margin.gateway.streaming import assemble, replay_to
 
@@ -48,14 +49,14 @@ def ttl_for(ctx: RequestContext, default_s: float) -> float:
 class AnswerStore:
     """Serving and capturing cached answers for one stage (``outcome``: exact|semantic)."""
 
-    def __init__(self, gateway: Any, outcome: str) -> None:
-        self.gw = gateway
+    def __init__(self, prices: PriceBook, outcome: str) -> None:
+        self.prices = prices
         self.outcome = outcome
-        self._pending: set[asyncio.Future] = set()  # stores running off the answer's path
+        self.tasks = TaskSet(f"{outcome} cache store")  # stores running off the answer's path
 
     def meta(self, ctx: RequestContext) -> dict[str, Any]:
         u = ctx.usage
-        cost = self.gw.prices.price(ctx.served_model or "").cost_usd(
+        cost = self.prices.price(ctx.served_model or "").cost_usd(
             u.prompt_tokens, u.completion_tokens, u.cached_tokens, ctx.compute_s)
         return {"model": ctx.served_model, "provider": ctx.provider, "cost_usd": cost,
                 "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
@@ -88,9 +89,7 @@ class AnswerStore:
         """An async store (the semantic cache's) runs in the background, never awaited by
         the answer; a reference is kept so the task is not collected mid-way."""
         if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self.tasks.spawn(result)
 
     async def _capture_stream(self, ctx: RequestContext, stream: AsyncIterator[dict[str, Any]],
                               store: Callable[[bytes], Any]) -> AsyncIterator[dict[str, Any]]:

@@ -32,10 +32,13 @@ from margin.batching.split import (CompletionShare, combine_completion_bodies,
                                    split_embed_result)
 from margin.config import BatchConfig, ModelConfig
 from margin.errors import MarginError, UpstreamError, UpstreamStatusError
-from margin.types import Attempt, RequestContext, Response
-from margin.gateway.pipeline import Handler
+from margin.gateway.embeddings import embed_via
+from margin.gateway.pipeline import Handler, Stage
+from margin.gateway.services import Services
 from margin.metering.tokens import estimate_tokens
-from margin.upstreams.base import EmbedResult
+from margin.observe.metrics import GatewayMetrics
+from margin.types import Attempt, Call, RequestContext, Response
+from margin.upstreams.base import EmbedResult, Upstream
 
 log = logging.getLogger("margin.batching")
 
@@ -47,19 +50,6 @@ MAX_LANES = 256  # completions lanes are keyed by sampling parameters; idle ones
 def limits_of(cfg: BatchConfig) -> BatchLimits:
     return BatchLimits(cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_wait_ms, cfg.max_queue,
                        cfg.max_concurrent_batches)
-
-
-def batch_config(model: ModelConfig) -> BatchConfig | None:
-    """The model's batching, or None. Local embeddings batch unless told not to."""
-    cfg = model.batch
-    if cfg is None and model.provider == "sentence-transformers":
-        cfg = BatchConfig()
-    if model.provider == "llamacpp" and model.n_parallel > 1:
-        # The decoder holds n_parallel sequences: no batch may be larger.
-        cfg = cfg or BatchConfig(max_batch_size=model.n_parallel)
-        cfg = cfg.model_copy(update={"max_batch_size": min(cfg.max_batch_size,
-                                                           model.n_parallel)})
-    return cfg if cfg is not None and cfg.enabled else None
 
 
 @dataclass(slots=True)
@@ -82,8 +72,8 @@ class _CompletionResult:
 
 
 class _BatchMetrics:
-    def __init__(self, gateway: Any, lanes: Callable[[], dict[tuple, Batcher]]) -> None:
-        r = gateway.metrics.registry
+    def __init__(self, metrics: GatewayMetrics, lanes: Callable[[], dict[tuple, Batcher]]) -> None:
+        r = metrics.registry
         self.size = Histogram("margin_batch_size", "Inputs per batched upstream call",
                               ["model"], buckets=SIZE_BUCKETS, registry=r)
         self.requests = Histogram("margin_batch_requests", "Requests sharing one upstream call",
@@ -94,7 +84,7 @@ class _BatchMetrics:
         self.duration = Histogram("margin_batch_duration_seconds",
                                   "Time one batched upstream call took",
                                   ["model"], buckets=WAIT_BUCKETS_S, registry=r)
-        self.events = gateway.metrics.events
+        self.events = metrics.events
         self._lanes = lanes
         r.register(self)
 
@@ -124,27 +114,27 @@ class _BatchMetrics:
         return record
 
 
-class BatcherStage:
+class BatcherStage(Stage):
     name = "batcher"
 
-    def __init__(self, gateway: Any) -> None:
-        self.gw = gateway
+    def __init__(self, models: list[ModelConfig], services: Services) -> None:
+        self.upstreams = services.upstreams
+        self.events = services.metrics.events
         self.configs: dict[str, BatchConfig] = {}
-        for m in gateway.settings.models:
-            cfg = batch_config(m)
+        for m in models:
+            cfg = m.effective_batch()
             if cfg is None:
                 continue
-            up = gateway.upstreams[m.name]
+            up = services.upstreams[m.name]
             if not (_embeds_in_batches(m, up) or _completes_in_batches(m, up)
-                    or _generates_in_batches(up)):
+                    or up.batchable_generation):
                 if m.batch is not None:
                     log.warning("model %r: batch is configured but its upstream (%s) cannot take "
                                 "a batch; requests go one by one", m.name, m.provider)
                 continue
             self.configs[m.name] = cfg
         self.lanes: OrderedDict[tuple, Batcher] = OrderedDict()
-        self.metrics = _BatchMetrics(gateway, lambda: self.lanes)
-        gateway.on_close(self.aclose)
+        self.metrics = _BatchMetrics(services.metrics, lambda: self.lanes)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.lanes.values()), return_exceptions=True)
@@ -156,14 +146,14 @@ class BatcherStage:
         if cfg is None or ctx.stream:
             return await call_next(ctx)
         assert model is not None
-        up = self.gw.upstreams[model.name]
+        up = self.upstreams[model.name]
         upstream_before = ctx.upstream_ms
         try:
             if ctx.endpoint == "embeddings" and _embeds_in_batches(model, up):
                 ctx.served_model, ctx.provider = model.name, model.provider
-                return await self.gw.embed_via(self._embed, ctx)
-            if (ctx.endpoint in ("chat", "completions") and _generates_in_batches(up)
-                    and up.batchable(ctx)):
+                return await embed_via(self._embed, ctx)
+            if (ctx.endpoint in ("chat", "completions") and up.batchable_generation
+                    and up.batchable(ctx.call())):
                 ctx.served_model, ctx.provider = model.name, model.provider
                 return await self._generate(ctx, model, cfg)
             if ctx.endpoint == "completions" and _completes_in_batches(model, up):
@@ -199,7 +189,7 @@ class BatcherStage:
             outcome = await lane.submit(item, size=size, tokens=tokens)
         except MarginError as exc:
             if exc.status_code == 503:
-                self.gw.metrics.events.labels("batch_overloaded").inc()
+                self.events.labels("batch_overloaded").inc()
             raise
         self._note(ctx, outcome)
         return outcome
@@ -229,16 +219,14 @@ class BatcherStage:
         return outcome.result
 
     def _embed_lane(self, model: ModelConfig, cfg: BatchConfig, dims: Any) -> Batcher:
-        upstream = self.gw.upstreams[model.name]
+        upstream = self.upstreams[model.name]
         body: dict[str, Any] = {"input": []}
         if dims is not None:
             body["dimensions"] = dims
 
         async def call(inputs: list[Any]) -> EmbedResult:
-            bctx = RequestContext(request_id="batch-" + uuid.uuid4().hex, endpoint="embeddings",
-                                  body=body, headers={})
-            bctx.model = model
-            return await upstream.embed(inputs, bctx)
+            return await upstream.embed(inputs, Call("embeddings", body,
+                                                     request_id="batch-" + uuid.uuid4().hex))
 
         async def run(items: list[_EmbedItem]) -> list[Any]:
             flat = [x for it in items for x in it.inputs]
@@ -258,17 +246,21 @@ class BatcherStage:
     # -- local generation (llama.cpp, several sequences per decode) -------------------------
     async def _generate(self, ctx: RequestContext, model: ModelConfig,
                         cfg: BatchConfig) -> Response:
-        upstream = self.gw.upstreams[model.name]
+        upstream = self.upstreams[model.name]
 
         def make() -> Batcher:
-            async def run(items: list[RequestContext]) -> list[Any]:
+            async def run(items: list[Call]) -> list[Any]:
                 return await upstream.complete_batch(items)
 
             return Batcher(run, limits_of(cfg), name=f"batcher[{model.name}]",
                            on_batch=self.metrics.on_batch(model.name))
 
         lane = self._lane((model.name, "generate"), make)
-        return (await self._submit(lane, ctx, ctx)).result
+        call = ctx.call()
+        try:
+            return (await self._submit(lane, ctx, call)).result
+        finally:
+            ctx.absorb(call.result)
 
     # -- completions ----------------------------------------------------------------------
     async def _complete(self, ctx: RequestContext, model: ModelConfig, cfg: BatchConfig,
@@ -301,29 +293,28 @@ class BatcherStage:
         return Response(200, payload=share.payload)
 
     def _completion_lane(self, model: ModelConfig, cfg: BatchConfig, n: int) -> Batcher:
-        upstream = self.gw.upstreams[model.name]
+        upstream = self.upstreams[model.name]
 
         async def call(items: list[_CompletionItem]) -> list[Any]:
             prompts = [it.prompts for it in items]
             body = combine_completion_bodies([it.body for it in items], prompts)
-            bctx = RequestContext(request_id="batch-" + uuid.uuid4().hex, endpoint="completions",
-                                  body=body, headers={})
-            bctx.model = model
-            response = await upstream.complete(bctx)
+            batch_call = Call("completions", body, request_id="batch-" + uuid.uuid4().hex)
+            response = await upstream.complete(batch_call)
             if response.payload is None:
                 raise UpstreamError(f"model {model.name!r}: batched completion had no payload")
-            attempt = bctx.attempts[-1] if bctx.attempts else None
-            elapsed_ms = attempt.latency_ms if attempt else bctx.upstream_ms
+            done = batch_call.result
+            attempt = done.attempts[-1] if done.attempts else None
+            elapsed_ms = attempt.latency_ms if attempt else done.upstream_ms
             deployment = attempt.deployment if attempt else model.name
             try:
                 shares = split_completion_payload(
-                    response.payload, prompts, n, bctx.usage.prompt_tokens,
-                    bctx.usage.completion_tokens, bctx.usage.estimated)
+                    response.payload, prompts, n, done.usage.prompt_tokens,
+                    done.usage.completion_tokens, done.usage.estimated)
             except ValueError as exc:
                 raise UpstreamError(f"model {model.name!r}: {exc}") from None
-            compute = ([bctx.compute_s * (s.prompt_tokens + s.completion_tokens)
+            compute = ([done.compute_s * (s.prompt_tokens + s.completion_tokens)
                         / max(1, sum(x.prompt_tokens + x.completion_tokens for x in shares))
-                        for s in shares] if bctx.compute_s is not None else [None] * len(shares))
+                        for s in shares] if done.compute_s is not None else [None] * len(shares))
             return [_CompletionResult(s, deployment, elapsed_ms, c)
                     for s, c in zip(shares, compute)]
 
@@ -341,27 +332,21 @@ class BatcherStage:
                        on_batch=self.metrics.on_batch(model.name))
 
 
-def _generates_in_batches(upstream: Any) -> bool:
-    """The local llama.cpp model with n_parallel > 1 decodes several requests at once."""
-    return bool(getattr(upstream, "batchable_generation", False))
-
-
 def _callers_fault(exc: UpstreamStatusError) -> bool:
     """A 4xx other than 429 blames the input, which may be one caller's alone."""
     return 400 <= exc.upstream_status < 500 and exc.upstream_status != 429
 
 
-def _embeds_in_batches(model: ModelConfig, upstream: Any) -> bool:
-    return model.kind in (None, "embeddings") and (
-        model.provider == "openai" or bool(getattr(upstream, "batchable_embeddings", False)))
+def _embeds_in_batches(model: ModelConfig, upstream: Upstream) -> bool:
+    return model.kind in (None, "embeddings") and upstream.batchable_embeddings
 
 
-def _completes_in_batches(model: ModelConfig, upstream: Any) -> bool:
+def _completes_in_batches(model: ModelConfig, upstream: Upstream) -> bool:
     # Only an explicit batch config: a list prompt is not something every API accepts.
-    return (model.kind in (None, "chat") and model.provider == "openai"
+    return (model.kind in (None, "chat") and upstream.batchable_completions
             and model.batch is not None)
 
 
-def build(gateway: Any) -> BatcherStage | None:
-    stage = BatcherStage(gateway)
+def build(models: list[ModelConfig], services: Services) -> BatcherStage | None:
+    stage = BatcherStage(models, services)
     return stage if stage.configs else None

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
 from margin.compression.apply import compress, prompt_tokens
 from margin.compression.config import CompressionConfig
 from margin.compression.retrieval import Scorer, embedding_scorer, lexical_scores
 from margin.errors import ConfigError
 from margin.types import RequestContext, Response
-from margin.gateway.pipeline import Handler
+from margin.gateway.pipeline import Handler, Stage
+from margin.gateway.services import Services
+from margin.metering.pricing import PriceBook
 
 log = logging.getLogger("margin.compression")
 
 
-class CompressionStage:
+class CompressionStage(Stage):
     name = "compression"
 
-    def __init__(self, gateway: Any, default: CompressionConfig,
+    def __init__(self, prices: PriceBook, default: CompressionConfig,
                  by_route: dict[str, CompressionConfig]) -> None:
-        self.gw = gateway
+        self.prices = prices
         self.default = default
         self.by_route = by_route
         self.scorer: Scorer = lexical_scores
@@ -43,7 +43,7 @@ class CompressionStage:
         if not wanted - {"lexical"}:
             return
         try:
-            from margin.embedding.minilm import shared_embedder
+            from margin.embedding import shared_embedder
 
             embedder = await asyncio.to_thread(shared_embedder)
         except Exception as exc:
@@ -85,16 +85,15 @@ class CompressionStage:
         response = await call_next(ctx)
         saved = report.tokens_before - report.tokens_after
         if saved > 0 and ctx.served_model:
-            price = self.gw.prices.price(ctx.served_model)
+            price = self.prices.price(ctx.served_model)
             ctx.notes["compression_saved_usd"] = round(price.cost_usd(saved, 0), 12)
         return response
 
 
-def build(gateway: Any) -> CompressionStage | None:
-    settings = gateway.settings
-    default: CompressionConfig = getattr(settings, "compression", None) or CompressionConfig()
-    by_route = {r.name: r.compression for r in getattr(settings, "routes", None) or []
-                if r.compression is not None}
+def build(sections: tuple[CompressionConfig, dict[str, CompressionConfig]],
+          services: Services) -> CompressionStage | None:
+    """``sections``: the top-level ``compression:`` and each route's own."""
+    default, by_route = sections
     if not default.enabled and not any(c.enabled for c in by_route.values()):
         return None
-    return CompressionStage(gateway, default, by_route)
+    return CompressionStage(services.prices, default, by_route)

@@ -3,28 +3,31 @@ stored answer, at no cost. Only complete, successful answers are stored."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from margin.cache.config import CacheConfig
 from margin.cache.exact import ExactCache
 from margin.cache.keys import cache_key
-from margin.types import RequestContext, Response
-from margin.gateway.pipeline import Handler
+from margin.gateway.pipeline import Handler, Stage
+from margin.gateway.services import Services
 from margin.gateway.stages._answers import AnswerStore, cache_control, ttl_for
+from margin.types import RequestContext, Response
 
 
-class ExactCacheStage:
+class ExactCacheStage(Stage):
     name = "exact_cache"
 
-    def __init__(self, gateway: Any) -> None:
-        cfg = gateway.settings.cache
+    def __init__(self, cfg: CacheConfig, services: Services) -> None:
         self.cfg = cfg.exact
-        self.cache = ExactCache(cfg.exact, cfg.redis_url or gateway.settings.redis_url,
-                                on_event=lambda e: gateway.metrics.events.labels(e).inc())
-        self.answers = AnswerStore(gateway, "exact")
-        gateway.on_close(self.cache.aclose)
+        events = services.metrics.events
+        self.cache = ExactCache(cfg.exact, cfg.redis_url,
+                                on_event=lambda e: events.labels(e).inc())
+        self.answers = AnswerStore(services.prices, "exact")
 
     async def start(self) -> None:
         await self.cache.start()
+
+    async def aclose(self) -> None:
+        await self.answers.tasks.aclose()
+        await self.cache.aclose()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
         if ctx.model is not None and not ctx.model.cache:
@@ -51,5 +54,5 @@ class ExactCacheStage:
         return self.answers.capture(ctx, response, lambda entry: self.cache.put(key, entry, ttl_s))
 
 
-def build(gateway: Any) -> ExactCacheStage | None:
-    return ExactCacheStage(gateway) if gateway.settings.cache.exact.enabled else None
+def build(cfg: CacheConfig, services: Services) -> ExactCacheStage | None:
+    return ExactCacheStage(cfg, services) if cfg.exact.enabled else None

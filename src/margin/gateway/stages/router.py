@@ -27,14 +27,15 @@ import orjson
 
 from margin.errors import BadRequest, ConfigError, MarginError, Overloaded
 from margin.types import RequestContext, Response, Usage
-from margin.gateway.pipeline import Handler
+from margin.gateway.pipeline import Handler, Stage
 from margin.gateway.streaming import replay_to
 from margin.routing.base import tier_for_probability
 from margin.routing.cascade import check_answer, strip_logprobs, with_logprobs
 from margin.routing.config import (CascadeRouterConfig, LearnedRouteConfig, RouteConfig,
                                    check_routes)
-from margin.upstreams.resilience import (DEFAULT_RESILIENCE, FALLBACK_PENDING, is_retryable,
-                                      started_stream)
+from margin.gateway.services import Services
+from margin.upstreams.openai_http import NoDeploymentAvailable
+from margin.upstreams.resilience import is_retryable, started_stream
 
 log = logging.getLogger("margin.router")
 
@@ -82,18 +83,18 @@ def _dedupe(names: list[str]) -> list[str]:
     return [n for n in names if not (n in seen or seen.add(n))]  # type: ignore[func-returns-value]
 
 
-class RouterStage:
+class RouterStage(Stage):
     name = "router"
 
-    def __init__(self, gateway: Any, routes: list[RouteConfig]) -> None:
-        self.gw = gateway
+    def __init__(self, routes: list[RouteConfig], services: Services) -> None:
+        self.models = services.models
+        self.upstreams = services.upstreams
         self.routes: dict[str, Route] = {}
         for cfg in routes:
             router = build_router(cfg.router)
             n = len(cfg.tiers)
             bounds = router.tier_boundaries(n) if router is not None and n > 1 else []
             self.routes[cfg.name] = Route(cfg, router, list(bounds))
-            gateway.aliases[cfg.name] = "route"
 
     async def start(self) -> None:
         # Load the embedder now, not on the first request (it takes seconds).
@@ -103,17 +104,17 @@ class RouterStage:
 
     # -- the chain ---------------------------------------------------------------------
     def fallback_chain(self, first: str, route: RouteConfig | None, tier: int = 0) -> list[str]:
-        model = self.gw.models[first]
+        model = self.models[first]
         if route is None:
             names, todo = [first], list(model.fallbacks)
             while todo:  # fallbacks of fallbacks, each model once
                 name = todo.pop(0)
-                if name not in names and name in self.gw.models:
+                if name not in names and name in self.models:
                     names.append(name)
-                    todo.extend(self.gw.models[name].fallbacks)
+                    todo.extend(self.models[name].fallbacks)
             return names
         lower = list(reversed(route.tiers[:tier])) if route.fallback_to_lower_tiers else []
-        return _dedupe([first, *[f for f in model.fallbacks if f in self.gw.models],
+        return _dedupe([first, *[f for f in model.fallbacks if f in self.models],
                         *route.tiers[tier + 1:], *route.fallbacks, *lower])
 
     async def serve_chain(self, ctx: RequestContext, call_next: Handler,
@@ -127,9 +128,8 @@ class RouterStage:
         skipped: list[str] = []
         for i, name in enumerate(chain):
             more = more_after or i < len(chain) - 1
-            upstream = self.gw.upstreams.get(name)
-            available = getattr(upstream, "available", None)
-            if more and available is not None and not available():
+            upstream = self.upstreams.get(name)
+            if more and upstream is not None and not upstream.available():
                 skipped.append(name)
                 continue
             try:
@@ -145,18 +145,16 @@ class RouterStage:
                 ctx.notes["fallback"] = {"from": chain[0], "to": name, "skipped": skipped}
             return response
         if last_exc is None:  # everything skipped: only possible with more_after
-            from margin.upstreams.openai_http import NoDeploymentAvailable
-
             raise NoDeploymentAvailable(f"every deployment of {', '.join(chain)} is cooling down")
         raise last_exc
 
     async def _call(self, ctx: RequestContext, call_next: Handler, name: str,
                     more: bool) -> Response:
-        model = self.gw.models[name]
+        model = self.models[name]
         ctx.model = model
         ctx.served_model = name
         ctx.provider = model.provider
-        token = FALLBACK_PENDING.set(more)
+        ctx.more_fallbacks = more
         try:
             response = await call_next(ctx)
             if response.stream is not None:
@@ -165,7 +163,7 @@ class RouterStage:
                 response.stream = started.stream
             return response
         finally:
-            FALLBACK_PENDING.reset(token)
+            ctx.more_fallbacks = False
 
     # -- the stage ---------------------------------------------------------------------
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
@@ -214,7 +212,7 @@ class RouterStage:
     def _reusable_embedding(ctx: RequestContext, router: Any) -> Any:
         """The semantic cache's embedding of the same text, when it left one on the context
         as ``query_embedding = (text, vector)`` (same MiniLM): saves a second forward pass."""
-        found = getattr(ctx, "query_embedding", None)
+        found = ctx.query_embedding
         if not found or getattr(router, "_embedding_model_path", None):
             return None
         text, vector = found
@@ -294,27 +292,21 @@ class RouterStage:
         assert best is not None
         payload, tier, served, usage = best
         # Higher tiers failed outright: answer with the last one that answered at all.
-        ctx.model = self.gw.models[served]
+        ctx.model = self.models[served]
         ctx.served_model, ctx.provider, ctx.usage = served, ctx.model.provider, usage
         return payload, tier
 
 
-def build(gateway: Any) -> RouterStage | None:
-    settings = gateway.settings
-    resilience = getattr(settings, "resilience", None) or DEFAULT_RESILIENCE
-    for upstream in gateway.upstreams.values():
-        configure = getattr(upstream, "configure", None)
-        if configure is not None:
-            configure(resilience)
-    routes: list[RouteConfig] = list(getattr(settings, "routes", None) or [])
+def build(routes: list[RouteConfig], services: Services) -> RouterStage | None:
+    models = services.models
     try:
-        check_routes(routes, gateway.models)
+        check_routes(routes, models)
     except ValueError as exc:
         raise ConfigError(f"routes: {exc}") from None
-    for model in gateway.models.values():
+    for model in models.values():
         for name in model.fallbacks:
-            if name not in gateway.models:
+            if name not in models:
                 raise ConfigError(f"model {model.name!r}: unknown fallback model {name!r}")
-    if not routes and not any(m.fallbacks for m in gateway.models.values()):
+    if not routes and not any(m.fallbacks for m in models.values()):
         return None
-    return RouterStage(gateway, routes)
+    return RouterStage(list(routes), services)

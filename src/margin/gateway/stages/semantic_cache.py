@@ -16,10 +16,12 @@ from typing import Any
 
 import orjson
 
+from margin.cache.config import CacheConfig
 from margin.cache.keys import canonical
 from margin.cache.semantic import SemanticCache
 from margin.types import RequestContext, Response
-from margin.gateway.pipeline import Handler
+from margin.gateway.pipeline import Handler, Stage
+from margin.gateway.services import Services
 from margin.gateway.stages._answers import AnswerStore, cache_control, ttl_for
 
 log = logging.getLogger("margin.cache")
@@ -45,24 +47,25 @@ def question_and_scope(ctx: RequestContext, tenant: str) -> tuple[str, str] | No
     return text.strip(), digest
 
 
-class SemanticCacheStage:
+class SemanticCacheStage(Stage):
     name = "semantic_cache"
 
-    def __init__(self, gateway: Any) -> None:
-        from margin.embedding.minilm import shared_embedder
-
-        cfg = gateway.settings.cache
+    def __init__(self, cfg: CacheConfig, services: Services) -> None:
         self.cfg = cfg.semantic
         self.share = cfg.exact.share_across_tenants
-        self.cache = SemanticCache(self.cfg, redis_url=cfg.redis_url or gateway.settings.redis_url)
-        self.answers = AnswerStore(gateway, "semantic")
-        self._shared_embedder = shared_embedder
+        self.cache = SemanticCache(self.cfg, redis_url=cfg.redis_url)
+        self.answers = AnswerStore(services.prices, "semantic")
         self.embedder: Any = None
-        gateway.on_close(self.cache.close)
 
     async def start(self) -> None:
-        self.embedder = await asyncio.to_thread(self._shared_embedder, None)
+        from margin.embedding import shared_embedder
+
+        self.embedder = await asyncio.to_thread(shared_embedder, None)
         await self.cache.start(wait_for_redis_s=2.0)
+
+    async def aclose(self) -> None:
+        await self.answers.tasks.aclose()
+        await self.cache.close()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
         if ctx.cache != "miss" or (ctx.model is not None and not ctx.model.cache):
@@ -88,5 +91,5 @@ class SemanticCacheStage:
             ctx, response, lambda entry: self.cache.insert(scope, text, vector, entry, ttl_s))
 
 
-def build(gateway: Any) -> SemanticCacheStage | None:
-    return SemanticCacheStage(gateway) if gateway.settings.cache.semantic.enabled else None
+def build(cfg: CacheConfig, services: Services) -> SemanticCacheStage | None:
+    return SemanticCacheStage(cfg, services) if cfg.semantic.enabled else None

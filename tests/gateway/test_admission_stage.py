@@ -1,20 +1,22 @@
-"""The budget stage on its own: which budgets apply, the worst case it reserves, spend
-from the ledger at start and from other processes later, release on errors."""
+"""The admission stage's budgets on their own: which budgets apply, the worst case it
+reserves, spend from the ledger at start and from other processes later, release on errors."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from types import SimpleNamespace
 
 import pytest
 
 from margin.config import Settings
 from margin.errors import BudgetExceeded, UpstreamError
 from margin.types import Attempt, RequestContext, Response
-from margin.gateway.stages.budget import BudgetStage
+from margin.gateway.stages.admission import AdmissionStage
 from margin.limits.admission import Admission
+from margin.limits.alerts import Alerter, MemoryLatch
+from margin.limits.budget_policy import Budgets
+from margin.limits.rate_policy import RateLimits
 from margin.limits.budgets import to_nusd
 from margin.metering.db import connect
 from margin.metering.migrations import migrate
@@ -28,10 +30,13 @@ def make_stage(tmp_path, budgets, **limits):
         "ledger": {"url": str(tmp_path / "ledger.db")},
         "limits": {"budgets": budgets, "anomalies": {"enabled": False},
                    "default_max_tokens": 100, **limits}})
-    gw = SimpleNamespace(settings=settings, models={m.name: m for m in settings.models},
-                         prices=PriceBook(settings.models, settings.pricing),
-                         on_close=lambda f: None)
-    return BudgetStage(gw, settings.limits, Admission(settings.limits)), settings
+    models = {m.name: m for m in settings.models}
+    prices = PriceBook(settings.models, settings.pricing)
+    cfg = settings.limits
+    budgets = Budgets(cfg, prices, models, settings.ledger.url,
+                      Alerter(cfg.alerts, MemoryLatch()), keys_have_budgets=False)
+    return AdmissionStage(cfg, Admission(cfg), RateLimits(cfg), budgets, prices,
+                          models), settings
 
 
 def ledger_spend(url, team, usd, ts=None):
@@ -71,13 +76,13 @@ def test_named_budget_overrides_wildcard_and_worst_case_uses_the_cap(tmp_path):
         {"scope": "team", "name": "research", "usd": 50.0, "period": "month"}])
     ctx = ctx_for()
     ctx.model = settings.models[0]
-    found = {(s, n, p): usd for s, n, usd, p, _ in stage._budgets(ctx)}
+    found = {(s, n, p): usd for s, n, usd, p, _ in stage.budgets.applicable(ctx)}
     assert found == {("team", "research", "day"): 5.0, ("team", "research", "month"): 50.0}
     other = ctx_for(team="ops")
-    assert [(usd, p) for _, _, usd, p, _ in stage._budgets(other)] == [(1.0, "day")]
+    assert [(usd, p) for _, _, usd, p, _ in stage.budgets.applicable(other)] == [(1.0, "day")]
     # prompt "hi": 1 + 4 + 3 framing tokens; no max_tokens: the 100-token default cap
-    assert stage._worst_nusd(ctx) == to_nusd(8 * 1e-6 + 100 * 2e-6)
-    assert stage._worst_nusd(ctx_for(max_tokens=10)) == to_nusd(8e-6 + 10 * 2e-6)
+    assert stage.budgets.worst_nusd(ctx) == to_nusd(8 * 1e-6 + 100 * 2e-6)
+    assert stage.budgets.worst_nusd(ctx_for(max_tokens=10)) == to_nusd(8e-6 + 10 * 2e-6)
 
 
 def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
@@ -95,7 +100,7 @@ def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
         ok = ctx_for(max_tokens=10)
         ok.model = settings.models[0]
         await stage(ok, answer)  # 60 + 30 (10 prompt + 10 completion tokens) = 90e-6
-        item = stage._items(ok, 0, time.time())[0]
+        item = stage.budgets.items(ok, stage.budgets.applicable(ok), time.time())[0]
         spent = stage.admission.budgets.spent(item.id)
         # The ledger writer records our request; another replica (without Redis) spent
         # more meanwhile: the ledger sync raises our counter to what the ledger shows.

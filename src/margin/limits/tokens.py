@@ -1,39 +1,16 @@
-"""What the limit and budget stages share at run time: one Redis client per gateway,
-background tasks that are awaited at shutdown, and the prompt-token estimate."""
+"""What a request may consume, estimated before it runs: its prompt tokens (computed once
+per request and kept on the context) and the most completion tokens it may produce."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from typing import Any, Awaitable
-
-from margin.limits.redis_common import make_client
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-
-log = logging.getLogger("margin.limits")
-
-
-def shared_redis(gateway: Any, url: str, timeout_s: float) -> Any:
-    """One client (connection pool) per gateway and URL, closed with the gateway."""
-    clients: dict[tuple[str, float], Any] | None = getattr(gateway, "limits_redis_clients", None)
-    if clients is None:
-        clients = {}
-        gateway.limits_redis_clients = clients
-    key = (url, timeout_s)
-    if key not in clients:
-        client = clients[key] = make_client(url, timeout_s)
-        gateway.on_close(client.aclose)
-    return clients[key]
+from margin.types import RequestContext
 
 
-PROMPT_NOTE = "_prompt_tokens_est"
-
-
-def prompt_tokens(ctx: Any) -> int:
+def prompt_tokens(ctx: RequestContext) -> int:
     """Estimated prompt tokens of the request, computed once per request."""
-    cached = ctx.notes.get(PROMPT_NOTE)
-    if cached is not None:
-        return cached
+    if ctx.prompt_tokens_est is not None:
+        return ctx.prompt_tokens_est
     body = ctx.body
     if ctx.endpoint == "embeddings":
         items = body.get("input")
@@ -48,11 +25,11 @@ def prompt_tokens(ctx: Any) -> int:
             n = 0
     else:
         n = estimate_prompt_tokens(body)
-    ctx.notes[PROMPT_NOTE] = n
+    ctx.prompt_tokens_est = n
     return n
 
 
-def max_completion_tokens(ctx: Any, default: int) -> int:
+def max_completion_tokens(ctx: RequestContext, default: int) -> int:
     """The most completion tokens the request may produce: ``max_completion_tokens`` or
     ``max_tokens`` (else ``default``), times ``n`` choices."""
     if ctx.endpoint == "embeddings":
