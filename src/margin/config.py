@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, model_validator
@@ -65,40 +65,103 @@ def _model_configs(raw: Any) -> Any:
 
 
 class LedgerConfig(_Strict):
-    url: str = "margin.db"  # a SQLite path, or postgresql://…
+    """Where every request's row goes: one row per request, hit, miss or error, written off
+    the request path in batches by a background thread. While the database is down or
+    locked, rows wait in an append-only spool file and are replayed (idempotently, on the
+    request id) once it answers; rows the database refuses are set aside in
+    ``<spool>.bad``, never dropped. Prompts and answers are stored only with
+    ``log_content: true``; otherwise only a hash of the prompt."""
+
+    yaml_example: ClassVar[str] = """
+        ledger:
+          url: postgresql://margin@db.internal:5432/margin   # or a SQLite file: margin.db
+          log_content: false
+    """
+
+    url: str = "margin.db"
+    """A SQLite file, or ``postgresql://user@host:port/db``."""
     batch_size: int = Field(500, ge=1)
+    """Rows per insert."""
     flush_interval_ms: float = Field(200.0, gt=0)
-    spool_path: str | None = None  # default: <ledger>.spool beside the SQLite file, or ./margin-ledger.spool
+    """How often the writer sends what is queued."""
+    spool_path: str | None = None
+    """Where rows wait while the database is down; default ``<url>.spool`` beside a SQLite
+    file, else ``./margin-ledger.spool``."""
     replay_interval_s: float = Field(5.0, gt=0)
+    """How often the spool is retried while the database is down."""
     log_content: bool = False
+    """Store prompts and answers in the ledger (off: only a hash of the prompt)."""
     max_queue_rows: int = Field(1_000_000, ge=1)
+    """Rows waiting in memory for the writer, at most."""
 
 
 class ServerConfig(_Strict):
+    """The HTTP server: where it listens, how large a body it takes, and which environment
+    variable holds the master key (set it and every ``/v1/*`` request needs an API key;
+    ``/admin/*`` needs the master key itself)."""
+
+    yaml_example: ClassVar[str] = """
+        server:
+          host: 0.0.0.0
+          port: 8000
+          max_body_bytes: 8388608
+    """
+
     host: str = "127.0.0.1"
+    """Interface to listen on (``0.0.0.0`` for every interface)."""
     port: int = Field(8000, ge=0, le=65535)
+    """Port to listen on."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request body; larger bodies get 413."""
     master_key_env: str = "MARGIN_MASTER_KEY"
+    """The environment variable holding the master key; unset or empty: the gateway is
+    open (fine for local use only)."""
     log_level: str = "info"
+    """debug, info, warning or error."""
 
 
 class PricingConfig(_Strict):
-    catalogue_path: str | None = None  # a LiteLLM model_prices_and_context_window.json
+    """Prices that a model does not set itself come from the bundled catalogue
+    (``margin/data/model_prices.json``, LiteLLM's field names, USD per token), looked up by
+    ``upstream_model`` then ``name``, with or without a provider prefix. A model with no
+    price is recorded at 0 USD and a warning is logged at start-up."""
+
+    yaml_example: ClassVar[str] = """
+        pricing:
+          catalogue_path: ./model_prices_and_context_window.json
+    """
+
+    catalogue_path: str | None = None
+    """LiteLLM's ``model_prices_and_context_window.json`` (or a file of the same shape) to
+    use instead of the bundled catalogue."""
 
 
 class Settings(_Strict):
     models: Annotated[list[SerializeAsAny[ModelConfig]], BeforeValidator(_model_configs)] = \
         Field(default_factory=list)
+    """The models clients can ask for. Each entry's ``provider`` picks its settings class:
+    the fields common to every model, plus its provider's own (below)."""
     server: ServerConfig = Field(default_factory=ServerConfig)
+    """The HTTP server."""
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    """The ledger: one row per request."""
     pricing: PricingConfig = Field(default_factory=PricingConfig)
+    """Where prices come from."""
     redis_url: str | None = None
+    """Redis shared by every part that can share state across replicas (caches, limits and
+    budgets, key revocations), unless a section sets its own; unset: state is per process."""
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    """The exact and semantic caches."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    """API keys (on when a master key is set)."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """Rate limits, budgets, alerts and cost anomalies."""
     routes: list[RouteConfig] = Field(default_factory=list)
+    """Names clients ask for that pick a model per request."""
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    """Retries and cool-downs of HTTP models' deployments."""
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    """Prompt compression for every request (a route may set its own)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":
@@ -151,25 +214,67 @@ def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
             _set_path(raw, parts, yaml.safe_load(value) if value else value)
 
 
+def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The line of ``text`` (a YAML document) where the value at ``loc`` is written — or,
+    for a key that is missing, where its parent is."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    found = (key, value)
+                    break
+            if found is None:
+                return line
+            line = found[0].start_mark.line + 1
+            node = found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+        else:
+            return line
+    if node is not None and not isinstance(node, yaml.MappingNode):
+        line = node.start_mark.line + 1
+    return line
+
+
 def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None,
                   overrides: dict[str, Any] | None = None) -> Settings:
     """Load settings from a YAML file (optional), the environment and explicit overrides.
 
-    With no file and no models declared, the bundled local models are served.
+    With no file and no models declared, the bundled local models are served. A mistake
+    is a ``ConfigError`` that says where: ``margin.yaml:12: limits.budgets.0.usd: …``.
     """
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get("MARGIN_CONFIG")
     raw: dict[str, Any] = {}
+    text = ""
     if path:
         p = Path(path)
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text()
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read it: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(f"{where}: not valid YAML: {problem}".replace("\n", " ")) from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+            raise ConfigError(f"{p}:1: expected a mapping (section: value) at the top level")
         raw = loaded or {}
     _env_overrides(raw, environ)
     for dotted, value in (overrides or {}).items():
@@ -180,10 +285,16 @@ def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | N
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        src = f"{path}: " if path else ""
-        raise ConfigError(f"{src}{where}: {first['msg']}") from None
+        # A misspelt field shows up twice (unknown, and the real one missing): the unknown
+        # one is the cause, so it is reported first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
+        loc = tuple(first["loc"])
+        where = ".".join(str(p) for p in loc)
+        line = yaml_line(text, loc) if text else None
+        src = f"{path}:{line}: " if line else f"{path}: " if path else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{src}{where}: {first['msg']}{more}") from None
 
 
 __all__ = ["BatchConfig", "DeploymentConfig", "HTTPModelConfig", "LedgerConfig",

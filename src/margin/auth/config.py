@@ -1,25 +1,37 @@
-"""Settings for virtual API keys (the ``auth:`` section). Imports only pydantic.
-
-Example::
-
-    auth:
-      cache_ttl_s: 2          # without Redis: how long a verified key is trusted unchecked
-      redis_prefix: "margin:"  # with Redis: every request checks a revocation counter there
-"""
+"""Settings for virtual API keys (the ``auth:`` section). Imports only pydantic."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import ClassVar
+
+from pydantic import Field
+
+from margin.configbase import Strict as _Strict
 
 
-class AuthConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AuthConfig(_Strict):
+    """Virtual API keys. Set the master key (``MARGIN_MASTER_KEY``, see ``server``) and every
+    ``/v1/*`` request needs a key, created with ``margin keys create`` or ``POST
+    /admin/keys``; the key's user and team become the request's attribution, and its own
+    ``rpm``/``tpm``/budget apply. Keys are stored as salted scrypt hashes only. A verified
+    key is trusted for a short while without another database read; with Redis, revoking a
+    key is seen by every replica at once."""
 
-    # Without Redis, a revocation made by another process is seen within this time.
+    yaml_example: ClassVar[str] = """
+        auth:
+          cache_ttl_s: 2           # without Redis: a revocation elsewhere is seen within 2 s
+          redis_prefix: "margin:"  # with Redis: every request checks a revocation counter
+    """
+
     cache_ttl_s: float = Field(2.0, ge=0)
-    # With Redis, revocations are seen at once; this bounds trust if Redis stays silent.
+    """Without Redis, a revocation made by another process is seen within this time."""
     redis_cache_ttl_s: float = Field(300.0, ge=0)
+    """With Redis, revocations are seen at once; this bounds trust if Redis stays silent."""
     negative_cache_ttl_s: float = Field(2.0, ge=0)
-    redis_url: str | None = None  # default: the top-level redis_url
+    """How long a refused key is refused again without checking its secret."""
+    redis_url: str | None = None
+    """Redis for revocations; default: the top-level ``redis_url``."""
     redis_prefix: str = "margin:"
+    """Prefix of margin's keys in Redis."""
     redis_timeout_s: float = Field(1.0, gt=0)
+    """Longest wait for Redis."""

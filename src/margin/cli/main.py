@@ -14,6 +14,7 @@ from margin.errors import InputError, MarginError
 # name -> "module:attribute"; a group module owns its subcommands.
 COMMANDS: dict[str, str] = {
     "serve": "margin.cli.serve:serve",
+    "config": "margin.cli.config:config",
     "ledger": "margin.cli.ledger:ledger",
     "bench": "margin.cli.bench:bench",
     "plan": "margin.cli.plan:plan",

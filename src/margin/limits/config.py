@@ -1,53 +1,52 @@
 """Settings for rate limits, budgets, alerts and anomaly checks (the ``limits:`` section).
 
 Imports only pydantic and the standard library: ``margin.config`` imports this module.
-
-Example::
-
-    limits:
-      timezone: Europe/Paris          # calendar periods (day/week/month) start at local midnight
-      default_max_tokens: 1024        # worst case reserved when a request sets no max_tokens
-      default_user: {rpm: 120, tpm: 200000}
-      teams: {research: {rpm: 600}}
-      models: {gpt-4o: {rpm: 3000, tpm: 800000}}   # global, all callers together
-      budgets:
-        - {scope: team, name: research, usd: 500, period: month}
-        - {scope: user, name: "*", usd: 5, period: day}     # every user, separately
-        - {scope: feature, name: support-chat, usd: 50, period: day,
-           on_exhausted: downgrade, downgrade_to: small}
-      alerts: {thresholds_pct: [50, 80, 100], webhook_url: https://hooks.example/margin}
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from margin.configbase import Strict as _Strict
 
 Period = Literal["day", "week", "month"]
 BudgetScope = Literal["user", "team", "feature"]
 AnomalyDimension = Literal["team", "feature", "model"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class RateLimit(_Strict):
-    """Requests and tokens per minute, over a sliding 60-second window."""
+    """Requests and tokens per minute, over a sliding 60-second window. Token limits are
+    charged a request's estimated prompt tokens when it is admitted, then corrected to its
+    real usage when it ends."""
 
     rpm: int | None = Field(None, ge=1)
+    """Requests per minute, at most."""
     tpm: int | None = Field(None, ge=1)
+    """Tokens (prompt + completion) per minute, at most."""
 
 
 class BudgetRule(_Strict):
+    """One budget: how much a user, a team or a feature tag may spend per day, week or month.
+    Before a request its worst case (estimated prompt + its ``max_tokens`` at the model's
+    prices) is reserved on every budget it belongs to, atomically; it is refused (429) or
+    downgraded when that would overrun one. Afterwards the reservation becomes the real
+    cost. A key's own budget is set on the key (``margin keys create --budget-usd``)."""
+
     scope: BudgetScope
-    name: str = "*"  # one user/team/feature, or "*" for each of them separately
+    """What the budget is per: user, team or feature."""
+    name: str = "*"
+    """One user/team/feature, or ``*`` for each of them separately."""
     usd: float = Field(gt=0)
+    """The budget per period."""
     period: Period = "month"
+    """Calendar day, week (from Monday) or month, in ``limits.timezone``."""
     on_exhausted: Literal["reject", "downgrade"] = "reject"
+    """Refuse with 429, or serve with the cheaper ``downgrade_to`` model."""
     downgrade_to: str | None = None
+    """The cheaper model for ``on_exhausted: downgrade``."""
 
     @model_validator(mode="after")
     def _check(self) -> "BudgetRule":
@@ -57,11 +56,20 @@ class BudgetRule(_Strict):
 
 
 class AlertConfig(_Strict):
+    """Budget thresholds and cost anomalies become alerts: a structured log line and, with a
+    webhook, a JSON POST (retried with backoff). Each fires once per budget period (or
+    anomalous hour), across replicas and restarts."""
+
     thresholds_pct: list[float] = Field(default_factory=lambda: [50.0, 80.0, 100.0])
-    webhook_url: str | None = None
+    """Share of a budget at which to alert."""
+    webhook_url: str | None = Field(None, json_schema_extra={"secret": True})
+    """Where alerts are POSTed as JSON (treated as a secret: webhook URLs carry tokens)."""
     webhook_timeout_s: float = Field(5.0, gt=0)
+    """Longest wait for the webhook to answer."""
     webhook_retries: int = Field(5, ge=0, le=20)
+    """Retries after a failed POST."""
     webhook_backoff_s: float = Field(0.5, gt=0)
+    """Wait before the first retry; doubled each time."""
 
     @field_validator("thresholds_pct")
     @classmethod
@@ -72,37 +80,94 @@ class AlertConfig(_Strict):
 
 
 class AnomalyConfig(_Strict):
+    """Every hour, each team's, feature's and model's cost in the last complete hour is
+    compared with its own seasonal baseline (the same hour of the day over the past weeks);
+    an hour far above it is an alert. ``margin anomalies`` runs the same check on demand."""
+
     enabled: bool = True
+    """Run the hourly check."""
     interval_s: float = Field(3600.0, ge=10)
+    """How often the check runs."""
     dimensions: list[AnomalyDimension] = Field(
         default_factory=lambda: ["team", "feature", "model"])
+    """What cost is grouped by."""
     lookback_days: int = Field(28, ge=2, le=366)
+    """History the baseline is taken from."""
     min_history_days: int = Field(5, ge=2)
-    min_score: float = Field(6.0, gt=0)   # robust z-score against the seasonal baseline
-    min_ratio: float = Field(3.0, ge=1)   # and at least this many times the usual cost
-    min_cost_usd: float = Field(0.01, ge=0)  # ignore hours cheaper than this
+    """Days of history needed before a group is judged at all."""
+    min_score: float = Field(6.0, gt=0)
+    """Robust z-score against the seasonal baseline."""
+    min_ratio: float = Field(3.0, ge=1)
+    """And at least this many times the usual cost."""
+    min_cost_usd: float = Field(0.01, ge=0)
+    """Ignore hours cheaper than this."""
 
 
 class LimitsConfig(_Strict):
-    redis_url: str | None = None  # default: the top-level redis_url
+    """Rate limits (requests and tokens per minute per key, user, team and model) and
+    budgets (USD per day, week or month per key, user, team and feature), checked together
+    in one atomic step before a request runs: a request refused by one is charged to none.
+    Refused requests get 429 with ``Retry-After`` and a message naming the limit or budget;
+    every answer carries OpenAI's ``x-ratelimit-*`` headers. In process by default; with
+    Redis, every replica shares the same counters (one Lua call per request). Budget
+    counters start from the spend already in the ledger for the period, so a restart
+    forgets nothing."""
+
+    yaml_example: ClassVar[str] = """
+        limits:
+          timezone: Europe/Paris        # calendar periods start at local midnight
+          default_max_tokens: 1024      # worst case reserved when a request sets no max_tokens
+          default_user: {rpm: 120, tpm: 200000}
+          teams: {research: {rpm: 600}}
+          models: {gpt-4o: {rpm: 3000, tpm: 800000}}   # global, all callers together
+          budgets:
+            - {scope: team, name: research, usd: 500, period: month}
+            - {scope: user, name: "*", usd: 5, period: day}     # every user, separately
+            - {scope: feature, name: support-chat, usd: 50, period: day,
+               on_exhausted: downgrade, downgrade_to: small}
+          alerts: {thresholds_pct: [50, 80, 100], webhook_url: "https://hooks.example/margin"}
+        models:
+          - {name: small, provider: openai, api_base: "http://127.0.0.1:8001/v1"}
+          - {name: gpt-4o, provider: openai, api_base: "https://api.openai.com/v1",
+             api_key_env: OPENAI_API_KEY}
+    """
+
+    redis_url: str | None = None
+    """Redis shared by every replica's counters; default: the top-level ``redis_url``."""
     redis_prefix: str = "margin:"
+    """Prefix of margin's keys in Redis."""
     redis_timeout_s: float = Field(1.0, gt=0)
+    """Longest wait for Redis before it counts as down."""
     redis_retry_after_s: float = Field(5.0, gt=0)
-    # When Redis fails: keep enforcing per replica ("local") or refuse with 503 ("reject").
+    """After a Redis failure, how long before it is tried again."""
     on_redis_error: Literal["local", "reject"] = "local"
-    default_key: RateLimit | None = None  # for keys without their own rpm/tpm
+    """When Redis fails: keep enforcing per replica ("local") or refuse with 503 ("reject")."""
+    default_key: RateLimit | None = None
+    """Limits of keys that have no ``rpm``/``tpm`` of their own."""
     default_user: RateLimit | None = None
+    """Limits of each user not named in ``users``."""
     users: dict[str, RateLimit] = Field(default_factory=dict)
+    """Limits of named users."""
     default_team: RateLimit | None = None
+    """Limits of each team not named in ``teams``."""
     teams: dict[str, RateLimit] = Field(default_factory=dict)
+    """Limits of named teams."""
     models: dict[str, RateLimit] = Field(default_factory=dict)
+    """Limits per model (or route), all callers together."""
     timezone: str = "UTC"
+    """Where budget days, weeks and months start (an IANA name like Europe/Paris)."""
     default_max_tokens: int = Field(4096, ge=1)
+    """Completion tokens reserved for a request that sets no ``max_tokens``."""
     reservation_ttl_s: float = Field(900.0, gt=0)
+    """A reservation whose request never settles (its replica died) expires after this."""
     ledger_sync_s: float = Field(300.0, gt=0)
+    """How often budget counters are raised to the spend recorded in the ledger."""
     budgets: list[BudgetRule] = Field(default_factory=list)
+    """Budgets of users, teams and features."""
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    """Budget and anomaly alerts."""
     anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
+    """The hourly cost-anomaly check."""
 
     @field_validator("timezone")
     @classmethod

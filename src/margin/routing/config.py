@@ -30,9 +30,11 @@ when the gateway starts). Imported by ``margin.config``: nothing here imports it
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from margin.configbase import Strict as _Strict
 
 from margin.compression.config import CompressionConfig
 from margin.routing.learned import LearnedRouterConfig
@@ -48,10 +50,6 @@ DEFAULT_REFUSALS: tuple[str, ...] = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _compiles(pattern: str | None) -> str | None:
     if pattern is not None:
         try:
@@ -64,21 +62,29 @@ def _compiles(pattern: str | None) -> str | None:
 class CascadeChecks(_Strict):
     """What makes a tier's answer good enough to stop climbing."""
 
-    empty: bool = True                    # no text and no tool call
+    empty: bool = True
+    """No text and no tool call."""
     refusal: bool = True
+    """An answer that opens with a refusal escalates."""
     refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
-    json_valid: bool = True               # JSON asked for (response_format) → JSON given
-    json_schema: bool = True              # … and valid against a json_schema, when given
-    # Mean token log-probability floor, applied when the upstream returned logprobs.
+    """Regular expressions of refusal openers, matched on the answer's first 200 characters."""
+    json_valid: bool = True
+    """JSON asked for (response_format) → JSON given."""
+    json_schema: bool = True
+    """… and valid against a json_schema, when given."""
     min_mean_logprob: float | None = Field(None, le=0)
-    # Ask the lower tiers for logprobs so that the floor can apply (stripped from the
-    # answer again unless the client asked for them).
+    """Mean token log-probability floor, applied when the upstream returned logprobs."""
     request_logprobs: bool = False
-    truncated: bool = False               # finish_reason "length" escalates
-    # The operator's verifier: a minimum length, a pattern the answer must (not) match.
+    """Ask the lower tiers for logprobs so that the floor can apply (stripped from the answer
+    again unless the client asked for them)."""
+    truncated: bool = False
+    """Finish_reason "length" escalates."""
     min_chars: int = Field(0, ge=0)
+    """The operator's verifier: a minimum length, a pattern the answer must (not) match."""
     must_match: str | None = None
+    """A regular expression the answer must match."""
     must_not_match: str | None = None
+    """A regular expression the answer must not match."""
 
     @field_validator("must_match", "must_not_match")
     @classmethod
@@ -97,11 +103,13 @@ class CascadeRouterConfig(_Strict):
     """Answer with the smallest tier; climb while its answer fails a check."""
 
     kind: Literal["cascade"] = "cascade"
+    """cascade: ask the smallest tier first and climb while its answer fails a check."""
     checks: CascadeChecks = Field(default_factory=CascadeChecks)
-    # Streams: "buffer" runs the checked cascade without streaming upstream and replays the
-    # final answer as a stream (checks kept, first token later); "first_tier" streams the
-    # smallest tier unchecked; "last_tier" streams the largest.
+    """What a tier's answer must pass."""
     stream: Literal["buffer", "first_tier", "last_tier"] = "buffer"
+    """Streams: "buffer" runs the checked cascade without streaming upstream and replays the final
+    answer as a stream (checks kept, first token later); "first_tier" streams the smallest tier
+    unchecked; "last_tier" streams the largest."""
 
 
 class LearnedRouteConfig(LearnedRouterConfig):
@@ -109,6 +117,8 @@ class LearnedRouteConfig(LearnedRouterConfig):
     (read off the held-out score distribution stored in the router file)."""
 
     strong_share: float | None = Field(None, ge=0.0, le=1.0)
+    """Instead of a threshold: the share of requests to send to the strong tier, read off the
+    router's held-out scores."""
 
     @model_validator(mode="after")
     def _one_target(self) -> "LearnedRouteConfig":
@@ -122,15 +132,43 @@ RouterConfig = Annotated[Union[RulesRouterConfig, LearnedRouteConfig, CascadeRou
 
 
 class RouteConfig(_Strict):
+    """A name clients ask for (``"model": "auto"``) mapped to tiers of models, smallest
+    first, and how one request picks its tier. Then, whichever tier was chosen, a failing
+    model falls back: its own ``fallbacks``, the higher tiers, the route's ``fallbacks``,
+    and (``fallback_to_lower_tiers``) the lower tiers. ``/v1/models`` lists route names;
+    every tier and fallback must be a declared chat model (checked at start-up)."""
+
+    yaml_example: ClassVar[str] = """
+        routes:
+          - name: auto
+            tiers: [small, large]
+            router: {kind: rules, threshold: 0.5, weights: {reasoning: 1.0}}
+          - name: json-cheap
+            tiers: [small, large]
+            router:
+              kind: cascade
+              checks: {min_chars: 20, must_not_match: "(?i)as an ai"}
+              stream: buffer
+            compression: {enabled: true, history: {max_tokens: 3000}}
+        models:
+          - {name: small, provider: openai, api_base: "http://127.0.0.1:8001/v1"}
+          - {name: large, provider: openai, api_base: "http://127.0.0.1:8002/v1"}
+    """
+
     name: str = Field(min_length=1)
+    """What clients ask for ("model": "auto"); must not be a model's name."""
     tiers: list[str] = Field(min_length=1)
+    """Declared chat models, smallest first."""
     router: RouterConfig = Field(default_factory=RulesRouterConfig)
-    # Tried after the tiers above the chosen one (and each model's own ``fallbacks``).
+    """How a request picks its tier: rules, learned or cascade."""
     fallbacks: list[str] = Field(default_factory=list)
-    # When everything above failed, answer with a smaller tier rather than not at all.
+    """Tried after the tiers above the chosen one (and each model's own ``fallbacks``)."""
     fallback_to_lower_tiers: bool = True
+    """When everything above failed, answer with a smaller tier rather than not at all."""
     compression: CompressionConfig | None = None
+    """This route's own compression, replacing the top-level one."""
     description: str | None = None
+    """Free text for people reading the config."""
 
     @field_validator("router", mode="before")
     @classmethod

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from margin.configbase import Strict as _Strict
 
 from margin.errors import ConfigError
 from margin.routing.base import Request, tier_for_probability
@@ -39,17 +41,17 @@ ROUTER_FORMAT = "margin-router"
 ROUTER_VERSION = 1
 
 
-class LearnedRouterConfig(BaseModel):
+class LearnedRouterConfig(_Strict):
     """``router: {kind: learned, path: router.json}`` in a route."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["learned"] = "learned"
+    """learned: a classifier trained with margin route train."""
     path: str
-    # Overrides the file's threshold (two tiers) without retraining.
+    """The router file margin route train wrote."""
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    # A sentence-transformers folder; unset = the bundled all-MiniLM-L6-v2.
+    """Overrides the file's threshold (two tiers) without retraining."""
     embedding_model_path: str | None = None
+    """A sentence-transformers folder; unset = the bundled all-MiniLM-L6-v2."""
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from margin.configbase import Strict as _Strict
 
 from margin.routing.base import (
     Request,
@@ -24,43 +26,55 @@ from margin.routing.base import (
 from margin.routing.features import FEATURE_NAMES, extract_features
 
 
-class RulesWeights(BaseModel):
+class RulesWeights(_Strict):
     """Log-odds added per unit of each feature (see ``margin.routing.features``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    log_tokens: float = 0.5          # per doubling of the conversation's length
-    log_last_tokens: float = 0.0     # per doubling of the latest message alone
-    code: float = 0.6                # per code marker (capped at 5)
-    maths: float = 0.5               # per maths marker (capped at 5)
-    word_problem: float = 0.5        # per word-problem phrase (capped at 3)
-    reasoning: float = 0.8           # per reasoning marker (capped at 3)
+    log_tokens: float = 0.5
+    """Per doubling of the conversation's length."""
+    log_last_tokens: float = 0.0
+    """Per doubling of the latest message alone."""
+    code: float = 0.6
+    """Per code marker (capped at 5)"""
+    maths: float = 0.5
+    """Per maths marker (capped at 5)"""
+    word_problem: float = 0.5
+    """Per word-problem phrase (capped at 3)"""
+    reasoning: float = 0.8
+    """Per reasoning marker (capped at 3)"""
     multiple_choice: float = 0.0
-    questions: float = 0.1           # per question mark (capped at 5)
-    turns: float = 0.15              # per user turn after the first (capped at 10)
-    log_max_tokens: float = 0.1      # per doubling of the requested max_tokens
+    """Per multiple-choice marker (lettered options)."""
+    questions: float = 0.1
+    """Per question mark (capped at 5)"""
+    turns: float = 0.15
+    """Per user turn after the first (capped at 10)"""
+    log_max_tokens: float = 0.1
+    """Per doubling of the requested max_tokens."""
     tools: float = 1.0
+    """When the request offers tools."""
     json_mode: float = 0.5
+    """When the request asks for JSON output."""
     system_prompt: float = 0.0
+    """When the conversation has a system prompt."""
 
 
 # Keeps the weights model and the feature vector in step: a new feature needs a weight.
 assert tuple(RulesWeights.model_fields) == FEATURE_NAMES
 
 
-class RulesRouterConfig(BaseModel):
+class RulesRouterConfig(_Strict):
     """``router: {kind: rules, weights: {...}, bias: -4.5, threshold: 0.5}`` in a route."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["rules"] = "rules"
+    """rules: a weighted sum of readable features."""
     weights: RulesWeights = Field(default_factory=RulesWeights)
+    """Log-odds per unit of each feature."""
     bias: float = -4.5
-    # Two tiers: strong when strong_probability >= threshold.
+    """Log-odds with no feature at all (negative: small tier by default)."""
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    # More tiers: one boundary per adjacent pair (n_tiers - 1 values, increasing).
-    # Unset: the two-tier threshold for two tiers, even splits of [0, 1] otherwise.
+    """Two tiers: strong when strong_probability >= threshold."""
     tier_thresholds: list[float] | None = None
+    """More tiers: one boundary per adjacent pair (n_tiers - 1 values, increasing). Unset: the
+    two-tier threshold for two tiers, even splits of [0, 1] otherwise."""
 
     @field_validator("tier_thresholds")
     @classmethod

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from margin.configbase import Strict as _Strict
 from scipy import sparse
 from scipy.optimize import minimize
 
@@ -45,9 +47,7 @@ from margin.routing.metrics import apgr, cpt, quality_curve, share_for_quality
 LabelKind = Literal["two_heads", "gain", "strong_wins", "weak_wrong"]
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainConfig(_Strict):
     label: LabelKind = "two_heads"
     # Inverse L2 strength (scikit-learn's C) on the sum-of-losses objective, for the
     # embedding + features part and for the hashed n-gram part.

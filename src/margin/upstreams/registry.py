@@ -90,6 +90,10 @@ def provider(name: str) -> Provider:
     return found
 
 
+def builtin_providers() -> list[Provider]:
+    return list(_BUILTIN.values())
+
+
 def config_class(name: str) -> type[ModelConfig]:
     return provider(name).config_class
 
