@@ -124,6 +124,12 @@ class LearnedRouter:
             self._embedder = shared_embedder(self._embedding_model_path)
         return self._embedder
 
+    @property
+    def uses_bundled_embedder(self) -> bool:
+        """True when this router embeds with the bundled MiniLM, as the semantic cache
+        does (so the cache's embedding of the same text can be reused)."""
+        return self._embedding_model_path is None
+
     def embedding_text(self, request: Request) -> str:
         # The encoder truncates at its token limit anyway; cutting characters first keeps a
         # 100 kB pasted document from costing a tokenizer pass over all of it.

@@ -213,7 +213,7 @@ class RouterStage(Stage):
         """The semantic cache's embedding of the same text, when it left one on the context
         as ``query_embedding = (text, vector)`` (same MiniLM): saves a second forward pass."""
         found = ctx.query_embedding
-        if not found or getattr(router, "_embedding_model_path", None):
+        if not found or not router.uses_bundled_embedder:
             return None
         text, vector = found
         return vector if text == router.embedding_text(ctx.body).strip() else None
