@@ -1,0 +1,45 @@
+"""``/admin/<name>``: the master-key check, then the handler of that name, which gets a
+typed ``AdminRequest``. Handlers exist whenever a master key does."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from margin.auth.admin import KeysAdmin, SpendAdmin, master_guard
+from margin.errors import NotFound
+from margin.gateway.http import Receive, Scope, Send, read_body, request_headers, send_json
+from margin.gateway.service import Gateway
+from margin.types import AdminRequest
+
+AdminHandler = Callable[[AdminRequest], Awaitable[tuple[int, Any]]]
+
+
+def admin_handlers(gateway: Gateway) -> dict[str, AdminHandler]:
+    if gateway.keys is None:
+        return {}
+    s = gateway.settings
+    return {"keys": KeysAdmin(gateway.keys),
+            "spend": SpendAdmin(s.ledger.url, s.limits.timezone)}
+
+
+class Admin:
+    def __init__(self, gateway: Gateway) -> None:
+        self.handlers = admin_handlers(gateway)
+        self.guard = master_guard(gateway.master_key) if gateway.master_key else None
+        self.max_body = gateway.settings.server.max_body_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        headers = request_headers(scope)
+        head, _, rest = name.partition("/")
+        handler = self.handlers.get(head)
+        if handler is None:
+            raise NotFound(f"no such admin endpoint: /admin/{name}", code="unknown_url")
+        if self.guard is None:
+            raise NotFound("admin endpoints need a master key: set MARGIN_MASTER_KEY",
+                           code="admin_disabled")
+        self.guard(headers)
+        body = await read_body(scope, receive, self.max_body)
+        query = parse_qs(scope.get("query_string", b"").decode())
+        status, payload = await handler(AdminRequest(scope["method"], rest, query, headers, body))
+        await send_json(send, status, payload)

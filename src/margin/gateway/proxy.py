@@ -1,0 +1,172 @@
+"""One proxied request, start to finish: parse and check the body, run the pipeline, send
+the answer (JSON or SSE), price it, and hand its row to the ledger — whatever happens, every
+request answered gets exactly one row."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from margin.errors import MarginError, error_body
+from margin.gateway import validate
+from margin.gateway.http import Receive, Scope, Send, read_body, request_headers, send_json
+from margin.gateway.record import ledger_row, prompt_hash
+from margin.gateway.service import Gateway
+from margin.gateway.streaming import DONE, sse, sse_error, text_of
+from margin.metering.charge import finalize_cost
+from margin.types import RequestContext, Response
+
+log = logging.getLogger("margin.gateway")
+
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+# Request ids: a random per-process prefix and a counter. As unique as uuid4 across
+# replicas, without a getrandom() system call on every request.
+_ID_PREFIX = os.urandom(10).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+
+
+class Proxy:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.max_body = gateway.settings.server.max_body_bytes
+        self.log_content = gateway.settings.ledger.log_content
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: str,
+                     check: Callable[[dict[str, Any]], Any]) -> None:
+        headers = request_headers(scope)
+        ctx = RequestContext(request_id=new_request_id(), endpoint=endpoint, body={},
+                             headers=headers)
+        ctx.user = headers.get("x-margin-user")
+        ctx.feature = headers.get("x-margin-feature")
+        self.gw.metrics.in_flight.inc()
+        sent = False
+        try:
+            t0 = time.perf_counter_ns()
+            raw = await read_body(scope, receive, self.max_body)
+            body = validate.parse_json_object(raw)
+            ctx.body = body
+            ctx.requested_model = body.get("model") if isinstance(body.get("model"), str) else None
+            ctx.stream = body.get("stream") is True
+            inputs = check(body)
+            if endpoint == "embeddings":
+                ctx.inputs = inputs
+            if ctx.user is None and isinstance(body.get("user"), str):
+                ctx.user = body["user"]
+            ctx.prompt_hash = prompt_hash(ctx)
+            ctx.stage_ms["parse"] = (time.perf_counter_ns() - t0) / 1e6
+            response = await self.gw.handler(ctx)
+            if response.is_stream:
+                sent = True
+                await self._send_stream(ctx, response, send, receive)
+            else:
+                finalize_cost(ctx, self.gw.prices)
+                ctx.status = response.status
+                if self.log_content and response.payload is not None:
+                    ctx.response_text = text_of(response.payload)
+                h = self._margin_headers(ctx, with_cost=True)
+                h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
+                sent = True
+                await send_json(send, response.status, response.payload, h, response.raw)
+        except MarginError as exc:
+            ctx.fail(exc.status_code, exc.error_type, exc.message)
+            if not sent:
+                sent = True
+                finalize_cost(ctx, self.gw.prices)
+                h = self._margin_headers(ctx, with_cost=True)
+                h.extend((k.encode(), v.encode()) for k, v in exc.headers().items())
+                await send_json(send, exc.status_code, error_body(exc), h)
+        except Exception as exc:  # never a stack trace to the client
+            log.exception("unexpected error in request %s", ctx.request_id)
+            ctx.fail(500, "server_error", f"{type(exc).__name__}: {exc}")
+            if not sent:
+                sent = True
+                body_err = {"error": {"message": f"internal error (request {ctx.request_id})",
+                                      "type": "server_error", "code": None, "param": None}}
+                await send_json(send, 500, body_err,
+                                      [(b"x-margin-request-id", ctx.request_id.encode())])
+        finally:
+            self.gw.metrics.in_flight.dec()
+            self._finish(ctx)
+
+    async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
+                           receive: Receive) -> None:
+        assert response.stream is not None
+        stream = response.stream
+        h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
+        h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        texts: list[str] = []
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": h})
+            try:
+                async for chunk in stream:
+                    if disconnected.is_set():
+                        ctx.fail(499, "client_closed", "client closed the stream")
+                        break
+                    if self.log_content:
+                        for ch in chunk.get("choices") or []:
+                            piece = (ch.get("delta") or {}).get("content") or ch.get("text")
+                            if piece:
+                                texts.append(piece)
+                    await send({"type": "http.response.body", "body": sse(chunk),
+                                "more_body": True})
+            except MarginError as exc:
+                ctx.fail(exc.status_code, exc.error_type, exc.message)
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_error(exc.message, exc.error_type, exc.code)})
+            except Exception as exc:
+                log.exception("stream failed in request %s", ctx.request_id)
+                ctx.fail(502, "upstream_error", f"{type(exc).__name__}: {exc}")
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_error("the stream failed", "server_error", None)})
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            if not disconnected.is_set():
+                await send({"type": "http.response.body", "body": DONE, "more_body": False})
+        except OSError:
+            ctx.fail(499, "client_closed", "client went away")
+        finally:
+            watcher.cancel()
+            if texts:
+                ctx.response_text = "".join(texts)
+            finalize_cost(ctx, self.gw.prices)
+
+    def _finish(self, ctx: RequestContext) -> None:
+        ctx.latency_ms = ctx.elapsed_ms()
+        ctx.overhead_ms = max(ctx.latency_ms - ctx.upstream_ms, 0.0)
+        try:
+            self.gw.metrics.observe(ctx)
+            self.gw.ledger.submit(ledger_row(ctx, log_content=self.log_content))
+        except Exception:  # accounting must never take the gateway down; it is logged
+            log.exception("could not record request %s", ctx.request_id)
+
+    def _margin_headers(self, ctx: RequestContext, with_cost: bool) -> list[tuple[bytes, bytes]]:
+        h = [(b"x-margin-request-id", ctx.request_id.encode()),
+             (b"x-margin-cache", ctx.cache.encode()),
+             (b"x-margin-model", (ctx.served_model or "").encode()),
+             (b"x-margin-overhead-ms", f"{max(ctx.elapsed_ms() - ctx.upstream_ms, 0):.3f}".encode())]
+        if with_cost:
+            h.append((b"x-margin-cost-usd", f"{ctx.cost_usd:.8f}".encode()))
+        for k, v in ctx.response_headers.items():
+            h.append((k.encode(), str(v).encode()))
+        return h
+
