@@ -14,7 +14,7 @@ import numpy as np
 
 from margin.cache.features import text_info
 from margin.cache.guards import refusal
-from margin.cache.pairs import PairSet
+from margin.bench.lab.pairs import PairSet
 
 
 @dataclass(frozen=True)

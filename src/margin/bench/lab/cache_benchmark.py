@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from margin.cache import evaluate as ev
-from margin.cache.pairs import PairSet, load_mock_pairs, split_by_component
+from margin.bench.lab import cache_evaluate as ev
+from margin.bench.lab.pairs import PairSet, load_mock_pairs, split_by_component
 from margin.cache.verifier import OperatingPoint, Verifier
 
 SPLIT_SHARES = (0.6, 0.2, 0.2)   # fit / calibrate / report, by connected component
@@ -204,7 +204,7 @@ def run_split(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, fit_out: Pat
     distractors = np.unique(fit.a)
     md: list[str] = []
     if fit_out is not None:
-        from margin.cache.verifier_fit import FitConfig, fit_verifier
+        from margin.bench.lab.verifier_fit import FitConfig, fit_verifier
 
         verifier = fit_verifier(fit, emb, FitConfig(seed=seed),
                                 {"split_seed": seed, "split_shares": list(SPLIT_SHARES)})
@@ -319,7 +319,7 @@ def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, s
         md.append(mock_md + "\n")
     if latency_sizes:
         from margin.cache.index import DEFAULT_EXACT_SEARCH_MAX_ENTRIES
-        from margin.cache.latency import embedding_latency, index_latency
+        from margin.bench.lab.cache_latency import embedding_latency, index_latency
 
         rows = [embedding_latency(pairs.texts[:200])]
         idx_rows, build_s, agreement = index_latency(emb, pairs.texts, latency_sizes,

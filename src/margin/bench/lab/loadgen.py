@@ -6,7 +6,7 @@ process reports its own CPU use, so a run can show that the client was not the b
 and the server's CPU use over the same window (read from /proc).
 
 It stays up and takes one JSON command per line on stdin (one benchmark cell each), answering
-one JSON line on stdout: ``python -m margin.batching.loadgen``.
+one JSON line on stdout: ``python -m margin.bench.lab.loadgen``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class AiohttpDriver:
     def __init__(self, texts: list[str], env: dict[str, str]) -> None:
         import subprocess
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "margin.batching.loadgen"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "margin.bench.lab.loadgen"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
         assert self.proc.stdin is not None and self.proc.stdout is not None
