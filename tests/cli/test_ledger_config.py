@@ -89,10 +89,11 @@ def test_a_broken_config_is_one_line_with_its_place_and_exit_2(tmp_path):
     (tmp_path / "bad.yaml").write_text("ledger:\n  url: margin.db\n  batch_size: -3\n")
     out = _run("spend", "--config", "bad.yaml", cwd=tmp_path)
     assert out.returncode == 2
-    assert "bad.yaml:3: ledger.batch_size" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("margin: error: bad.yaml:3: ledger.batch_size")
+    assert len(out.stderr.splitlines()) == 1 and out.stdout == ""
     missing = _run("ledger", "stats", "--config", "nope.yaml", cwd=tmp_path)
-    assert missing.returncode == 2 and "config file not found: nope.yaml" in missing.stderr
+    assert missing.returncode == 2
+    assert missing.stderr == "margin: error: config file not found: nope.yaml\n"
 
 
 def test_without_config_or_db_the_ledger_here_is_read(tmp_path):
