@@ -3,6 +3,7 @@ and the rule that nothing outside ``metering/`` writes SQL against the ``request
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from pathlib import Path
@@ -142,12 +143,14 @@ def test_planner_reads_what_the_ledger_has(db):
     assert [len(c) for c in chunks] == [4, 2]
     assert [r[1] for c in chunks for r in c] == pytest.approx([r[6] for r in ROWS])
     if db.dialect == "postgresql":
-        lines = queries.columns_csv(db, cols).decode().splitlines()
+        sink = io.BytesIO()
+        assert queries.write_csv(db, cols, sink) == len(sink.getvalue())
+        lines = sink.getvalue().decode().splitlines()
         assert lines[0] == "ts,cost_usd,user_id" and len(lines) == 1 + len(ROWS)
         assert lines[5].endswith(",")  # no user: an empty field
     else:
         with pytest.raises(ValueError):
-            queries.columns_csv(db, cols)
+            queries.write_csv(db, cols, io.BytesIO())
 
 
 _SQL_ON_REQUESTS = re.compile(r"\b(FROM|INTO|UPDATE|JOIN|TABLE)\s+requests\b")

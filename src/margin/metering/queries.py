@@ -13,7 +13,7 @@ the attribution columns are spelled once.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from margin.metering import schema
 from margin.metering.db import Database
@@ -242,14 +242,15 @@ def column_chunks(db: Database, columns: Sequence[str], chunk_rows: int = 200_00
         yield rows
 
 
-def columns_csv(db: Database, columns: Sequence[str]) -> bytes:
-    """Every row's ``columns`` as CSV with a header, oldest first. On PostgreSQL this is one
-    ``COPY … TO STDOUT`` (several times faster than fetching rows for a large ledger)."""
+def write_csv(db: Database, columns: Sequence[str], sink: BinaryIO) -> int:
+    """Every row's ``columns`` as CSV with a header, oldest first, written to ``sink``;
+    returns the bytes written. On PostgreSQL this is one ``COPY … TO STDOUT``, several
+    times faster than fetching rows for a large ledger."""
     if db.dialect != "postgresql":
-        raise ValueError("columns_csv reads a PostgreSQL ledger")
-    out = bytearray()
+        raise ValueError("write_csv reads a PostgreSQL ledger")
+    n = 0
     with db.conn.cursor().copy(f"COPY (SELECT {', '.join(columns)} FROM requests ORDER BY ts) "
                                "TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
         for chunk in copy:
-            out += chunk
-    return bytes(out)
+            n += sink.write(chunk)
+    return n

@@ -321,13 +321,15 @@ def _read_ledger_postgres(url: str) -> pl.DataFrame:
         db = connect(url)
         try:
             src = _ledger_source(db, where)
-            data = queries.columns_csv(db, src)
+            buf = io.BytesIO()
+            size = queries.write_csv(db, src, buf)
         finally:
             db.close()
     except psycopg.Error as exc:
         raise TraceError(where, None, f"expected a reachable PostgreSQL ledger "
                          f"({exc.__class__.__name__})") from None
     schema = {c: _POLARS[ledger_schema.BY_NAME[c].py] for c in src}
-    df = pl.read_csv(io.BytesIO(data), schema_overrides=schema) if data else \
+    buf.seek(0)
+    df = pl.read_csv(buf, schema_overrides=schema) if size else \
         pl.DataFrame({c: pl.Series([], dtype=t) for c, t in schema.items()})
     return df.rename({c: LEDGER_COLUMNS[c] for c in src})
