@@ -10,7 +10,7 @@ import orjson
 
 from margin.cli._common import db_option, parse_since
 from margin.errors import InputError
-from margin.metering import stats
+from margin.metering import queries, stats
 from margin.metering.db import connect, is_postgres
 from margin.metering.migrations import migrate
 
@@ -58,7 +58,7 @@ def ledger() -> None:
 def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
     """Latency percentiles per stage (or group), cost per user/feature/model/day."""
     db = _open(db_url)
-    rows = stats.load_rows(db, parse_since(since))
+    rows = queries.stats_rows(db, queries.Filters(since_s=parse_since(since)))
     result = stats.summary(rows, by)
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -83,10 +83,8 @@ def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
 def list_cmd(db_url: str, count: int, as_json: bool) -> None:
     """The most recent requests, newest first."""
     db = _open(db_url)
-    cols = ["id", "ts", "endpoint", "user_id", "feature", "model", "status", "cache",
-            "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"]
-    rows = db.query(f"SELECT {', '.join(cols)} FROM requests ORDER BY ts DESC LIMIT ?", (count,))
-    items = [dict(zip(cols, r)) for r in rows]
+    cols = list(queries.RECENT_COLUMNS)
+    items = queries.recent(db, count)
     if as_json:
         sys.stdout.write(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
