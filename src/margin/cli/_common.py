@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import re
 import time
 
 import click
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration_s(text: str) -> float:
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 30m, 1h, 7d or 2w")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+from margin.errors import InputError
+from margin.units import parse_instant_s
 
 
 def parse_since(text: str | None, now_s: float | None = None) -> float | None:
-    """``--since``: a duration back from now (``1h``, ``7d``) or an ISO date/time."""
+    """``--since`` / ``--until``: a duration back from now (``1h``, ``7d``) or an ISO
+    date/time, read by the one parser in ``margin.units``."""
     if not text:
         return None
-    now_s = time.time() if now_s is None else now_s
-    if _DURATION.match(text):
-        return now_s - parse_duration_s(text)
     try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration (1h, 7d) nor an ISO date")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
+        return parse_instant_s(text, time.time() if now_s is None else now_s)
+    except InputError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 DEFAULT_LEDGER = "margin.db"
