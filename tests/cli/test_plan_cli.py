@@ -71,7 +71,7 @@ def test_capacity_json(counts_trace: Path) -> None:
     assert code == 0
     doc = json.loads(out)
     assert doc["peak_replicas"] >= 2
-    assert doc["seed_rule"]["min"] >= 2
+    assert doc["rule_of_thumb"]["min"] >= 2
     assert doc["assumptions"]["replica_rps_source"] == "--replica-rps"
     assert doc["mix"]["cost_usd"] <= doc["mix"]["all_on_demand_usd"]
 

@@ -146,11 +146,8 @@ def _emit_json(doc: object) -> None:
 
 
 def _json_default(o: object) -> object:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "__dataclass_fields__"):
-        from dataclasses import asdict
-        return asdict(o)  # type: ignore[arg-type]
+    if hasattr(o, "to_json"):
+        return o.to_json()
     raise TypeError(type(o).__name__)
 
 
@@ -180,7 +177,7 @@ def analyze(as_json: bool, **kw) -> None:
     a = analyze_load(trace)
     econ = unit_economics(trace, prices)
     if as_json:
-        _emit_json({"load": a.to_dict(), "costs": econ})
+        _emit_json({"load": a.to_json(), "costs": econ.to_json() if econ else None})
         return
     render.analysis(_console(), a, econ)
 
@@ -200,12 +197,12 @@ def forecast_cmd(horizon: str, resolution: str, growth_monthly: float, no_backte
                  as_json: bool, **kw) -> None:
     """Forecast load with 80 % intervals, backtested against seasonal naive."""
     from margin.plan import render
-    from margin.plan.planner import forecast_dict, run_forecast
+    from margin.plan.planner import run_forecast
     trace = _trace(kw)
     fc = run_forecast(trace, _duration(horizon), _duration(resolution), growth_monthly,
                       backtest=not no_backtest)
     if as_json:
-        _emit_json(forecast_dict(fc))
+        _emit_json(fc.to_json())
         return
     render.forecast(_console(), fc, trace.absolute_time)
 
@@ -217,7 +214,7 @@ def forecast_cmd(horizon: str, resolution: str, growth_monthly: float, no_backte
 @json_option
 @_guard
 def capacity(horizon: str, as_json: bool, **kw) -> None:
-    """Replicas per period for the SLO (queueing theory) next to the seed's rule; price mix."""
+    """Replicas per period for the SLO (queueing theory) next to the rule of thumb; price mix."""
     from margin.plan import render
     from margin.plan.planner import build_context, capacity_plan, run_forecast
     opts = _capacity(kw)
@@ -226,7 +223,7 @@ def capacity(horizon: str, as_json: bool, **kw) -> None:
     fc = run_forecast(trace, _duration(horizon), None, opts.growth_monthly, backtest=False)
     cap = capacity_plan(ctx, opts, fc)
     if as_json:
-        _emit_json(cap)
+        _emit_json(cap.to_json())
         return
     render.capacity(_console(), cap, trace.absolute_time)
 
@@ -243,7 +240,7 @@ def capacity(horizon: str, as_json: bool, **kw) -> None:
 @_guard
 def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json: bool,
               **kw) -> None:
-    """Replay the trace through HPA, the seed's thresholds, Ray Serve and a clairvoyant bound."""
+    """Replay the trace through HPA, threshold steps, Ray Serve and a clairvoyant bound."""
     from margin.plan import render
     from margin.plan.planner import autoscale_plan, build_context
     opts = _capacity(kw)
@@ -253,7 +250,7 @@ def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json
     if out_dir:
         write_manifests(Path(out_dir), auto)
     if as_json:
-        _emit_json(auto.to_dict())
+        _emit_json(auto.to_json())
         return
     con = _console()
     res = auto.search
@@ -306,11 +303,11 @@ def whatif(exact_hit_rate, semantic_extra_hit_rate, tier_share, tier_price_ratio
     a = WhatIfAssumptions(engineer_day_usd=engineer_day_usd, exact_hit_rate=exact_hit_rate,
                           semantic_extra_hit_rate=semantic_extra_hit_rate, tier_share=tier_share,
                           tier_price_ratio=tier_price_ratio)
-    rm, basis = whatif_plan(ctx, opts, prices, a, auto, cap, serving)
+    wi = whatif_plan(ctx, opts, prices, a, auto, cap, serving)
     if as_json:
-        _emit_json({**rm.to_dict(), "basis": basis})
+        _emit_json(wi.to_json())
         return
-    render.roadmap(_console(), rm.to_dict(), basis)
+    render.roadmap(_console(), wi)
 
 
 @plan.command()

@@ -1,9 +1,9 @@
-"""Glue: from a trace and the options to each command's result (plain dicts for JSON and HTML)."""
+"""Glue: from a trace and the options to each command's result (typed, with ``to_json()``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -16,15 +16,17 @@ from margin.plan.autoscale.policies import RayServeSpec
 from margin.plan.autoscale.search import SearchResult, search
 from margin.plan.autoscale.sim import SimConfig
 from margin.plan.capacity import (ReplicaModel, SloTarget, cheapest_mix, replicas_series,
-                                  seed_rule)
+                                  rule_of_thumb)
 from margin.plan.costs import TokenPrices, unit_economics
 from margin.plan.forecast import ForecastConfig, ForecastResult, forecast
 from margin.plan.load import (LoadAnalysis, analyze_load, rate_series, service_cv2,
                               tokens_per_request)
 from margin.plan.options import CapacityOptions
+from margin.plan.results import (Assumptions, CapacityPlan, RoadmapBasis, RuleOfThumb,
+                                 WhatIfPlan)
 from margin.plan.series import DAY_S
 from margin.plan.traces import Trace
-from margin.plan.whatif import Roadmap, WhatIfAssumptions, roadmap
+from margin.plan.whatif import WhatIfAssumptions, roadmap
 
 Progress = Callable[[str], None]
 
@@ -43,13 +45,14 @@ class Context:
     def ca2(self) -> float:
         return self.analysis.burstiness.ca2
 
-    def assumptions(self) -> dict:
-        return {"replica_rps": self.model.replica_rps, "replica_rps_source": self.model_source,
-                "concurrency": self.model.concurrency, "service_s": self.model.service_s,
-                "slo_p95_ms": self.slo.latency_s * 1000,
-                "utilisation_cap": self.slo.utilisation_cap,
-                "ca2": self.ca2, "ca2_source": self.analysis.burstiness.source,
-                "cs2": self.cs2, "cs2_source": self.cs2_source}
+    def assumptions(self) -> Assumptions:
+        return Assumptions(replica_rps=self.model.replica_rps,
+                           replica_rps_source=self.model_source,
+                           concurrency=self.model.concurrency, service_s=self.model.service_s,
+                           slo_p95_ms=self.slo.latency_s * 1000,
+                           utilisation_cap=self.slo.utilisation_cap, ca2=self.ca2,
+                           ca2_source=self.analysis.burstiness.source, cs2=self.cs2,
+                           cs2_source=self.cs2_source)
 
 
 def build_context(trace: Trace, opts: CapacityOptions) -> Context:
@@ -94,13 +97,6 @@ def run_forecast(trace: Trace, horizon_s: float | None = None, resolution_s: flo
     return result
 
 
-def forecast_dict(fc: ForecastResult) -> dict:
-    return {"unit": "requests per second, averaged over each step", "step_s": fc.step_s,
-            "method": fc.method, "interval": 0.8,
-            "backtest": fc.backtest.to_dict() if fc.backtest else None, "notes": fc.notes,
-            "forecast": fc.rows()}
-
-
 # ------------------------------------------------------------------------------- capacity
 
 def peak_factor(trace: Trace, period_s: float) -> tuple[float, str]:
@@ -121,7 +117,7 @@ def peak_factor(trace: Trace, period_s: float) -> tuple[float, str]:
                                      f"{fine:g}-s rate / the step's mean")
 
 
-def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> dict:
+def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> CapacityPlan:
     factor, factor_src = peak_factor(ctx.trace, fc.step_s)
     point = fc.point * factor
     upper = fc.upper * factor
@@ -131,27 +127,22 @@ def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> di
     r_upper = np.maximum(r_upper, opts.min_replicas)
     minute = ctx.analysis.rps_at(60.0)
     g_end = (1 + opts.growth_monthly) ** (len(fc.point) * fc.step_s / (30 * DAY_S))
-    seed_lo, seed_hi = seed_rule(minute.mean * g_end, minute.p99 * g_end, ctx.model.replica_rps)
+    lo, hi = rule_of_thumb(minute.mean * g_end, minute.p99 * g_end, ctx.model.replica_rps)
     step_h = fc.step_s / 3600
-    mix = cheapest_mix(r_point, step_h, opts.prices)
-    return {
-        "step_s": fc.step_s,
-        "peak_factor": factor, "peak_factor_source": factor_src,
-        "times": fc.times.tolist(),
-        "design_rps": point.tolist(), "design_rps_upper": upper.tolist(),
-        "replicas": r_point.tolist(), "replicas_upper": r_upper.tolist(),
-        "peak_replicas": int(np.nanmax(r_point)), "peak_replicas_upper": int(np.nanmax(r_upper)),
-        "replica_hours": float(np.nansum(r_point) * step_h),
-        "replica_hours_upper": float(np.nansum(r_upper) * step_h),
-        "seed_rule": {"min": seed_lo, "max": seed_hi,
-                      "basis": f"{minute.resolution_s:g}-s mean {minute.mean:.3g} rps and P99 "
-                               f"{minute.p99:.3g} rps "
-                               f"of the history, x{g_end:.3f} growth by the horizon's end",
-                      "static_peak_replica_hours": seed_hi * len(fc.point) * step_h},
-        "mix": mix.to_dict(),
-        "assumptions": {**ctx.assumptions(), "growth_monthly": opts.growth_monthly,
-                        "prices": asdict(opts.prices)},
-    }
+    return CapacityPlan(
+        step_s=fc.step_s, peak_factor=factor, peak_factor_source=factor_src,
+        times=fc.times.tolist(), design_rps=point.tolist(), design_rps_upper=upper.tolist(),
+        replicas=r_point.tolist(), replicas_upper=r_upper.tolist(),
+        peak_replicas=int(np.nanmax(r_point)), peak_replicas_upper=int(np.nanmax(r_upper)),
+        replica_hours=float(np.nansum(r_point) * step_h),
+        replica_hours_upper=float(np.nansum(r_upper) * step_h),
+        rule_of_thumb=RuleOfThumb(
+            min=lo, max=hi,
+            basis=f"{minute.resolution_s:g}-s mean {minute.mean:.3g} rps and P99 "
+                  f"{minute.p99:.3g} rps of the history, x{g_end:.3f} growth by the horizon's end",
+            static_peak_replica_hours=hi * len(fc.point) * step_h),
+        mix=cheapest_mix(r_point, step_h, opts.prices), assumptions=ctx.assumptions(),
+        growth_monthly=opts.growth_monthly, prices=opts.prices)
 
 
 # ------------------------------------------------------------------------------- autoscale
@@ -184,11 +175,11 @@ class AutoscalePlan:
             return None
         return 1 - rec.replica_hours / self.static_replica_hours
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {"window_start_s": self.start_s, "seconds": self.seconds,
                 "static_peak_replicas": self.static_peak_replicas,
                 "static_replica_hours": self.static_replica_hours,
-                "saving_vs_static": self.saving_vs_static(), **self.search.to_dict(),
+                "saving_vs_static": self.saving_vs_static(), **self.search.to_json(),
                 "manifest_problems": self.problems}
 
 
@@ -251,21 +242,21 @@ def _pick_hpa(res: SearchResult) -> HpaSpec:
 
 def whatif_plan(ctx: Context, opts: CapacityOptions, prices: TokenPrices,
                 assumptions: WhatIfAssumptions, auto: AutoscalePlan | None,
-                cap: dict | None, serving: str = "auto") -> tuple[Roadmap, dict]:
+                cap: CapacityPlan | None, serving: str = "auto") -> WhatIfPlan:
     """``serving``: "api" (tokens bought), "self-hosted" (replicas run), "both", or "auto":
     API when the trace has token counts or costs, self-hosted otherwise."""
     econ = unit_economics(ctx.trace, prices)
     if serving == "auto":
         serving = "api" if econ else "self-hosted"
-    api = econ["monthly_run_rate_usd"] if econ and serving in ("api", "both") else 0.0
-    peak = auto.static_peak_replicas if auto else (cap["seed_rule"]["max"] if cap else 0)
+    api = econ.monthly_run_rate_usd if econ and serving in ("api", "both") else 0.0
+    peak = auto.static_peak_replicas if auto else (cap.rule_of_thumb.max if cap else 0)
     infra = peak * 720 * opts.prices.on_demand_usd_per_h if serving in ("self-hosted", "both") \
         else 0.0
     a = assumptions
     if auto is not None and a.autoscale_saving is None:
         a = replace(a, autoscale_saving=auto.saving_vs_static() or 0.0)
     if cap is not None and a.mix_saving is None:
-        a = replace(a, mix_saving=cap["mix"]["saving_share"])
+        a = replace(a, mix_saving=cap.mix.saving_share)
     if econ and a.input_cost_share is None and ctx.trace.has("input_tokens"):
         df = ctx.trace.events
         assert df is not None
@@ -275,12 +266,13 @@ def whatif_plan(ctx: Context, opts: CapacityOptions, prices: TokenPrices,
         if tin + tout > 0:
             a = replace(a, input_cost_share=tin / (tin + tout))
     rm = roadmap(api, infra, ctx.trace, a)
-    observed_h = econ["observed_days"] * 24 if econ else 0.0
-    basis = {"serving": serving,
-             "api_bill": (f"{econ['cost_source']}, monthly run rate from {observed_h:,.1f} h "
-                          "observed" if econ else "no tokens or costs in this trace")
-             if api else f"no API bill (serving: {serving})",
-             "infra_bill": f"static provisioning for the peak: {peak} replicas x 720 h x "
-                           f"${opts.prices.on_demand_usd_per_h}/h on demand"
-             if infra else f"no self-hosted replicas (serving: {serving})"}
-    return rm, basis
+    observed_h = econ.observed_days * 24 if econ else 0.0
+    basis = RoadmapBasis(
+        serving=serving,
+        api_bill=(f"{econ.cost_source}, monthly run rate from {observed_h:,.1f} h observed"
+                  if econ else "no tokens or costs in this trace")
+        if api else f"no API bill (serving: {serving})",
+        infra_bill=f"static provisioning for the peak: {peak} replicas x 720 h x "
+                   f"${opts.prices.on_demand_usd_per_h}/h on demand"
+        if infra else f"no self-hosted replicas (serving: {serving})")
+    return WhatIfPlan(rm, basis)

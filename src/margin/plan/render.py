@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from margin.plan.autoscale.sim import SimResult
+from margin.plan.costs import UnitEconomics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
+from margin.plan.results import CapacityPlan, WhatIfPlan
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -52,7 +54,7 @@ def spark(values: list[float]) -> str:
     return "".join(out)
 
 
-def analysis(console: Console, a: LoadAnalysis, econ: dict | None) -> None:
+def analysis(console: Console, a: LoadAnalysis, econ: UnitEconomics | None) -> None:
     console.print(f"[bold]{a.source}[/] ({a.format}): {a.requests:,.0f} requests over "
                   f"{a.span_s / 3600:,.1f} h ({a.observed_s / 3600:,.1f} h observed, "
                   f"{len(a.gaps)} gap(s))")
@@ -79,22 +81,18 @@ def analysis(console: Console, a: LoadAnalysis, econ: dict | None) -> None:
     for n in a.notes:
         console.print(f"[dim]note: {n}[/]")
     if econ:
-        console.print(f"cost ({econ['cost_source']}): total {usd(econ['total_usd'])}, per request "
-                      f"{usd(econ['per_request_usd'])}, per 1k tokens "
-                      f"{usd(econ['per_1k_tokens_usd'])}, per day {usd(econ['per_day_usd'])}, "
-                      f"monthly run rate {usd(econ['monthly_run_rate_usd'])}")
-        for key in ("user", "feature", "team", "model"):
-            by = econ.get(f"by_{key}")
-            if not by:
-                continue
-            p = by["pareto"]
-            console.print(f"by {key}: {by['count']} distinct, {usd(by['per_' + key + '_usd'])} "
-                          f"each on average; top 20 % make {fmt((p['top_20pct_share'] or 0) * 100)}"
-                          f" % of the cost; {p['n_for_80pct']} make 80 %")
+        console.print(f"cost ({econ.cost_source}): total {usd(econ.total_usd)}, per request "
+                      f"{usd(econ.per_request_usd)}, per 1k tokens "
+                      f"{usd(econ.per_1k_tokens_usd)}, per day {usd(econ.per_day_usd)}, "
+                      f"monthly run rate {usd(econ.monthly_run_rate_usd)}")
+        for key, by in econ.by.items():
+            p = by.pareto
+            console.print(f"by {key}: {by.count} distinct, {usd(by.per_item_usd)} "
+                          f"each on average; top 20 % make {fmt((p.top_20pct_share or 0) * 100)}"
+                          f" % of the cost; {p.n_for_80pct} make 80 %")
             t = Table(key, "cost", "share", "requests")
-            for r in by["top"][:5]:
-                t.add_row(str(r[key]), usd(r["cost_usd"]), f"{r['share']:.1%}",
-                          f"{r['requests']:,}")
+            for r in by.top[:5]:
+                t.add_row(str(r.name), usd(r.cost_usd), f"{r.share:.1%}", f"{r.requests:,}")
             console.print(t)
 
 
@@ -135,27 +133,28 @@ def forecast(console: Console, fc: ForecastResult, absolute: bool) -> None:
     console.print(t)
 
 
-def capacity(console: Console, cap: dict, absolute: bool) -> None:
-    a = cap["assumptions"]
-    console.print(f"replica: {fmt(a['replica_rps'])} requests/s ({a['replica_rps_source']}), "
-                  f"{a['concurrency']} at once, service {a['service_s'] * 1000:g} ms; SLO P95 "
-                  f"{a['slo_p95_ms']:g} ms; ca² {fmt(a['ca2'])}, cs² {fmt(a['cs2'])}; "
-                  f"peaks inside a step x{fmt(cap['peak_factor'])}")
-    console.print(f"replicas over the horizon: {spark(cap['replicas'])}")
+def capacity(console: Console, cap: CapacityPlan, absolute: bool) -> None:
+    a = cap.assumptions
+    console.print(f"replica: {fmt(a.replica_rps)} requests/s ({a.replica_rps_source}), "
+                  f"{a.concurrency} at once, service {a.service_s * 1000:g} ms; SLO P95 "
+                  f"{a.slo_p95_ms:g} ms; ca² {fmt(a.ca2)}, cs² {fmt(a.cs2)}; "
+                  f"peaks inside a step x{fmt(cap.peak_factor)}")
+    console.print(f"replicas over the horizon: {spark(cap.replicas)}")
     t = Table("plan", "replicas", "replica-hours over the horizon")
     t.add_row("queueing (Erlang C + burstiness), forecast",
-              f"peak {cap['peak_replicas']}", fmt(cap["replica_hours"]))
-    t.add_row("queueing, upper 80 % band", f"peak {cap['peak_replicas_upper']}",
-              fmt(cap["replica_hours_upper"]))
-    s = cap["seed_rule"]
-    t.add_row("seed's rule (static at max)", f"min {s['min']}, max {s['max']}",
-              fmt(s["static_peak_replica_hours"]))
+              f"peak {cap.peak_replicas}", fmt(cap.replica_hours))
+    t.add_row("queueing, upper 80 % band", f"peak {cap.peak_replicas_upper}",
+              fmt(cap.replica_hours_upper))
+    s = cap.rule_of_thumb
+    t.add_row("rule of thumb (static at max)", f"min {s.min}, max {s.max}",
+              fmt(s.static_peak_replica_hours))
     console.print(t)
-    m = cap["mix"]
-    console.print(f"cheapest mix: {m['reserved']} reserved (always on), "
-                  f"{fmt(m['on_demand_replica_h'])} on-demand and {fmt(m['spot_replica_h'])} "
-                  f"spot replica-hours: {usd(m['cost_usd'])} vs {usd(m['all_on_demand_usd'])} "
-                  f"all on demand ({m['saving_share']:.1%} less)")
+    console.print(f"[dim]rule of thumb: {s.formula}[/]")
+    m = cap.mix
+    console.print(f"cheapest mix: {m.reserved} reserved (always on), "
+                  f"{fmt(m.on_demand_replica_h)} on-demand and {fmt(m.spot_replica_h)} "
+                  f"spot replica-hours: {usd(m.cost_usd)} vs {usd(m.all_on_demand_usd)} "
+                  f"all on demand ({m.saving_share:.1%} less)")
 
 
 def policies(console: Console, rows: list[SimResult], recommended: SimResult | None) -> None:
@@ -169,19 +168,20 @@ def policies(console: Console, rows: list[SimResult], recommended: SimResult | N
     console.print(t)
 
 
-def roadmap(console: Console, rm: dict, basis: dict) -> None:
-    console.print(f"today: API {usd(rm['api_monthly_usd'])}/month ({basis['api_bill']}); "
-                  f"infrastructure {usd(rm['infra_monthly_usd'])}/month ({basis['infra_bill']})")
+def roadmap(console: Console, plan: WhatIfPlan) -> None:
+    rm, basis = plan.roadmap, plan.basis
+    console.print(f"today: API {usd(rm.api_monthly_usd)}/month ({basis.api_bill}); "
+                  f"infrastructure {usd(rm.infra_monthly_usd)}/month ({basis.infra_bill})")
     t = Table("#", "step", "saves / month", "one-off", "payback", "ROI 12 m", "bill after",
               "evidence / assumption")
-    for i, s in enumerate(rm["steps"], 1):
-        t.add_row(str(i), s["name"], usd(s["monthly_saving_usd"]), usd(s["one_off_usd"]),
-                  f"{s['payback_months']:.1f} mo" if s["payback_months"] else "–",
-                  f"{s['roi_12m']:.0%}" if s["roi_12m"] is not None else "–",
-                  usd(s["api_after_usd"] + s["infra_after_usd"]), s["evidence"])
+    for i, s in enumerate(rm.steps, 1):
+        t.add_row(str(i), s.name, usd(s.monthly_saving_usd), usd(s.one_off_usd),
+                  f"{s.payback_months:.1f} mo" if s.payback_months else "–",
+                  f"{s.roi_12m:.0%}" if s.roi_12m is not None else "–",
+                  usd(s.api_after_usd + s.infra_after_usd), s.evidence)
     console.print(t)
-    console.print(f"all steps: {usd(rm['total_monthly_saving_usd'])}/month saved, "
-                  f"{usd(rm['after_monthly_usd'])}/month after (savings compound: each applies "
+    console.print(f"all steps: {usd(rm.total_saving_usd)}/month saved, "
+                  f"{usd(rm.after_monthly_usd)}/month after (savings compound: each applies "
                   "to what the steps before it left)")
-    for s in rm["skipped"]:
+    for s in rm.skipped:
         console.print(f"[dim]skipped {s['name']}: {s['why']}[/]")

@@ -1,4 +1,4 @@
-"""The policies replayed by the simulator: HPA v2, the seed's thresholds, Ray Serve, clairvoyant."""
+"""The policies replayed by the simulator: HPA v2, threshold steps, Ray Serve, clairvoyant."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class HpaPolicy:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """The seed's rule: any metric high -> +step_up; all low -> -step_down; with cooldowns."""
+    """Threshold steps: any metric high -> +step_up; all low -> -step_down; with cooldowns."""
     cpu_high: float = 0.70
     p95_high_ms: float = 500.0
     queue_high: float = 100.0
@@ -70,7 +70,7 @@ class ThresholdPolicy:
     def __init__(self, spec: ThresholdSpec) -> None:
         self.spec = spec
         self.interval_s = spec.interval_s
-        self.name = "seed-threshold"
+        self.name = "threshold"
         self.last_scale_t = -10**9
 
     def decide(self, obs: Observation) -> int:

@@ -111,7 +111,7 @@ def _lagrange(cand: np.ndarray, over: np.ndarray, budget: np.ndarray) -> np.ndar
 
 @dataclass
 class Candidate:
-    family: str                      # hpa-cpu | hpa-inflight | ray-serve | seed-threshold | ...
+    family: str                      # hpa-cpu | hpa-inflight | ray-serve | threshold | ...
     label: str
     make: Callable[[], object]
     is_default: bool = False
@@ -128,13 +128,13 @@ class SearchResult:
     min_replicas: int = 1
     max_replicas: int = 1
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {
-            "recommended": self.recommended.to_dict() if self.recommended else None,
-            "clairvoyant": self.clairvoyant.to_dict(),
-            "best_by_family": {k: v.to_dict() for k, v in self.best_by_family.items()},
-            "defaults": {k: v.to_dict() for k, v in self.defaults.items()},
-            "all": [r.to_dict() for r in self.results],
+            "recommended": self.recommended.to_json() if self.recommended else None,
+            "clairvoyant": self.clairvoyant.to_json(),
+            "best_by_family": {k: v.to_json() for k, v in self.best_by_family.items()},
+            "defaults": {k: v.to_json() for k, v in self.defaults.items()},
+            "all": [r.to_json() for r in self.results],
             "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
         }
 
@@ -145,7 +145,7 @@ def _hpa_spec(metric: str, target: float, down_s: int, lo: int, hi: int) -> hpa.
 
 
 def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Candidate]:
-    """The grid searched: HPA on CPU and on in-flight requests, Ray Serve, the seed's rule."""
+    """The grid searched: HPA on CPU and on in-flight requests, Ray Serve, the threshold rule."""
     k = cfg.model.concurrency
     out: list[Candidate] = []
     cpu = [(0.6, 300), (0.8, 300)] if quick else \
@@ -171,7 +171,7 @@ def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Ca
                          lambda: RayServePolicy(ray_default), True))
     th = ThresholdSpec(min_replicas=lo, max_replicas=hi, p95_high_ms=cfg.slo.latency_s * 1000,
                        p95_low_ms=cfg.slo.latency_s * 500)
-    out.append(Candidate("seed-threshold", "CPU>70% or P95>SLO or queue>100: +2; all low: -1",
+    out.append(Candidate("threshold", "CPU>70% or P95>SLO or queue>100: +2; all low: -1",
                          lambda: ThresholdPolicy(th), True))
     return out
 
