@@ -133,3 +133,17 @@ def shared_traces() -> Path:
     if not TRACES.is_dir():
         pytest.skip(f"shared data not found at {TRACES.resolve()} (traces are not in the repo)")
     return TRACES
+
+
+def test_autoscale_says_plainly_when_no_policy_meets_the_slo(counts_trace: Path) -> None:
+    args = ["autoscale", str(counts_trace), "--replica-rps", "3", "--concurrency", "2",
+            "--slo-p95-ms", "2000", "--quick", "--max-replicas", "1"]
+    code, out, _ = run(*args)
+    assert code == 0
+    assert "no policy meets the SLO: the closest is" in out
+    assert "raise --max-replicas to at least" in out
+    code, out, _ = run(*args, "--json")
+    doc = json.loads(out)
+    assert doc["advice"]["meets_slo"] is False and doc["advice"]["fixes"]
+    assert isinstance(doc["saving_vs_static"], float)
+    assert doc["recommended"]["cost_usd"] <= doc["static"]["cost_usd"] * 1.0001

@@ -169,10 +169,12 @@ class AutoscalePlan:
     def static_replica_hours(self) -> float:
         return self.static_peak_replicas * self.seconds / 3600
 
-    def saving_vs_static(self) -> float | None:
+    def saving_vs_static(self) -> float:
+        """Replica-hours the recommendation saves against static peak provisioning (0 when the
+        recommendation is static; filled even when nothing meets the SLO)."""
         rec = self.search.recommended
-        if rec is None or not rec.meets_slo or self.static_replica_hours <= 0:
-            return None
+        if rec is None or self.static_replica_hours <= 0:
+            return 0.0
         return 1 - rec.replica_hours / self.static_replica_hours
 
     def to_json(self) -> dict:
@@ -190,7 +192,7 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
     cfg = sim_config(ctx, opts)
     res = search(arr.per_second, cfg, arr.valid, opts.min_replicas, opts.max_replicas,
                  quick=quick, progress=progress)
-    static = int(res.clairvoyant.max_replicas)
+    static = int(res.static.max_replicas) if res.static else int(res.clairvoyant.max_replicas)
     hpa_spec = _pick_hpa(res)
     ray_spec = res.best_specs.get("ray-serve") or RayServeSpec(min_replicas=opts.min_replicas,
                                                                max_replicas=res.max_replicas)
@@ -254,7 +256,10 @@ def whatif_plan(ctx: Context, opts: CapacityOptions, prices: TokenPrices,
         else 0.0
     a = assumptions
     if auto is not None and a.autoscale_saving is None:
-        a = replace(a, autoscale_saving=auto.saving_vs_static() or 0.0)
+        rec = auto.search.recommended
+        # A saving that misses the SLO is not a saving the roadmap can promise.
+        a = replace(a, autoscale_saving=auto.saving_vs_static()
+                    if rec is not None and rec.meets_slo else 0.0)
     if cap is not None and a.mix_saving is None:
         a = replace(a, mix_saving=cap.mix.saving_share)
     if econ and a.input_cost_share is None and ctx.trace.has("input_tokens"):

@@ -12,6 +12,7 @@ from margin.plan.autoscale.sim import SimResult
 from margin.plan.costs import UnitEconomics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
+from margin.plan.planner import AutoscalePlan
 from margin.plan.results import CapacityPlan, WhatIfPlan
 
 _SPARK = "▁▂▃▄▅▆▇█"
@@ -166,6 +167,26 @@ def policies(console: Console, rows: list[SimResult], recommended: SimResult | N
                   usd(r.cost_usd), f"{r.over_slo_share:.2%}", f"{r.hours_over_slo_share:.1%}",
                   fmt(r.peak_queue), str(r.scale_events), "yes" if r.meets_slo else "no")
     console.print(t)
+
+
+def advice(console: Console, auto: AutoscalePlan) -> None:
+    res = auto.search
+    rec, adv = res.recommended, res.advice
+    if rec is None or adv is None:
+        return
+    reach = res.reachable.replica_hours if res.reachable else float("nan")
+    console.print(f"bounds: clairvoyant {fmt(res.clairvoyant.replica_hours)} replica-h (pods "
+                  f"ready at once), reachable {fmt(reach)} (pods asked for start-up ahead); "
+                  f"static for the peak {fmt(auto.static_replica_hours)}")
+    console.print(f"recommended: {rec.policy} ({rec.params.get('label')}): {usd(rec.cost_usd)} "
+                  f"for {auto.seconds / 86400:.1f} days, {fmt(rec.replica_hours / reach)}x the "
+                  f"reachable bound, {auto.saving_vs_static():.1%} fewer replica-hours than "
+                  "static")
+    if adv.meets_slo:
+        return
+    console.print(f"[red]{adv.summary}[/]")
+    for f in adv.fixes:
+        console.print(f"[red]  would fix it: {f}[/]")
 
 
 def roadmap(console: Console, plan: WhatIfPlan) -> None:

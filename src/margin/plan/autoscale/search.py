@@ -1,4 +1,11 @@
-"""The clairvoyant lower bound and the search for the cheapest policy that meets the SLO."""
+"""The clairvoyant bounds and the search for the cheapest policy that meets the SLO.
+
+Two bounds: the *instant* one (knows the future, pods ready the moment they are asked for; no
+policy meeting the SLO every hour can be cheaper) and the *reachable* one (the same schedule, each
+pod asked for ``startup_s`` ahead so that it is ready in time: what perfect foresight buys once
+start-up is paid). Static provisioning for the peak is always replayed as a candidate, so the
+recommendation never costs more than never autoscaling.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from margin.plan.autoscale import hpa
+from margin.plan.autoscale.advice import Advice, advise
 from margin.plan.autoscale.latency import erlang_c_vec
 from margin.plan.autoscale.policies import (HpaPolicy, RayServePolicy, RayServeSpec,
                                             SchedulePolicy, ThresholdPolicy, ThresholdSpec)
@@ -92,6 +100,20 @@ def clairvoyant_schedule(arrivals: np.ndarray, cfg: SimConfig, min_replicas: int
     return sched[:n_min]
 
 
+def reachable_schedule(per_minute: np.ndarray, startup_s: int) -> np.ndarray:
+    """Replicas to ask for each minute so that the schedule's pods are ready in time.
+
+    A pod asked for at the start of minute i serves from i*60 + startup_s, so minute i must ask
+    for the most that any of minutes i .. i + ceil(startup_s / 60) needs.
+    """
+    k = max(0, math.ceil(startup_s / 60))
+    if k == 0 or len(per_minute) == 0:
+        return per_minute.copy()
+    padded = np.concatenate([per_minute, np.full(k, per_minute[-1])])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k + 1)
+    return windows.max(axis=1)[: len(per_minute)]
+
+
 def _lagrange(cand: np.ndarray, over: np.ndarray, budget: np.ndarray) -> np.ndarray:
     m = len(cand)
     hours = m // 60
@@ -122,6 +144,9 @@ class SearchResult:
     results: list[SimResult]
     clairvoyant: SimResult
     recommended: SimResult | None
+    reachable: SimResult | None = None
+    static: SimResult | None = None
+    advice: Advice | None = None
     best_by_family: dict[str, SimResult] = field(default_factory=dict)
     defaults: dict[str, SimResult] = field(default_factory=dict)
     best_specs: dict[str, object] = field(default_factory=dict)
@@ -132,6 +157,9 @@ class SearchResult:
         return {
             "recommended": self.recommended.to_json() if self.recommended else None,
             "clairvoyant": self.clairvoyant.to_json(),
+            "reachable": self.reachable.to_json() if self.reachable else None,
+            "static": self.static.to_json() if self.static else None,
+            "advice": self.advice.to_json() if self.advice else None,
             "best_by_family": {k: v.to_json() for k, v in self.best_by_family.items()},
             "defaults": {k: v.to_json() for k, v in self.defaults.items()},
             "all": [r.to_json() for r in self.results],
@@ -180,11 +208,24 @@ def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None
            min_replicas: int = 1, max_replicas: int | None = None, quick: bool = False,
            progress: Callable[[str], None] | None = None) -> SearchResult:
     sched = clairvoyant_schedule(arrivals, cfg, min_replicas)
-    hi = max_replicas or max(min_replicas + 1, math.ceil(int(sched.max()) * 1.5))
+    need_peak = int(sched.max())
+    hi = max_replicas or max(min_replicas + 1, math.ceil(need_peak * 1.5))
     sched = np.minimum(sched, hi)
     initial = int(sched[0])
     clair = simulate(arrivals, SchedulePolicy(sched), cfg, initial, valid, startup_s=0)
     clair.policy = "clairvoyant"
+    reach_sched = reachable_schedule(sched, cfg.startup_s)
+    reach = simulate(arrivals, SchedulePolicy(reach_sched, "reachable"), cfg,
+                     int(reach_sched[0]), valid)
+    reach.policy = "reachable"
+    reach.params = {"label": f"clairvoyant, each pod asked for {cfg.startup_s} s ahead"}
+    peak = int(sched.max())
+    static = simulate(arrivals, SchedulePolicy(np.full(len(sched), peak), "static"), cfg, peak,
+                      valid)
+    static.policy = "static"
+    why = "the clairvoyant peak" if peak >= need_peak else \
+        f"the --max-replicas cap; the busiest minute needs {need_peak}"
+    static.params = {"label": f"{peak} replicas all the time ({why})", "replicas": peak}
     results: list[SimResult] = []
     best: dict[str, SimResult] = {}
     defaults: dict[str, SimResult] = {}
@@ -203,10 +244,11 @@ def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None
         if cur is None or _better(res, cur):
             best[cand.family] = res
             specs[cand.family] = getattr(pol, "spec", None)
-    meeting = [r for r in results if r.meets_slo]
-    recommended = min(meeting, key=lambda r: r.cost_usd) if meeting else \
-        min(results, key=lambda r: (r.hours_over_slo_share, r.over_slo_share))
+    results.append(static)
+    best["static"] = static
+    recommended, advice = advise(results, clair, reach, static, cfg, need_peak, hi)
     return SearchResult(results=results, clairvoyant=clair, recommended=recommended,
+                        reachable=reach, static=static, advice=advice,
                         best_by_family=best, defaults=defaults, best_specs=specs,
                         min_replicas=min_replicas, max_replicas=hi)
 

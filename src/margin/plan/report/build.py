@@ -142,7 +142,9 @@ def _summary(rep: PlanReport, out: Path) -> list[str]:
     if rec:
         lines.append(f"autoscaling: {rec.policy} ({rec.params.get('label')}) "
                      f"{rec.replica_hours:.0f} replica-h vs clairvoyant "
-                     f"{auto.search.clairvoyant.replica_hours:.0f}, static "
+                     f"{auto.search.clairvoyant.replica_hours:.0f}, reachable "
+                     f"{auto.search.reachable.replica_hours if auto.search.reachable else 0:.0f}"
+                     f", static "
                      f"{auto.static_replica_hours:.0f}; SLO met: {rec.meets_slo}")
     lines.append(f"roadmap: {len(rm.steps)} steps save ${rm.total_saving_usd:,.0f}"
                  f"/month of ${rm.api_monthly_usd + rm.infra_monthly_usd:,.0f}")

@@ -176,7 +176,10 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
     out.append(f"<p>The last {days:.1f} days replayed second by second through each policy "
                "(pod start-up delay and metric lag included). The clairvoyant line knows the "
                "future and starts pods instantly: no policy can be cheaper while meeting the SLO "
-               "every hour.</p>")
+               "every hour. The reachable line knows the future too but asks for each pod its "
+               "start-up time ahead: what perfect foresight buys once start-up is paid. Static "
+               "provisioning for the peak is always a candidate, so the advice never costs more "
+               "than not autoscaling.</p>")
     lines = [svg.Line("demand (busy replicas)", start + 60 * np.arange(len(demand)), demand,
                       "#9ca3af", fill=True)]
     for i, (name, rpm) in enumerate(series.items()):
@@ -186,16 +189,20 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
                               dash=not name.startswith(("recommended", "clairvoyant"))))
     out.append(svg.line_chart(lines, "Replicas per policy against demand", "replicas", tf))
     rec = res.recommended
-    rows = [_policy_row(r, r is rec) for r in [res.clairvoyant, *res.results]]
+    bounds = [r for r in (res.clairvoyant, res.reachable) if r is not None]
+    rows = [_policy_row(r, r is rec) for r in [*bounds, *res.results]]
     out.append(_table(["policy", "parameters", "replica-h", "cost", "requests over SLO",
                        "hours missing", "peak queue", "scale events", "meets SLO"], rows))
-    if rec:
-        sv = auto.saving_vs_static()
+    adv = res.advice
+    if rec and adv and adv.meets_slo:
         out.append(f"<p>Recommended: <b>{escape(rec.policy)}</b> "
                    f"({escape(str(rec.params.get('label')))}), the cheapest policy meeting "
-                   "the SLO in at least 99 % of hours" +
-                   (f"; {sv:.0%} fewer replica-hours than static provisioning for the peak"
-                    if sv is not None else "") + ".</p>")
+                   f"the SLO in at least 99 % of hours; {auto.saving_vs_static():.0%} fewer "
+                   "replica-hours than static provisioning for the peak.</p>")
+    elif rec and adv:
+        out.append(f"<p class=bad><b>{escape(adv.summary)}.</b> Shown as recommended: the "
+                   "closest. What would fix it:</p><ul>" +
+                   "".join(f"<li>{escape(f)}</li>" for f in adv.fixes) + "</ul>")
     for fname, key in (("hpa.yaml", "hpa"), ("keda.yaml", "keda"), ("ray-serve.yaml", "ray")):
         probs = auto.problems.get(key, [])
         status = "valid" if not [p for p in probs if not p.startswith("(")] else "; ".join(probs)
