@@ -191,7 +191,7 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
     arr = arrivals_for_replay(ctx.trace, opts.sim_days)
     cfg = sim_config(ctx, opts)
     res = search(arr.per_second, cfg, arr.valid, opts.min_replicas, opts.max_replicas,
-                 quick=quick, progress=progress)
+                 quick=quick, progress=progress, history=arr.before)
     static = int(res.static.max_replicas) if res.static else int(res.clairvoyant.max_replicas)
     hpa_spec = _pick_hpa(res)
     ray_spec = res.best_specs.get("ray-serve") or RayServeSpec(min_replicas=opts.min_replicas,

@@ -153,6 +153,20 @@ class RayServePolicy:
         return asdict(self.spec)
 
 
+def reachable_schedule(per_minute: np.ndarray, startup_s: int) -> np.ndarray:
+    """Replicas to ask for each minute so that a per-minute schedule's pods are ready in time.
+
+    A pod asked for at the start of minute i serves from i*60 + startup_s, so minute i must ask
+    for the most that any of minutes i .. i + ceil(startup_s / 60) needs.
+    """
+    k = max(0, math.ceil(startup_s / 60))
+    if k == 0 or len(per_minute) == 0:
+        return per_minute.copy()
+    padded = np.concatenate([per_minute, np.full(k, per_minute[-1])])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k + 1)
+    return windows.max(axis=1)[: len(per_minute)]
+
+
 class SchedulePolicy:
     """Replicas from a per-minute schedule, e.g. the clairvoyant lower bound."""
 

@@ -19,7 +19,9 @@ from margin.plan.autoscale import hpa
 from margin.plan.autoscale.advice import Advice, advise
 from margin.plan.autoscale.latency import erlang_c_vec
 from margin.plan.autoscale.policies import (HpaPolicy, RayServePolicy, RayServeSpec,
-                                            SchedulePolicy, ThresholdPolicy, ThresholdSpec)
+                                            SchedulePolicy, ThresholdPolicy, ThresholdSpec,
+                                            reachable_schedule)
+from margin.plan.autoscale.predictive import PredictivePolicy, PredictiveSpec, floor_schedule
 from margin.plan.autoscale.sim import SimConfig, SimResult, simulate
 
 
@@ -98,20 +100,6 @@ def clairvoyant_schedule(arrivals: np.ndarray, cfg: SimConfig, min_replicas: int
         factor[bad] *= 0.7
         sched = _lagrange(cand, over, factor * (1 - cfg.slo.quantile) * req_h)
     return sched[:n_min]
-
-
-def reachable_schedule(per_minute: np.ndarray, startup_s: int) -> np.ndarray:
-    """Replicas to ask for each minute so that the schedule's pods are ready in time.
-
-    A pod asked for at the start of minute i serves from i*60 + startup_s, so minute i must ask
-    for the most that any of minutes i .. i + ceil(startup_s / 60) needs.
-    """
-    k = max(0, math.ceil(startup_s / 60))
-    if k == 0 or len(per_minute) == 0:
-        return per_minute.copy()
-    padded = np.concatenate([per_minute, np.full(k, per_minute[-1])])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, k + 1)
-    return windows.max(axis=1)[: len(per_minute)]
 
 
 def _lagrange(cand: np.ndarray, over: np.ndarray, budget: np.ndarray) -> np.ndarray:
@@ -204,9 +192,38 @@ def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Ca
     return out
 
 
+def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
+                          arrivals: np.ndarray, valid: np.ndarray | None, quick: bool = False
+                          ) -> list[Candidate]:
+    """Forecast floor (upper band or point) + HPA on in-flight; floors made without look-ahead.
+
+    ``history`` is the trace before the replay (per second, NaN in gaps): the forecast for each
+    replayed day is made from it and the replayed days before that day.
+    """
+    k = cfg.model.concurrency
+    seen = np.where(valid, arrivals, np.nan) if valid is not None else arrivals
+    full = np.concatenate([history, seen])
+    # (band, reactive metric, target: utilisation or share of concurrency, scale-down window)
+    grid = [("point", "inflight", 0.625, 300), ("upper", "inflight", 0.75, 300)] if quick else \
+        [("point", "inflight", 0.625, 300), ("point", "inflight", 0.5, 300),
+         ("point", "cpu", 0.5, 60), ("mid", "inflight", 0.625, 300),
+         ("upper", "inflight", 0.75, 300)]
+    floors: dict[str, np.ndarray] = {}
+    out = []
+    for band, metric, target, down in grid:
+        value = round(target * k, 3) if metric == "inflight" else target
+        spec = PredictiveSpec(reactive=_hpa_spec(metric, value, down, lo, hi), band=band)
+        if band not in floors:
+            floors[band] = floor_schedule(full, len(history), len(arrivals), cfg, spec)
+        out.append(Candidate("predictive", spec.label,
+                             lambda spec=spec, f=floors[band]: PredictivePolicy(spec, f)))
+    return out
+
+
 def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None,
            min_replicas: int = 1, max_replicas: int | None = None, quick: bool = False,
-           progress: Callable[[str], None] | None = None) -> SearchResult:
+           progress: Callable[[str], None] | None = None,
+           history: np.ndarray | None = None) -> SearchResult:
     sched = clairvoyant_schedule(arrivals, cfg, min_replicas)
     need_peak = int(sched.max())
     hi = max_replicas or max(min_replicas + 1, math.ceil(need_peak * 1.5))
@@ -230,7 +247,14 @@ def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None
     best: dict[str, SimResult] = {}
     defaults: dict[str, SimResult] = {}
     specs: dict[str, object] = {}
-    for cand in candidates(cfg, min_replicas, hi, quick):
+    cands = candidates(cfg, min_replicas, hi, quick)
+    if cfg.startup_s <= 3600:
+        if progress:
+            progress("forecasting each replayed day from the days before it")
+        cands += predictive_candidates(cfg, min_replicas, hi,
+                                       np.array([]) if history is None else history,
+                                       arrivals, valid, quick)
+    for cand in cands:
         if progress:
             progress(f"{cand.family}: {cand.label}")
         pol = cand.make()
