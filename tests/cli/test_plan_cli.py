@@ -91,6 +91,15 @@ def test_autoscale_writes_valid_manifests(counts_trace: Path, tmp_path: Path) ->
     ray = yaml.safe_load((out / "ray-serve.yaml").read_text())
     assert "autoscaling_config" in ray["applications"][0]["deployments"][0]
     assert [p for p in doc["manifest_problems"]["hpa"] if not p.startswith("(")] == []
+    # the predictive policy's schedule, for KEDA and for plain Kubernetes
+    keda_pred = yaml.safe_load((out / "keda-predictive.yaml").read_text())
+    assert {t["type"] for t in keda_pred["spec"]["triggers"]} >= {"prometheus"}
+    hpa_pred = list(yaml.safe_load_all((out / "hpa-predictive.yaml").read_text()))
+    assert hpa_pred[0]["kind"] == "HorizontalPodAutoscaler"
+    assert {d["kind"] for d in hpa_pred[1:]} >= {"CronJob", "Role"}
+    for key in ("keda-predictive", "hpa-schedule"):
+        assert [p for p in doc["manifest_problems"][key] if not p.startswith("(")] == []
+    assert len(doc["predictive_week"]["replicas_by_hour_of_week"]) == 168
 
 
 def test_whatif_json(tmp_path: Path) -> None:

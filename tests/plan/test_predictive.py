@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from margin.plan.autoscale.predictive import (PredictivePolicy, PredictiveSpec, floor_schedule,
-                                              hourly)
+from margin.plan.autoscale.predictive import (
+    PredictivePolicy,
+    PredictiveSpec,
+    floor_schedule,
+    hourly,
+)
 from margin.plan.autoscale.search import _hpa_spec
 from margin.plan.autoscale.sim import SimConfig, simulate
 from margin.plan.capacity import ReplicaModel, SloTarget

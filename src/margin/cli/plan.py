@@ -248,24 +248,19 @@ def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json
     with _progress(not as_json) as step:
         auto = autoscale_plan(ctx, opts, quick=quick, progress=step, keda_schema=keda_schema)
     if out_dir:
-        write_manifests(Path(out_dir), auto)
+        auto.write(Path(out_dir))
     if as_json:
         _emit_json(auto.to_json())
         return
     con = _console()
     res = auto.search
-    rows = [res.clairvoyant, *res.defaults.values(),
+    bounds = [r for r in (res.clairvoyant, res.reachable) if r is not None]
+    rows = [*bounds, *res.defaults.values(),
             *[r for r in res.best_by_family.values() if r not in res.defaults.values()]]
     render.policies(con, rows, res.recommended)
-    rec = res.recommended
-    if rec is not None:
-        con.print(f"recommended: {rec.policy} ({rec.params.get('label')}): "
-                  f"{render.usd(rec.cost_usd)} for {auto.seconds / 86400:.1f} days, "
-                  f"{render.fmt(rec.replica_hours / max(res.clairvoyant.replica_hours, 1e-9))}x "
-                  "the clairvoyant bound" + ("" if rec.meets_slo else
-                                             " [red](no candidate meets the SLO)[/]"))
+    render.advice(con, auto)
     if out_dir:
-        con.print(f"wrote {out_dir}/hpa.yaml, keda.yaml, ray-serve.yaml")
+        con.print(f"wrote {out_dir}/{', '.join(auto.files())}")
     for name, probs in auto.problems.items():
         for p in probs:
             con.print(f"[yellow]{name}: {p}[/]")
@@ -335,14 +330,6 @@ def report(out_dir: str, horizon: str, quick: bool, keda_schema: str | None, ser
                                keda_schema, step, serving)
     for line in summary:
         con.print(line)
-
-
-def write_manifests(out: Path, auto) -> None:  # noqa: ANN001 - AutoscalePlan
-    from margin.plan.manifests import to_yaml
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hpa.yaml").write_text(to_yaml(auto.hpa, auto.headers["hpa"]))
-    (out / "keda.yaml").write_text(to_yaml(auto.keda, auto.headers["keda"]))
-    (out / "ray-serve.yaml").write_text(to_yaml(auto.ray, auto.headers["ray"]))
 
 
 class _progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -10,9 +11,11 @@ import numpy as np
 
 from margin.errors import InputError
 from margin.plan import manifests
-from margin.plan.autoscale import arrivals_for_replay
+from margin.plan import schedule_manifests as sm
+from margin.plan.autoscale import Arrivals, arrivals_for_replay
 from margin.plan.autoscale.hpa import HpaSpec
 from margin.plan.autoscale.policies import RayServeSpec
+from margin.plan.autoscale.predictive import PredictiveSpec, week_floor
 from margin.plan.autoscale.search import SearchResult, search
 from margin.plan.autoscale.sim import SimConfig
 from margin.plan.capacity import (ReplicaModel, SloTarget, cheapest_mix, replicas_series,
@@ -164,6 +167,10 @@ class AutoscalePlan:
     ray: dict
     problems: dict[str, list[str]]
     headers: dict[str, str]
+    week_floor: list[int] | None = None       # predictive floor per hour of week, Monday 00:00 first
+    week_clock: str = ""                      # what the hours of week are in
+    keda_predictive: dict | None = None
+    hpa_schedule: list[dict] | None = None
 
     @property
     def static_replica_hours(self) -> float:
@@ -177,11 +184,32 @@ class AutoscalePlan:
             return 0.0
         return 1 - rec.replica_hours / self.static_replica_hours
 
+    def files(self) -> dict[str, str]:
+        """The manifests as files: name -> YAML text, each headed by what the replay said."""
+        out = {"hpa.yaml": manifests.to_yaml(self.hpa, self.headers["hpa"]),
+               "keda.yaml": manifests.to_yaml(self.keda, self.headers["keda"]),
+               "ray-serve.yaml": manifests.to_yaml(self.ray, self.headers["ray"])}
+        if self.keda_predictive is not None and self.hpa_schedule is not None:
+            out["keda-predictive.yaml"] = manifests.to_yaml(self.keda_predictive,
+                                                            self.headers["keda-predictive"])
+            out["hpa-predictive.yaml"] = manifests.to_yaml_all(self.hpa_schedule,
+                                                               self.headers["hpa-schedule"])
+        return out
+
+    def write(self, out: Path) -> list[str]:
+        out.mkdir(parents=True, exist_ok=True)
+        files = self.files()
+        for name, text in files.items():
+            (out / name).write_text(text)
+        return list(files)
+
     def to_json(self) -> dict:
         return {"window_start_s": self.start_s, "seconds": self.seconds,
                 "static_peak_replicas": self.static_peak_replicas,
                 "static_replica_hours": self.static_replica_hours,
                 "saving_vs_static": self.saving_vs_static(), **self.search.to_json(),
+                "predictive_week": {"replicas_by_hour_of_week": self.week_floor,
+                                    "clock": self.week_clock} if self.week_floor else None,
                 "manifest_problems": self.problems}
 
 
@@ -206,8 +234,42 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
     problems = {"hpa": manifests.validate_hpa(hpa_doc),
                 "keda": manifests.validate_keda(keda_doc, keda_schema),
                 "ray": manifests.ray_problems(ray_doc)}
-    return AutoscalePlan(res, arr.start_s, len(arr.per_second), static, hpa_doc, keda_doc,
+    plan = AutoscalePlan(res, arr.start_s, len(arr.per_second), static, hpa_doc, keda_doc,
                          ray_doc, problems, _headers(res, hpa_spec, keda_spec, ray_spec))
+    pred = res.best_specs.get("predictive")
+    if isinstance(pred, PredictiveSpec):
+        _add_predictive(plan, ctx, cfg, arr, pred, keda_schema)
+    return plan
+
+
+def _add_predictive(plan: AutoscalePlan, ctx: Context, cfg: SimConfig, arr: Arrivals,
+                    spec: PredictiveSpec, keda_schema: str | None) -> None:
+    """Next week's forecast floor, from the whole trace, as KEDA cron triggers and HPA CronJobs."""
+    full = np.concatenate([arr.before, np.where(arr.valid, arr.per_second, np.nan)])
+    end_s = arr.start_s + len(arr.per_second)
+    week = sm.by_hour_of_week(week_floor(full, len(full), cfg, spec), end_s,
+                              ctx.trace.absolute_time)
+    bl = sm.blocks(week, spec.reactive.min_replicas)
+    r = spec.reactive
+    plan.week_floor = [int(x) for x in week]
+    plan.week_clock = "UTC" if ctx.trace.absolute_time else \
+        "trace clock: second 0 of the trace taken as Monday 00:00 UTC"
+    plan.keda_predictive = sm.keda_predictive(bl, r, r.target, r.target / ctx.model.service_s,
+                                              cfg.startup_s)
+    plan.hpa_schedule = sm.hpa_schedule(bl, r, cfg.startup_s)
+    plan.problems["keda-predictive"] = sm.validate_keda_predictive(plan.keda_predictive,
+                                                                   keda_schema)
+    plan.problems["hpa-schedule"] = sm.validate_hpa_schedule(plan.hpa_schedule)
+    rec = plan.search.best_by_family.get("predictive")
+    head = "# generated by margin plan from a replayed trace; review before applying\n"
+    line = (f"# replayed: {rec.params.get('label')}: {rec.replica_hours:,.0f} replica-hours, "
+            f"{rec.over_slo_share:.2%} of requests over the SLO; "
+            f"{'meets' if rec.meets_slo else 'DOES NOT meet'} the SLO\n") if rec else ""
+    clock = f"# the weekly floor is next week's forecast per hour; cron times in {plan.week_clock}\n"
+    plan.headers["keda-predictive"] = head + line + clock + \
+        "# KEDA scales to the largest of the cron floors and the metric trigger\n"
+    plan.headers["hpa-schedule"] = head + line + clock + \
+        "# the CronJobs set the HPA's minReplicas ahead of each block (kubectl image, RBAC below)\n"
 
 
 def _headers(res: SearchResult, hpa_spec: HpaSpec, keda_spec: HpaSpec, ray_spec: object

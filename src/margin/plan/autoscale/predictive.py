@@ -139,3 +139,19 @@ class PredictivePolicy:
     def params(self) -> dict:
         return {"band": self.spec.band, "origin_lead_s": self.spec.origin_lead_s,
                 **self._hpa.params(), "floor_replica_hours": float(self.floor.sum() / 60)}
+
+
+def week_floor(per_second: np.ndarray, end: int, cfg: SimConfig, spec: PredictiveSpec
+               ) -> np.ndarray:
+    """Replicas for each of the 168 hours after second ``end``, from everything before it: the
+    schedule a cluster would run next week."""
+    hist = hourly(per_second, end, spec.history_days * 24)
+    if len(hist) == 0 or np.isnan(hist).all():
+        return np.zeros(168, dtype=int)
+    day = 24 if len(hist) >= 48 else None
+    point, _, upper = forecast_with_interval(hist, 168, day, ForecastConfig())
+    rate = {"upper": upper, "point": point, "mid": (point + upper) / 2}[spec.band]
+    rate = rate * peak_factor_before(per_second, end, min(spec.history_days * 24, 7 * 24))
+    out = np.array([replicas_for_slo(round(float(np.nan_to_num(x)), 3), cfg.model, cfg.slo,
+                                     cfg.ca2, cfg.cs2) for x in rate])
+    return np.minimum(out, spec.reactive.max_replicas)

@@ -13,7 +13,6 @@ import orjson
 from margin.plan.costs import TokenPrices, UnitEconomics, unit_economics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
-from margin.plan.manifests import to_yaml
 from margin.plan.options import CapacityOptions
 from margin.plan.planner import (AutoscalePlan, autoscale_plan, build_context, capacity_plan,
                                  run_forecast, whatif_plan)
@@ -72,9 +71,7 @@ def build_report(trace: Trace, opts: CapacityOptions, prices: TokenPrices, out: 
                                                       auto, cap, serving))
     step("writing the report")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "hpa.yaml").write_text(to_yaml(auto.hpa, auto.headers["hpa"]))
-    (out / "keda.yaml").write_text(to_yaml(auto.keda, auto.headers["keda"]))
-    (out / "ray-serve.yaml").write_text(to_yaml(auto.ray, auto.headers["ray"]))
+    written = auto.write(out)
     history = _history(ctx, fc)
     rep = PlanReport(source=trace.source, format=trace.format,
                      absolute_time=trace.absolute_time, load=ctx.analysis, costs=econ,
@@ -86,7 +83,7 @@ def build_report(trace: Trace, opts: CapacityOptions, prices: TokenPrices, out: 
     series = {name: r.replicas_per_min for name, r in _policy_rows(auto).items()}
     demand = _demand_per_min(ctx, auto)
     (out / "index.html").write_text(render_html(rep, history, series, demand))
-    return _summary(rep, out)
+    return _summary(rep, out, written)
 
 
 def _default(o: object) -> object:
@@ -121,7 +118,7 @@ def _demand_per_min(ctx, auto) -> np.ndarray:  # noqa: ANN001
     return per_min / ctx.model.replica_rps
 
 
-def _summary(rep: PlanReport, out: Path) -> list[str]:
+def _summary(rep: PlanReport, out: Path, written: list[str]) -> list[str]:
     load = rep.load
     minute = load.rps_at(60.0)
     bt = rep.forecast.backtest
@@ -148,5 +145,5 @@ def _summary(rep: PlanReport, out: Path) -> list[str]:
                      f"{auto.static_replica_hours:.0f}; SLO met: {rec.meets_slo}")
     lines.append(f"roadmap: {len(rm.steps)} steps save ${rm.total_saving_usd:,.0f}"
                  f"/month of ${rm.api_monthly_usd + rm.infra_monthly_usd:,.0f}")
-    lines.append(f"wrote {out}/index.html, plan.json, hpa.yaml, keda.yaml, ray-serve.yaml")
+    lines.append(f"wrote {out}/index.html, plan.json, {', '.join(written)}")
     return lines

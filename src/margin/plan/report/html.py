@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from margin.plan.manifests import to_yaml
 from margin.plan.report import svg
 
 if TYPE_CHECKING:
@@ -203,12 +202,21 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
         out.append(f"<p class=bad><b>{escape(adv.summary)}.</b> Shown as recommended: the "
                    "closest. What would fix it:</p><ul>" +
                    "".join(f"<li>{escape(f)}</li>" for f in adv.fixes) + "</ul>")
-    for fname, key in (("hpa.yaml", "hpa"), ("keda.yaml", "keda"), ("ray-serve.yaml", "ray")):
-        probs = auto.problems.get(key, [])
+    if auto.week_floor:
+        out.append(svg.line_chart(
+            [svg.Line("replicas asked for by the forecast floor", list(range(168)),
+                      auto.week_floor, "#16a34a")],
+            f"Next week's predictive floor by hour of week ({auto.week_clock})", "replicas",
+            lambda x: ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][int(x // 24) % 7]))
+        out.append("<p class=note>Read it as the minimum replicas the cron schedule keeps "
+                   "ready each hour next week; the metric trigger adds more when traffic runs "
+                   "above the forecast.</p>")
+    keys = {"hpa.yaml": "hpa", "keda.yaml": "keda", "ray-serve.yaml": "ray",
+            "keda-predictive.yaml": "keda-predictive", "hpa-predictive.yaml": "hpa-schedule"}
+    for fname, text in auto.files().items():
+        probs = auto.problems.get(keys[fname], [])
         status = "valid" if not [p for p in probs if not p.startswith("(")] else "; ".join(probs)
-        out.append(f"<p><b>{fname}</b> ({escape(status)})</p>")
-    for doc in (auto.hpa, auto.keda, auto.ray):
-        out.append(f"<pre>{escape(to_yaml(doc))}</pre>")
+        out.append(f"<p><b>{fname}</b> ({escape(status)})</p><pre>{escape(text)}</pre>")
     return "".join(out)
 
 
