@@ -156,3 +156,24 @@ def test_autoscale_says_plainly_when_no_policy_meets_the_slo(counts_trace: Path)
     assert doc["advice"]["meets_slo"] is False and doc["advice"]["fixes"]
     assert isinstance(doc["saving_vs_static"], float)
     assert doc["recommended"]["cost_usd"] <= doc["static"]["cost_usd"] * 1.0001
+
+
+def test_backtest_scores_against_the_hindsight_best_naive(tmp_path: Path) -> None:
+    from tests.plan.test_forecast import weekly_shape
+    rng = np.random.default_rng(2)
+    hours = 5 * 168
+    rate = weekly_shape(hours) * rng.lognormal(0, 0.10, hours)
+    p = tmp_path / "rate.csv"
+    p.write_text("window_start_s,rate_rps\n" + "".join(f"{h * 3600},{r:.4f}\n"
+                                                       for h, r in enumerate(rate)))
+    code, out, _ = run("backtest", str(p), "--horizon", "24h", "--horizon", "72h", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [r["horizon_s"] for r in doc["rows"]] == [86400, 3 * 86400]
+    for r in doc["rows"]:
+        assert r["wape_best_naive"] == min(r["wape_naive_day"], r["wape_naive_week"])
+        # noise sigma 0.10: the naive carries two draws of it, a profile over weeks about one
+        assert r["gain_vs_best_naive"] > 0.1
+        assert r["best_naive"] == "last week"
+    code, out, _ = run("backtest", str(p), "--horizon", "24h")
+    assert code == 0 and "better" in out and "best naive" in out

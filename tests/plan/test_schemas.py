@@ -95,3 +95,10 @@ def test_the_schemas_catch_a_changed_shape(inputs: dict) -> None:
     doc = _run(cost, [*COST, "--json"])
     doc["monthly_cost_usd"] = "54585"
     assert any(e.startswith("monthly_cost_usd") for e in _errors("cost-project", doc))
+
+
+def test_backtest_json_matches_its_schema(shared_traces: Path) -> None:
+    doc = _run(plan, ["backtest", str(shared_traces / "servegen_m_large_rate_600s.csv"),
+                      "--json"])
+    assert len(doc["rows"]) == 3
+    assert _errors("plan-backtest", doc) == []

@@ -207,6 +207,26 @@ def forecast_cmd(horizon: str, resolution: str, growth_monthly: float, no_backte
     render.forecast(_console(), fc, trace.absolute_time)
 
 
+@plan.command("backtest")
+@trace_options
+@click.option("--horizon", "horizons", multiple=True, default=("24h", "72h", "168h"),
+              show_default=True, help="Forecast horizon to test; repeat for several.")
+@click.option("--resolution", default="auto", show_default=True,
+              help="Step: 1h, 10m ... [auto: 1h, or 1m for traces under 4 days]")
+@json_option
+@_guard
+def backtest_cmd(horizons: tuple[str, ...], resolution: str, as_json: bool, **kw) -> None:
+    """Forecast from rolling past origins and score it against the best seasonal naive."""
+    from margin.plan import render
+    from margin.plan.planner import run_backtest
+    trace = _trace(kw)
+    rep = run_backtest(trace, [parse_duration(h) for h in horizons], _duration(resolution))
+    if as_json:
+        _emit_json(rep.to_json())
+        return
+    render.backtest(_console(), rep)
+
+
 @plan.command()
 @trace_options
 @capacity_options

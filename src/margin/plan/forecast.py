@@ -387,3 +387,18 @@ def forecast(series: RateSeries, cfg: ForecastConfig = ForecastConfig(),
     return ForecastResult(times=times, point=point, lower=lower, upper=upper,
                           method=f"robust-profile/{kind}", step_s=series.step_s, backtest=bt,
                           notes=notes)
+
+
+def backtest_series(series: RateSeries, cfg: ForecastConfig = ForecastConfig()
+                    ) -> BacktestResult | None:
+    """The backtest alone, at ``cfg.horizon_s``, with the model ``forecast`` would choose."""
+    n_out = max(1, int(round(cfg.horizon_s / series.step_s)))
+    day = bins_per(DAY_S, series.step_s)
+    values = np.asarray(series.values, dtype=float)
+    obs = np.flatnonzero(~np.isnan(values))
+    if not len(obs):
+        raise ValueError("the series has no observed values")
+    values = values[: obs[-1] + 1]
+    if model_kind(len(values), day) == "level":
+        day = None
+    return backtest(values, n_out, day, cfg)

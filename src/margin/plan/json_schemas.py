@@ -1,6 +1,6 @@
 """The written-down ``--json`` shapes: one JSON Schema per command, shipped in ``plan/schemas/``.
 
-``plan-analyze``, ``plan-forecast``, ``plan-capacity``, ``plan-autoscale``, ``plan-whatif``,
+``plan-analyze``, ``plan-forecast``, ``plan-backtest``, ``plan-capacity``, ``plan-autoscale``, ``plan-whatif``,
 ``plan-report`` (the report's ``plan.json``) and ``cost-project``. The schemas are the contract
 for programs that read the output; tests/plan/test_schemas.py checks real output against them.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-NAMES = ("plan-analyze", "plan-forecast", "plan-capacity", "plan-autoscale", "plan-whatif",
-         "plan-report", "cost-project")
+NAMES = ("plan-analyze", "plan-forecast", "plan-backtest", "plan-capacity", "plan-autoscale",
+         "plan-whatif", "plan-report", "cost-project")
 
 
 def load_schema(name: str) -> dict:

@@ -21,12 +21,12 @@ from margin.plan.autoscale.sim import SimConfig
 from margin.plan.capacity import (ReplicaModel, SloTarget, cheapest_mix, replicas_series,
                                   rule_of_thumb)
 from margin.plan.costs import TokenPrices, unit_economics
-from margin.plan.forecast import ForecastConfig, ForecastResult, forecast
+from margin.plan.forecast import ForecastConfig, ForecastResult, backtest_series, forecast
 from margin.plan.load import (LoadAnalysis, analyze_load, rate_series, service_cv2,
                               tokens_per_request)
 from margin.plan.options import CapacityOptions
-from margin.plan.results import (Assumptions, CapacityPlan, RoadmapBasis, RuleOfThumb,
-                                 WhatIfPlan)
+from margin.plan.results import (Assumptions, BacktestReport, BacktestRow, CapacityPlan,
+                                 RoadmapBasis, RuleOfThumb, WhatIfPlan)
 from margin.plan.series import DAY_S
 from margin.plan.traces import Trace
 from margin.plan.whatif import WhatIfAssumptions, roadmap
@@ -98,6 +98,23 @@ def run_forecast(trace: Trace, horizon_s: float | None = None, resolution_s: flo
                       run_backtest=backtest)
     result.notes = notes + result.notes
     return result
+
+
+def run_backtest(trace: Trace, horizons_s: list[float], resolution_s: float | None = None
+                 ) -> BacktestReport:
+    """Rolling-origin backtests at each horizon against the hindsight-best seasonal naive."""
+    rows, notes = [], []
+    for h in horizons_s:
+        res, _, n = choose_resolution(trace, h, resolution_s)
+        bt = backtest_series(rate_series(trace, res), ForecastConfig(horizon_s=h))
+        if bt is None:
+            notes.append(f"{h / 3600:g} h: not enough history for a backtest of this horizon")
+            continue
+        rows.append(BacktestRow(horizon_s=h, step_s=res, origins=bt.origins,
+                                wape_model=bt.wape_model, wape_naive_day=bt.wape_naive_day,
+                                wape_naive_week=bt.wape_naive_week, coverage=bt.coverage))
+        notes += [x for x in n if x not in notes]
+    return BacktestReport(trace.source, rows, notes)
 
 
 # ------------------------------------------------------------------------------- capacity

@@ -13,7 +13,7 @@ from margin.plan.costs import UnitEconomics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
 from margin.plan.planner import AutoscalePlan
-from margin.plan.results import CapacityPlan, WhatIfPlan
+from margin.plan.results import BacktestReport, CapacityPlan, WhatIfPlan
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -132,6 +132,23 @@ def forecast(console: Console, fc: ForecastResult, absolute: bool) -> None:
         t.add_row(when(fc.times[i], absolute), fmt(fc.point[i]), fmt(fc.lower[i]),
                   fmt(fc.upper[i]))
     console.print(t)
+
+
+def backtest(console: Console, rep: BacktestReport) -> None:
+    t = Table("horizon", "step", "origins", "margin WAPE", "same hour yesterday",
+              "same hour last week", "best naive (hindsight)", "margin vs best",
+              "80 % interval coverage")
+    for r in rep.rows:
+        g = r.gain_vs_best_naive
+        t.add_row(f"{r.horizon_s / 3600:g} h", f"{r.step_s:g} s", str(r.origins),
+                  f"{r.wape_model:.3f}", fmt(r.wape_naive_day), fmt(r.wape_naive_week),
+                  r.best_naive or "–", "–" if g is None else f"{g:+.1%} better" if g >= 0
+                  else f"{-g:.1%} worse", f"{r.coverage:.1%}")
+    console.print(f"backtest of {rep.source}: WAPE = Σ|actual − forecast| / Σ actual over all "
+                  "origins; the best naive is whichever seasonal naive did better over the test")
+    console.print(t)
+    for n in rep.notes:
+        console.print(f"[dim]note: {n}[/]")
 
 
 def capacity(console: Console, cap: CapacityPlan, absolute: bool) -> None:

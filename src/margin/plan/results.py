@@ -96,3 +96,48 @@ class WhatIfPlan:
 
     def to_json(self) -> dict:
         return {**self.roadmap.to_json(), "basis": self.basis.to_json()}
+
+
+@dataclass(frozen=True)
+class BacktestRow:
+    """One horizon of ``margin plan backtest``: margin's forecast against both seasonal naives."""
+    horizon_s: float
+    step_s: float
+    origins: int
+    wape_model: float
+    wape_naive_day: float | None
+    wape_naive_week: float | None
+    coverage: float
+
+    @property
+    def wape_best_naive(self) -> float | None:
+        """The naive that did better over the whole test, known only in hindsight."""
+        c = [w for w in (self.wape_naive_day, self.wape_naive_week) if w is not None]
+        return min(c) if c else None
+
+    @property
+    def best_naive(self) -> str | None:
+        if self.wape_best_naive is None:
+            return None
+        return "yesterday" if self.wape_best_naive == self.wape_naive_day else "last week"
+
+    @property
+    def gain_vs_best_naive(self) -> float | None:
+        """1 - WAPE(margin) / WAPE(hindsight-best naive): > 0 when margin is better."""
+        b = self.wape_best_naive
+        return None if not b else 1 - self.wape_model / b
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "wape_best_naive": self.wape_best_naive,
+                "best_naive": self.best_naive, "gain_vs_best_naive": self.gain_vs_best_naive}
+
+
+@dataclass(frozen=True)
+class BacktestReport:
+    source: str
+    rows: list[BacktestRow]
+    notes: list[str]
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "rows": [r.to_json() for r in self.rows],
+                "notes": self.notes}
