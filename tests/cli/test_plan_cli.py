@@ -177,3 +177,23 @@ def test_backtest_scores_against_the_hindsight_best_naive(tmp_path: Path) -> Non
         assert r["best_naive"] == "last week"
     code, out, _ = run("backtest", str(p), "--horizon", "24h")
     assert code == 0 and "better" in out and "best naive" in out
+
+
+def test_report_on_a_one_hour_trace_reads_sensibly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    sec = np.arange(3600)
+    trace = write_counts(tmp_path / "hour.csv", sec + 1_700_000_000, rng.poisson(3, 3600))
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(plan, ["report", str(trace), "--out", str(out), "--quick",
+                                    "--replica-rps", "3", "--concurrency", "2",
+                                    "--slo-p95-ms", "2000"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    html = (out / "index.html").read_text()
+    assert "Daily profile" not in html and "too short for a daily or weekly profile" in html
+    assert "0.0 days" not in html
+    assert "The last 60 minutes replayed" in html
+    # time axes at the grain of the trace: clock times (22:13 ...), not dates
+    assert "11-14 22:" not in html and "22:" in html
+    # every chart carries a caption right after it
+    charts = html.count("<svg")
+    assert charts >= 3 and html.count("</svg><p class=caption>") == charts

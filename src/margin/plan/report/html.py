@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from margin.plan.report import svg
+from margin.plan.series import DAY_S
 
 if TYPE_CHECKING:
     from margin.plan.autoscale.sim import SimResult
@@ -23,7 +24,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #e5
 table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
 td,th{border-bottom:1px solid #e5e7eb;padding:3px 8px;text-align:right}
 th{background:#f9fafb}td:first-child,th:first-child{text-align:left}
-.note{color:#6b7280;font-size:.88em}.ok{color:#15803d}.bad{color:#b91c1c}
+.note{color:#6b7280;font-size:.88em}.caption{color:#374151;font-size:.85em;margin-top:0}.ok{color:#15803d}.bad{color:#b91c1c}
 pre{background:#f3f4f6;padding:.8em;overflow:auto;font-size:.8em}
 svg{width:100%;height:auto;margin:.4em 0}
 """
@@ -49,17 +50,36 @@ def _table(head: list[str], rows: list[list]) -> str:
     return f"<table><tr>{h}</tr>{b}</table>"
 
 
-def _time_fmt(absolute: bool):
+def _time_fmt(absolute: bool, span_s: float):  # noqa: ANN202
+    """Axis labels at the grain the trace has: minutes for an hour, hours for a day, days after."""
     def f(ts: float) -> str:
         if absolute:
-            return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%m-%d %H:%M")
+            fmt = "%H:%M" if span_s <= 2 * DAY_S else "%m-%d %H:%M"
+            return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime(fmt)
+        if span_s <= 3 * 3600:
+            return f"{ts / 60:.0f} min"
+        if span_s <= 2 * DAY_S:
+            return f"{ts / 3600:.1f} h"
         return f"d{int(ts // 86400)} {int(ts % 86400 // 3600):02d}h"
     return f
 
 
+def duration(seconds: float) -> str:
+    """'45 minutes', '8.0 hours', '7.0 days': whichever unit reads naturally."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * DAY_S:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / DAY_S:.1f} days"
+
+
+def _caption(text: str) -> str:
+    return f"<p class=caption>{escape(text)}</p>"
+
+
 def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
                 series: dict[str, np.ndarray], demand_per_min: np.ndarray) -> str:
-    tf = _time_fmt(rep.absolute_time)
+    tf = _time_fmt(rep.absolute_time, rep.load.span_s)
     load, cap, fc = rep.load, rep.capacity, rep.forecast
     parts = [f"<!doctype html><html lang=en><meta charset=utf-8><title>margin plan: "
              f"{escape(str(rep.source))}</title><style>{CSS}</style><body>",
@@ -79,13 +99,22 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
                  f"1-s counts {_f(b.dispersion_1s)}; the queueing model uses ca² = "
                  f"{_f(b.ca2)} <span class=note>({escape(b.source)})</span>.</p>")
     prof = load.profile
-    lines = [svg.Line("mean rps by hour of day", list(range(24)), prof.daily)]
-    parts.append(svg.line_chart(lines, "Daily profile", "requests/s", lambda x: f"{x:.0f}h"))
+    if load.span_s >= DAY_S:
+        lines = [svg.Line("mean rps by hour of day", list(range(24)), prof.daily)]
+        parts.append(svg.line_chart(lines, "Daily profile", "requests/s",
+                                    lambda x: f"{x:.0f}h"))
+        parts.append(_caption("Mean requests per second in each hour of the day: the daily "
+                              "cycle an autoscaler or a schedule has to follow."))
+    else:
+        parts.append(f"<p class=note>The trace covers {duration(load.span_s)}: too short for a "
+                     "daily or weekly profile.</p>")
     if prof.weekly:
         parts.append(svg.line_chart([svg.Line(f"mean rps by hour of week (0 = "
                                               f"{prof.weekly_start})", list(range(168)),
                                               prof.weekly)], "Weekly profile", "requests/s",
                                     lambda x: f"day {x / 24:.0f}"))
+        parts.append(_caption("Mean requests per second in each hour of the week: weekday "
+                              "against weekend, and which days peak highest."))
     for n in load.notes:
         parts.append(f"<p class=note>{escape(n)}</p>")
     # --- forecast
@@ -96,6 +125,8 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
         [svg.Line("history", history[0], history[1], "#4b5563"),
          svg.Line("forecast", fc.times, fc.point, "#2563eb")],
         "Load with forecast", "requests/s", tf, band=(fc.times, fc.lower, fc.upper)))
+    parts.append(_caption("Recent traffic (grey) and the forecast (blue) with its 80 % band: "
+                          "actual traffic should fall inside the band four times in five."))
     bt = fc.backtest
     if bt:
         parts.append(_table(["backtest on the trace's own last weeks", "WAPE"], [
@@ -128,6 +159,9 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
         svg.Line("rule of thumb max", t, [s.max] * len(t), "#dc2626", dash=True),
         svg.Line("rule of thumb min", t, [s.min] * len(t), "#f59e0b", dash=True)],
         "Replicas over the horizon", "replicas", tf))
+    parts.append(_caption("Replicas the queueing model needs each step for the SLO on the "
+                          "forecast and on its upper band, against the rule of thumb's fixed "
+                          "min and max: the gap is what sizing by the hour saves."))
     m = cap.mix
     parts.append(_table(["plan", "replicas", "replica-hours"], [
         ["queueing, forecast", f"peak {cap.peak_replicas}", _f(cap.replica_hours)],
@@ -151,6 +185,8 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
     start = rm.api_monthly_usd + rm.infra_monthly_usd
     parts.append(svg.waterfall("today", start, steps, "after", "Roadmap waterfall ($/month)",
                                lambda v: f"${v:,.0f}"))
+    parts.append(_caption("The monthly bill today, each step's saving in payback order, and "
+                          "what is left: savings compound, so later bars are cut from less."))
     parts.append(_table(["#", "step", "saves/month", "one-off", "payback", "ROI 12 m",
                          "evidence / assumption"],
                         [[str(i), escape(st.name), _usd(st.monthly_saving_usd),
@@ -171,8 +207,8 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
     res = auto.search
     start = auto.start_s
     out = ["<h2>Autoscaling, replayed</h2>"]
-    days = auto.seconds / 86400
-    out.append(f"<p>The last {days:.1f} days replayed second by second through each policy "
+    out.append(f"<p>The last {duration(auto.seconds)} replayed second by second through each "
+               "policy "
                "(pod start-up delay and metric lag included). The clairvoyant line knows the "
                "future and starts pods instantly: no policy can be cheaper while meeting the SLO "
                "every hour. The reachable line knows the future too but asks for each pod its "
@@ -187,6 +223,9 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
                               width=2.2 if name.startswith(("recommended", "clairvoyant")) else 1.0,
                               dash=not name.startswith(("recommended", "clairvoyant"))))
     out.append(svg.line_chart(lines, "Replicas per policy against demand", "replicas", tf))
+    out.append(_caption("Replicas each policy ran minute by minute, over the replicas the "
+                        "traffic kept busy (grey): area above grey is paid headroom, grey above "
+                        "a line is where requests queued."))
     rec = res.recommended
     bounds = [r for r in (res.clairvoyant, res.reachable) if r is not None]
     rows = [_policy_row(r, r is rec) for r in [*bounds, *res.results]]
@@ -208,9 +247,9 @@ def _autoscale_section(auto: AutoscalePlan, series: dict, demand: np.ndarray, tf
                       auto.week_floor, "#16a34a")],
             f"Next week's predictive floor by hour of week ({auto.week_clock})", "replicas",
             lambda x: ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][int(x // 24) % 7]))
-        out.append("<p class=note>Read it as the minimum replicas the cron schedule keeps "
-                   "ready each hour next week; the metric trigger adds more when traffic runs "
-                   "above the forecast.</p>")
+        out.append(_caption("The minimum replicas the cron schedule keeps ready each hour "
+                            "next week; the metric trigger adds more when traffic runs above "
+                            "the forecast."))
     keys = {"hpa.yaml": "hpa", "keda.yaml": "keda", "ray-serve.yaml": "ray",
             "keda-predictive.yaml": "keda-predictive", "hpa-predictive.yaml": "hpa-schedule"}
     for fname, text in auto.files().items():
@@ -253,6 +292,8 @@ def _costs_section(rep: PlanReport) -> str:
         top = by.top[:10]
         out.append(svg.bar_chart([str(r.name) for r in top], [r.cost_usd for r in top],
                                  f"Cost by {key}", lambda v: f"${v:,.2f}"))
+        out.append(_caption(f"The {len(top)} costliest {key}s: where a saving per {key} "
+                            "pays most."))
         p = by.pareto
         if p.curve and not shown:
             xs = [c[0] for c in p.curve]
@@ -260,6 +301,8 @@ def _costs_section(rep: PlanReport) -> str:
             out.append(svg.line_chart([svg.Line(f"cumulative share of cost by {key}", xs, ys)],
                                       f"Pareto curve by {key}", "share of cost",
                                       lambda x: f"{x:.0%}"))
+            out.append(_caption(f"Share of the cost (up) from the costliest share of {key}s "
+                                "(across): a steep start means a few make most of the bill."))
             out.append(f"<p>The top 20 % of {key}s make {p.top_20pct_share:.0%} of the cost; "
                        f"{p.n_for_80pct} of {by.count} make 80 %.</p>")
             shown = True
@@ -268,5 +311,6 @@ def _costs_section(rep: PlanReport) -> str:
         out.append(svg.bar_chart([_day_label(d.day) for d in days[:14]],
                                  [d.cost_usd for d in days[:14]], "Cost by day",
                                  lambda v: f"${v:,.2f}"))
+        out.append(_caption("Cost per day of the trace: trend and weekday effects in spend."))
         out.append("<p class=note>No user or feature column in this trace: no Pareto curve.</p>")
     return "".join(out)
