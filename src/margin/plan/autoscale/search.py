@@ -195,7 +195,7 @@ def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Ca
 def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
                           arrivals: np.ndarray, valid: np.ndarray | None, quick: bool = False
                           ) -> list[Candidate]:
-    """Forecast floor (upper band or point) + HPA on in-flight; floors made without look-ahead.
+    """Forecast floors (the forecast, a share of it, or a band) + an HPA on top, no look-ahead.
 
     ``history`` is the trace before the replay (per second, NaN in gaps): the forecast for each
     replayed day is made from it and the replayed days before that day.
