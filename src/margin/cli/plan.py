@@ -273,6 +273,7 @@ def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json
         _emit_json(auto.to_json())
         return
     con = _console()
+    render.replica_assumptions(con, ctx.assumptions(), opts.startup_s, opts.metric_lag_s)
     res = auto.search
     bounds = [r for r in (res.clairvoyant, res.reachable) if r is not None]
     rows = [*bounds, *res.defaults.values(),

@@ -27,7 +27,7 @@ from margin.plan.load import (LoadAnalysis, analyze_load, rate_series, service_c
 from margin.plan.options import CapacityOptions
 from margin.plan.results import (Assumptions, BacktestReport, BacktestRow, CapacityPlan,
                                  RoadmapBasis, RuleOfThumb, WhatIfPlan)
-from margin.plan.series import DAY_S
+from margin.plan.series import DAY_S, human_duration
 from margin.plan.traces import Trace
 from margin.plan.whatif import WhatIfAssumptions, roadmap
 
@@ -83,7 +83,8 @@ def choose_resolution(trace: Trace, horizon_s: float | None, resolution_s: float
     res = max(res, trace.step_s)
     if horizon_s is None:
         horizon_s = min(7 * DAY_S, max(res, math.floor(span / 4 / res) * res))
-        notes.append(f"horizon {horizon_s / 3600:g} h (a quarter of the trace, at most a week)")
+        notes.append(f"horizon {human_duration(horizon_s)} (a quarter of the trace, at most a "
+                     "week)")
     elif horizon_s > span:
         notes.append(f"the horizon ({horizon_s / 3600:g} h) is longer than the trace "
                      f"({span / 3600:.1f} h): treat the far end as a guess")

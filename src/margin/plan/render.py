@@ -13,7 +13,7 @@ from margin.plan.costs import UnitEconomics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
 from margin.plan.planner import AutoscalePlan
-from margin.plan.results import BacktestReport, CapacityPlan, WhatIfPlan
+from margin.plan.results import Assumptions, BacktestReport, CapacityPlan, WhatIfPlan
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -184,6 +184,16 @@ def policies(console: Console, rows: list[SimResult], recommended: SimResult | N
                   usd(r.cost_usd), f"{r.over_slo_share:.2%}", f"{r.hours_over_slo_share:.1%}",
                   fmt(r.peak_queue), str(r.scale_events), "yes" if r.meets_slo else "no")
     console.print(t)
+
+
+def replica_assumptions(console: Console, a: Assumptions, startup_s: int, metric_lag_s: int
+                        ) -> None:
+    """The numbers a replay rests on; a default is named as one (measure yours: margin bench)."""
+    src = "a default: pass --replica-rps or --replica-bench with a margin bench result" \
+        if a.replica_rps_source.startswith("default") else a.replica_rps_source
+    console.print(f"assumed: one replica completes {fmt(a.replica_rps)} requests/s "
+                  f"({src}), {a.concurrency} at once; SLO P95 "
+                  f"{a.slo_p95_ms:g} ms; start-up {startup_s} s; metric lag {metric_lag_s} s")
 
 
 def advice(console: Console, auto: AutoscalePlan) -> None:

@@ -53,6 +53,15 @@ class RateSeries:
         return RateSeries(self.start_s, self.step_s, self.values[:n_steps])
 
 
+def human_duration(seconds: float) -> str:
+    """'45 minutes', '8.0 hours', '7.0 days': whichever unit reads naturally."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * DAY_S:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / DAY_S:.1f} days"
+
+
 def bins_per(period_s: float, step_s: float) -> int | None:
     """Steps in one seasonal period, or None when the step does not divide the period."""
     ratio = period_s / step_s

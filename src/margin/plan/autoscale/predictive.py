@@ -36,6 +36,7 @@ class PredictiveSpec:
     reactive: hpa.HpaSpec                 # the reactive layer (in-flight requests per pod)
     band: str = "upper"                   # "upper": the 80 % band's top; "point": the forecast;
     #                                       "mid": halfway between them
+    floor_share: float = 1.0              # plan this share of the forecast ahead, react to the rest
     origin_lead_s: int = HOUR_S           # a day's forecast is made this long before it starts
     history_days: int = 28                # the forecaster sees at most this much past
 
@@ -44,6 +45,8 @@ class PredictiveSpec:
         r = self.reactive
         what = f"cpu {r.target:.0%}" if r.metric == "cpu" else f"in-flight {r.target:g}/pod"
         floor = {"upper": "upper band", "point": "forecast", "mid": "mid band"}[self.band]
+        if self.floor_share != 1.0:
+            floor = f"{self.floor_share:.0%} of {floor}"
         return f"{floor} floor + {what}, down window {r.scale_down.stabilization_window_s}s"
 
 
@@ -89,6 +92,7 @@ def day_floor(per_second: np.ndarray, origin: int, day_start: int, cfg: SimConfi
     n_out = (day_start - origin) // HOUR_S + 24
     point, _, upper = forecast_with_interval(hist, n_out, day, ForecastConfig())
     rate = {"upper": upper, "point": point, "mid": (point + upper) / 2}[spec.band][-24:]
+    rate = rate * spec.floor_share
     rate = rate * peak_factor_before(per_second, origin, min(past_h, 7 * 24))
     cache: dict[float, int] = {}
     out = np.zeros(24, dtype=int)
@@ -137,7 +141,8 @@ class PredictivePolicy:
         return hpa.reconcile(self._hpa.state, obs.t, obs.spec, desired, self.spec.reactive)
 
     def params(self) -> dict:
-        return {"band": self.spec.band, "origin_lead_s": self.spec.origin_lead_s,
+        return {"band": self.spec.band, "floor_share": self.spec.floor_share,
+                "origin_lead_s": self.spec.origin_lead_s,
                 **self._hpa.params(), "floor_replica_hours": float(self.floor.sum() / 60)}
 
 
@@ -151,7 +156,7 @@ def week_floor(per_second: np.ndarray, end: int, cfg: SimConfig, spec: Predictiv
     day = 24 if len(hist) >= 48 else None
     point, _, upper = forecast_with_interval(hist, 168, day, ForecastConfig())
     rate = {"upper": upper, "point": point, "mid": (point + upper) / 2}[spec.band]
-    rate = rate * peak_factor_before(per_second, end, min(spec.history_days * 24, 7 * 24))
+    rate = rate * spec.floor_share * peak_factor_before(per_second, end, min(spec.history_days * 24, 7 * 24))
     out = np.array([replicas_for_slo(round(float(np.nan_to_num(x)), 3), cfg.model, cfg.slo,
                                      cfg.ca2, cfg.cs2) for x in rate])
     return np.minimum(out, spec.reactive.max_replicas)

@@ -195,7 +195,7 @@ def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Ca
 def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
                           arrivals: np.ndarray, valid: np.ndarray | None, quick: bool = False
                           ) -> list[Candidate]:
-    """Forecast floor (upper band or point) + HPA on in-flight; floors made without look-ahead.
+    """Forecast floors (the forecast, a share of it, or a band) + an HPA on top, no look-ahead.
 
     ``history`` is the trace before the replay (per second, NaN in gaps): the forecast for each
     replayed day is made from it and the replayed days before that day.
@@ -203,20 +203,23 @@ def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
     k = cfg.model.concurrency
     seen = np.where(valid, arrivals, np.nan) if valid is not None else arrivals
     full = np.concatenate([history, seen])
-    # (band, reactive metric, target: utilisation or share of concurrency, scale-down window)
-    grid = [("point", "inflight", 0.625, 300), ("upper", "inflight", 0.75, 300)] if quick else \
-        [("point", "inflight", 0.625, 300), ("point", "inflight", 0.5, 300),
-         ("point", "cpu", 0.5, 60), ("mid", "inflight", 0.625, 300),
-         ("upper", "inflight", 0.75, 300)]
-    floors: dict[str, np.ndarray] = {}
+    # (band, share of it planned, reactive metric, target: utilisation or share of concurrency,
+    # scale-down window)
+    grid = [("point", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)] \
+        if quick else \
+        [("point", 1.0, "inflight", 0.625, 300), ("point", 0.7, "inflight", 0.625, 300),
+         ("point", 1.0, "inflight", 0.5, 300), ("point", 1.0, "cpu", 0.5, 60),
+         ("mid", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)]
+    floors: dict[tuple[str, float], np.ndarray] = {}
     out = []
-    for band, metric, target, down in grid:
+    for band, share, metric, target, down in grid:
         value = round(target * k, 3) if metric == "inflight" else target
-        spec = PredictiveSpec(reactive=_hpa_spec(metric, value, down, lo, hi), band=band)
-        if band not in floors:
-            floors[band] = floor_schedule(full, len(history), len(arrivals), cfg, spec)
+        spec = PredictiveSpec(reactive=_hpa_spec(metric, value, down, lo, hi), band=band,
+                              floor_share=share)
+        if (band, share) not in floors:
+            floors[band, share] = floor_schedule(full, len(history), len(arrivals), cfg, spec)
         out.append(Candidate("predictive", spec.label,
-                             lambda spec=spec, f=floors[band]: PredictivePolicy(spec, f)))
+                             lambda spec=spec, f=floors[band, share]: PredictivePolicy(spec, f)))
     return out
 
 

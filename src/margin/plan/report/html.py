@@ -11,6 +11,7 @@ import numpy as np
 
 from margin.plan.report import svg
 from margin.plan.series import DAY_S
+from margin.plan.series import human_duration as duration
 
 if TYPE_CHECKING:
     from margin.plan.autoscale.sim import SimResult
@@ -62,15 +63,6 @@ def _time_fmt(absolute: bool, span_s: float):  # noqa: ANN202
             return f"{ts / 3600:.1f} h"
         return f"d{int(ts // 86400)} {int(ts % 86400 // 3600):02d}h"
     return f
-
-
-def duration(seconds: float) -> str:
-    """'45 minutes', '8.0 hours', '7.0 days': whichever unit reads naturally."""
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} minutes"
-    if seconds < 2 * DAY_S:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / DAY_S:.1f} days"
 
 
 def _caption(text: str) -> str:
@@ -129,14 +121,16 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
                           "actual traffic should fall inside the band four times in five."))
     bt = fc.backtest
     if bt:
-        parts.append(_table(["backtest on the trace's own last weeks", "WAPE"], [
+        parts.append(_table(["backtest on the trace's own past", "WAPE"], [
             ["margin forecast", _f(bt.wape_model)],
             ["same step yesterday (seasonal naive)", _f(bt.wape_naive_day)],
             ["same step last week (seasonal naive)", _f(bt.wape_naive_week)],
             ["the naive a user would pick (better over the previous horizon)",
              _f(bt.wape_naive_user_pick)],
         ]))
-        parts.append(f"<p>{bt.origins} forecast origins one day apart, each {bt.horizon_steps}"
+        apart = "one day apart" if bt.wape_naive_week is not None or \
+            fc.method.endswith(("weekly", "daily")) else "half a horizon apart"
+        parts.append(f"<p>{bt.origins} forecast origins {apart}, each {bt.horizon_steps}"
                      f" steps ahead. 80 % intervals covered <b>{bt.coverage:.1%}</b> of the "
                      "actual values.</p>")
     for n in fc.notes:
