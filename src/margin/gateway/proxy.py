@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from margin.errors import MarginError, error_body
 from margin.gateway import validate
-from margin.gateway.http import Receive, Scope, Send, read_body, request_headers, send_json
+from margin.gateway.http import (Receive, Scope, Send, client_address, read_body,
+                                 request_headers, send_json)
 from margin.gateway.record import ledger_row, prompt_hash
 from margin.gateway.service import Gateway
 from margin.gateway.streaming import DONE, sse, sse_error, text_of
@@ -39,20 +40,23 @@ class Proxy:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.max_body = gateway.settings.server.max_body_bytes
+        self.body_timeout_s = gateway.settings.server.body_timeout_s
         self.log_content = gateway.settings.ledger.log_content
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: str,
                      check: Callable[[dict[str, Any]], Any]) -> None:
         headers = request_headers(scope)
         ctx = RequestContext(request_id=new_request_id(), endpoint=endpoint, body={},
-                             headers=headers)
-        ctx.user = headers.get("x-margin-user")
-        ctx.feature = headers.get("x-margin-feature")
+                             headers=headers, client=client_address(scope))
         self.gw.metrics.in_flight.inc()
         sent = False
         try:
             t0 = time.perf_counter_ns()
-            raw = await read_body(scope, receive, self.max_body)
+            # Checked before they are kept: a refused value never reaches the ledger.
+            raw_headers = scope["headers"]
+            ctx.user = validate.attribution_header(raw_headers, b"x-margin-user")
+            ctx.feature = validate.attribution_header(raw_headers, b"x-margin-feature")
+            raw = await read_body(scope, receive, self.max_body, self.body_timeout_s)
             body = validate.parse_json_object(raw)
             ctx.body = body
             ctx.requested_model = body.get("model") if isinstance(body.get("model"), str) else None

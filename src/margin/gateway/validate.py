@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from margin.attribution import (MAX_ATTRIBUTION_CHARS, MAX_METADATA_KEY_CHARS,
+                                MAX_METADATA_PAIRS, attribution)
 from margin.errors import BadRequest
 from margin.jsonbody import parse_json_object  # noqa: F401 - the gateway's body parser
 
@@ -40,15 +42,52 @@ def _integer(body: dict[str, Any], name: str, lo: int, hi: int | None = None) ->
         raise _bad(f"'{name}' must be {bound}, got {v}", name)
 
 
+def attribution_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A header used for attribution, decoded as UTF-8 (what clients send for ``café``)
+    rather than the latin-1 HTTP falls back on; invalid UTF-8 is a 400."""
+    for k, v in scope_headers:
+        if k == name:
+            label = name.decode()
+            if len(v) > 4 * MAX_ATTRIBUTION_CHARS:  # refuse before decoding a huge value
+                raise BadRequest(f"'{label}' may be at most {MAX_ATTRIBUTION_CHARS} "
+                                 "characters", code="invalid_value")
+            try:
+                text = v.decode()
+            except UnicodeDecodeError:
+                raise BadRequest(f"'{label}' is not valid UTF-8", code="invalid_value") from None
+            return attribution(label, text) or None
+    return None
+
+
+def _metadata(body: dict[str, Any]) -> None:
+    meta = body.get("metadata")
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise _bad("'metadata' must be an object of strings", "metadata")
+    if len(meta) > MAX_METADATA_PAIRS:
+        raise _bad(f"'metadata' may hold at most {MAX_METADATA_PAIRS} pairs", "metadata")
+    for k, v in meta.items():
+        attribution("metadata key", k, MAX_METADATA_KEY_CHARS)
+        if not isinstance(v, str):
+            raise _bad(f"'metadata.{k}' must be a string, got {type(v).__name__}", "metadata")
+        attribution(f"metadata.{k}", v)
+
+
 def _common(body: dict[str, Any]) -> None:
     model = body.get("model")
     if model is None:
         raise _bad("missing required parameter: 'model'", "model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' must be a non-empty string", "model")
+    if len(model) > MAX_ATTRIBUTION_CHARS:
+        raise _bad(f"'model' may be at most {MAX_ATTRIBUTION_CHARS} characters", "model")
     user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _bad("'user' must be a string", "user")
+    if user is not None:
+        if not isinstance(user, str):
+            raise _bad(f"'user' must be a string, got {type(user).__name__}", "user")
+        attribution("user", user)
+    _metadata(body)
 
 
 def _sampling(body: dict[str, Any]) -> None:
@@ -64,13 +103,17 @@ def _sampling(body: dict[str, Any]) -> None:
     if stream is not None and not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean", "stream")
     opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise _bad("'stream_options' must be an object", "stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise _bad("'stream_options' must be an object", "stream_options")
+        usage = opts.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise _bad("'stream_options.include_usage' must be a boolean", "stream_options")
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or (
             isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))):
         raise _bad("'stop' must be a string or a list of up to 4 strings", "stop")
-    if body.get("n", 1) > 1 and body.get("stream"):
+    if (body.get("n") or 1) > 1 and body.get("stream"):
         raise _bad("'n' > 1 is not supported together with 'stream'", "n")
 
 
@@ -85,18 +128,26 @@ def validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(m, dict):
             raise _bad(f"'messages[{i}]' must be an object", "messages")
         role = m.get("role")
-        if role not in _ROLES:
-            raise _bad(f"'messages[{i}].role' must be one of {sorted(_ROLES)}, got {role!r}",
-                       "messages")
+        if not isinstance(role, str) or role not in _ROLES:
+            shown = repr(role) if isinstance(role, (str, int, float, type(None))) \
+                else f"an {type(role).__name__}"
+            raise _bad(f"'messages[{i}].role' must be one of {sorted(_ROLES)}, got "
+                       f"{shown[:80]}", "messages")
         content = m.get("content")
         if content is None and role in ("system", "developer", "user"):
             raise _bad(f"'messages[{i}].content' is required for role {role!r}", "messages")
-        if content is not None and not isinstance(content, (str, list)):
+        if isinstance(content, list):
+            _parts(content, i)
+        elif content is not None and not isinstance(content, str):
             raise _bad(f"'messages[{i}].content' must be a string or an array of parts",
                        "messages")
+        name = m.get("name")
+        if name is not None and not isinstance(name, str):
+            raise _bad(f"'messages[{i}].name' must be a string", "messages")
     tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise _bad("'tools' must be an array", "tools")
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) for t in tools)):
+        raise _bad("'tools' must be an array of objects", "tools")
     rf = body.get("response_format")
     if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in
                            ("text", "json_object", "json_schema")):
@@ -105,14 +156,32 @@ def validate_chat(body: dict[str, Any]) -> None:
     _sampling(body)
 
 
+def _parts(content: list[Any], i: int) -> None:
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"'messages[{i}].content[{j}]' must be an object with a string 'type'",
+                       "messages")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _bad(f"'messages[{i}].content[{j}].text' must be a string", "messages")
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
 def validate_completions(body: dict[str, Any]) -> None:
     _common(body)
     prompt = body.get("prompt")
     if prompt is None:
         raise _bad("missing required parameter: 'prompt'", "prompt")
-    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
-            isinstance(p, str) for p in prompt))):
-        raise _bad("'prompt' must be a string or a non-empty array of strings", "prompt")
+    # What OpenAI takes: a string, strings, one prompt as token ids, or several.
+    if not (isinstance(prompt, str) or _token_ids(prompt) or (
+            isinstance(prompt, list) and prompt and (
+                all(isinstance(p, str) for p in prompt)
+                or all(_token_ids(p) for p in prompt)))):
+        raise _bad("'prompt' must be a string, an array of strings, an array of token ids "
+                   "or an array of token-id arrays", "prompt")
     _sampling(body)
 
 
