@@ -9,6 +9,7 @@ import socket
 import time
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import fake_model
@@ -112,4 +113,23 @@ def test_connection_caps_refuse_at_once(guarded):
     for s in mine + others:
         s.close()
     time.sleep(0.3)
+    assert _healthy(gw)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n{}\r\n0\r\n\r\n",
+])
+def test_parser_rejections_answer_in_openai_shape(guarded, request_bytes):
+    gw, _ = guarded
+    s = _connect(gw, "127.0.7.1")
+    s.sendall(request_bytes)
+    got = _answer(s)
+    assert got.startswith(b"HTTP/1.1 400"), got[:200]
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"application/json" in head
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
     assert _healthy(gw)

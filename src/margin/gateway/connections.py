@@ -8,7 +8,9 @@ included, is refused. This subclass of its httptools protocol adds:
 - a header deadline: from a connection's first byte (or its last response) to the end of
   the next request's headers, at most ``header_timeout_s``, else 408 and close;
 - a cap on open connections, in all and per client address: one over it is answered at
-  once (503 / 429, OpenAI's error shape) and closed, before any request is read.
+  once (503 / 429, OpenAI's error shape) and closed, before any request is read;
+- requests the HTTP parser refuses (a bad Content-Length, two of them, broken chunking)
+  answered in OpenAI's error shape rather than uvicorn's plain text.
 
 The body has its own deadline in the app (``gateway/http.read_body``): it is read there.
 """
@@ -80,6 +82,14 @@ def guarded_protocol(header_timeout_s: float, max_connections: int,
             if not self.transport.is_closing():
                 self.transport.write(_TIMEOUT)
                 self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            self._awaiting_headers = False
+            self._disarm()
+            self.transport.write(_raw_error("400 Bad Request", f"{msg} (refused by the HTTP "
+                                            "parser)", "invalid_request_error",
+                                            "invalid_http_request"))
+            self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
