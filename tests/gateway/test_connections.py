@@ -133,3 +133,19 @@ def test_parser_rejections_answer_in_openai_shape(guarded, request_bytes):
     assert b"application/json" in head
     assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
     assert _healthy(gw)
+
+
+def test_abandoned_request_stops_the_upstream_call_and_is_a_499(guarded):
+    gw, db = guarded
+    s = _connect(gw, "127.0.8.1")
+    body = orjson.dumps({"model": "small", "messages": [{"role": "user",
+                                                          "content": "!sleep=4000"}]})
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+              + body)
+    time.sleep(0.5)
+    s.close()
+    t0 = time.monotonic()
+    (row,) = wait_rows(db, 1, timeout_s=3)
+    assert time.monotonic() - t0 < 2.5  # written when the client left, not after the answer
+    assert row["status"] == 499 and row["latency_ms"] < 3000

@@ -59,7 +59,9 @@ class Proxy:
             raw = await read_body(scope, receive, self.max_body, self.body_timeout_s)
             body = validate.parse_json_object(raw)
             ctx.body = body
-            ctx.requested_model = body.get("model") if isinstance(body.get("model"), str) else None
+            model = body.get("model")
+            ctx.requested_model = (model if isinstance(model, str)
+                                   and len(model) <= validate.MAX_ATTRIBUTION_CHARS else None)
             ctx.stream = body.get("stream") is True
             inputs = check(body)
             if endpoint == "embeddings":
@@ -68,7 +70,9 @@ class Proxy:
                 ctx.user = body["user"]
             ctx.prompt_hash = prompt_hash(ctx)
             ctx.stage_ms["parse"] = (time.perf_counter_ns() - t0) / 1e6
-            response = await self.gw.handler(ctx)
+            response = await self._answer_unless_abandoned(ctx, receive)
+            if response is None:
+                return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
                 await self._send_stream(ctx, response, send, receive)
@@ -101,6 +105,38 @@ class Proxy:
         finally:
             self.gw.metrics.in_flight.dec()
             self._finish(ctx)
+
+    async def _answer_unless_abandoned(self, ctx: RequestContext,
+                                       receive: Receive) -> Response | None:
+        """The pipeline's answer; None when the client disconnected first, in which case
+        the pipeline (and the upstream call in it) is cancelled rather than left running
+        for nobody."""
+        me = asyncio.current_task()
+        assert me is not None
+        abandoned = False
+
+        async def watch() -> None:
+            nonlocal abandoned
+            message = await receive()  # the body is read: the next message is a disconnect
+            if message["type"] == "http.disconnect":
+                abandoned = True
+                me.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            response = await self.gw.handler(ctx)
+        except asyncio.CancelledError:
+            if not abandoned:
+                raise
+            response = None
+        finally:
+            watcher.cancel()
+        if abandoned:
+            me.uncancel()
+            ctx.fail(499, "client_closed", "client closed the connection before the answer")
+            finalize_cost(ctx, self.gw.prices)  # whatever the upstream reported by then
+            return None
+        return response
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
                            receive: Receive) -> None:
