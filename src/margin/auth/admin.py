@@ -217,8 +217,8 @@ class SpendAdmin:
         tz = q.get("tz", self.default_tz)
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise BadRequest(f"unknown time zone {tz!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", too long
+            raise BadRequest(f"unknown time zone {tz[:80]!r}", code="invalid_value") from None
 
         def report() -> dict[str, Any]:
             db = connect(self.db_url)

@@ -13,14 +13,16 @@ import logging
 import os
 from typing import Any
 
+import orjson
+
+from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import validate
+from margin.gateway import openapi, validate
 from margin.gateway.admin import Admin
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
 from margin.gateway.proxy import Proxy, new_request_id
 from margin.gateway.service import Gateway
-from margin.auth.admin import token_guard
 from margin.gateway.stages.auth import authorize
 
 log = logging.getLogger("margin.gateway")
@@ -42,6 +44,7 @@ class GatewayApp:
         self.admin = Admin(gateway)
         self.metrics_guard = _metrics_guard(gateway)
         self._metrics_lock = asyncio.Lock()
+        self._openapi_raw: bytes | None = None
 
     # -- ASGI entry ------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,6 +106,8 @@ class GatewayApp:
             return self._healthz
         if path == "/metrics":
             return self._metrics
+        if path == "/openapi.json":
+            return self._openapi
         return None
 
     async def _get_models(self, scope: Scope, send: Send, path: str) -> None:
@@ -127,6 +132,16 @@ class GatewayApp:
             "ledger_queue_rows": self.gw.ledger.pending,
             "models": list(self.gw.models)})
 
+    async def _openapi(self, scope: Scope, send: Send, path: str) -> None:
+        if self._openapi_raw is None:
+            kinds = {name: m.kind for name, m in self.gw.models.items()}
+            chat = [n for n in self._models_names() if kinds.get(n) != "embeddings"]
+            embed = [n for n, k in kinds.items() if k in (None, "embeddings")]
+            doc = openapi.document(chat, embed, with_admin=bool(self.admin.handlers),
+                                   with_auth=self.gw.auth_enabled)
+            self._openapi_raw = orjson.dumps(doc)
+        await send_json(send, 200, None, raw=self._openapi_raw)
+
     async def _metrics(self, scope: Scope, send: Send, path: str) -> None:
         self.metrics_guard(request_headers(scope))
         # Rendering takes time in proportion to the series; never on the event loop, and
@@ -138,8 +153,11 @@ class GatewayApp:
             (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
+    def _models_names(self) -> list[str]:
+        return list(self.gw.models) + [a for a in self.gw.routes if a not in self.gw.models]
+
     def _models(self) -> dict[str, Any]:
-        names = list(self.gw.models) + [a for a in self.gw.routes if a not in self.gw.models]
+        names = self._models_names()
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "margin"} for n in names]}
 

@@ -13,8 +13,8 @@ from margin.attribution import (MAX_ATTRIBUTION_CHARS, MAX_METADATA_KEY_CHARS,
 from margin.errors import BadRequest
 from margin.jsonbody import parse_json_object  # noqa: F401 - the gateway's body parser
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_ENCODINGS = frozenset({"float", "base64"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ENCODINGS = frozenset({"float", "base64"})
 
 
 def _bad(message: str, param: str | None = None) -> BadRequest:
@@ -90,15 +90,24 @@ def _common(body: dict[str, Any]) -> None:
     _metadata(body)
 
 
+# The sampling fields checked, with their bounds (None: unbounded); the published
+# OpenAPI document (gateway/openapi.py) is built from these same tables.
+SAMPLING_NUMBERS: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2)}
+SAMPLING_INTEGERS: dict[str, tuple[int, int | None]] = {
+    "max_tokens": (1, None), "max_completion_tokens": (1, None), "n": (1, 128),
+    "seed": (-(2**63), 2**63 - 1)}
+MAX_STOP = 4
+MAX_EMBEDDING_INPUTS = 2048
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
 def _sampling(body: dict[str, Any]) -> None:
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    _integer(body, "max_tokens", 1)
-    _integer(body, "max_completion_tokens", 1)
-    _integer(body, "n", 1, 128)
-    _integer(body, "seed", -(2**63), 2**63 - 1)
+    for name, (lo, hi) in SAMPLING_NUMBERS.items():
+        _number(body, name, lo, hi)
+    for name, (ilo, ihi) in SAMPLING_INTEGERS.items():
+        _integer(body, name, ilo, ihi)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean", "stream")
@@ -111,8 +120,9 @@ def _sampling(body: dict[str, Any]) -> None:
             raise _bad("'stream_options.include_usage' must be a boolean", "stream_options")
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or (
-            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))):
-        raise _bad("'stop' must be a string or a list of up to 4 strings", "stop")
+            isinstance(stop, list) and len(stop) <= MAX_STOP
+            and all(isinstance(s, str) for s in stop))):
+        raise _bad(f"'stop' must be a string or a list of up to {MAX_STOP} strings", "stop")
     if (body.get("n") or 1) > 1 and body.get("stream"):
         raise _bad("'n' > 1 is not supported together with 'stream'", "n")
 
@@ -128,10 +138,10 @@ def validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(m, dict):
             raise _bad(f"'messages[{i}]' must be an object", "messages")
         role = m.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             shown = repr(role) if isinstance(role, (str, int, float, type(None))) \
                 else f"an {type(role).__name__}"
-            raise _bad(f"'messages[{i}].role' must be one of {sorted(_ROLES)}, got "
+            raise _bad(f"'messages[{i}].role' must be one of {sorted(ROLES)}, got "
                        f"{shown[:80]}", "messages")
         content = m.get("content")
         if content is None and role in ("system", "developer", "user"):
@@ -150,7 +160,7 @@ def validate_chat(body: dict[str, Any]) -> None:
         raise _bad("'tools' must be an array of objects", "tools")
     rf = body.get("response_format")
     if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in
-                           ("text", "json_object", "json_schema")):
+                           RESPONSE_FORMATS):
         raise _bad("'response_format.type' must be text, json_object or json_schema",
                    "response_format")
     _sampling(body)
@@ -203,11 +213,11 @@ def validate_embeddings(body: dict[str, Any]) -> list[Any]:
             raise _bad("'input' must be a string, an array of strings, or token arrays", "input")
     else:
         raise _bad("'input' must be a non-empty string or array", "input")
-    if len(items) > 2048:
-        raise _bad("'input' may hold at most 2048 items", "input")
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise _bad(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items", "input")
     if any(isinstance(x, str) and not x for x in items):
         raise _bad("'input' must not contain empty strings", "input")
     enc = body.get("encoding_format")
-    if enc is not None and enc not in _ENCODINGS:
+    if enc is not None and (not isinstance(enc, str) or enc not in ENCODINGS):
         raise _bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     return items
