@@ -42,12 +42,18 @@ def _integer(body: dict[str, Any], name: str, lo: int, hi: int | None = None) ->
         raise _bad(f"'{name}' must be {bound}, got {v}", name)
 
 
-def attribution_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    """A header used for attribution, decoded as UTF-8 (what clients send for ``café``)
-    rather than the latin-1 HTTP falls back on; invalid UTF-8 is a 400."""
+_ATTRIBUTION_HEADERS = (b"x-margin-user", b"x-margin-feature")
+
+
+def attribution_headers(scope_headers: list[tuple[bytes, bytes]]) -> tuple[str | None,
+                                                                          str | None]:
+    """(x-margin-user, x-margin-feature), decoded as UTF-8 (what clients send for
+    ``café``) rather than the latin-1 HTTP falls back on; too long, invalid UTF-8 or
+    control characters are a 400 naming the header."""
+    found: dict[bytes, str] = {}
     for k, v in scope_headers:
-        if k == name:
-            label = name.decode()
+        if k in _ATTRIBUTION_HEADERS:
+            label = k.decode()
             if len(v) > 4 * MAX_ATTRIBUTION_CHARS:  # refuse before decoding a huge value
                 raise BadRequest(f"'{label}' may be at most {MAX_ATTRIBUTION_CHARS} "
                                  "characters", code="invalid_value")
@@ -55,8 +61,8 @@ def attribution_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) ->
                 text = v.decode()
             except UnicodeDecodeError:
                 raise BadRequest(f"'{label}' is not valid UTF-8", code="invalid_value") from None
-            return attribution(label, text) or None
-    return None
+            found[k] = attribution(label, text)
+    return found.get(b"x-margin-user") or None, found.get(b"x-margin-feature") or None
 
 
 def _metadata(body: dict[str, Any]) -> None:
