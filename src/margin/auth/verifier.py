@@ -189,8 +189,11 @@ class KeyVerifier:
             raise AuthenticationError(problem)
         return record
 
-    async def _check_secret(self, secret: str, secret_hash: str) -> bool:
+    async def _check_secret(self, secret: str, secret_hash: str, key_id: str,
+                            client: str | None) -> bool:
         async with self._hashing:
+            # Failures may have piled up while this one queued: the limit holds exactly.
+            self._throttle(key_id, client)
             self.secrets_checked += 1
             self.on_event("auth_secret_checked")
             return await asyncio.to_thread(check_secret, secret, secret_hash)
@@ -215,7 +218,7 @@ class KeyVerifier:
         previous = self._cache.get(key_id)
         trusted = (previous is not None and hmac.compare_digest(previous.digest, digest)
                    and hmac.compare_digest(previous.secret_hash, secret_hash))
-        if not trusted and not await self._check_secret(secret, secret_hash):
+        if not trusted and not await self._check_secret(secret, secret_hash, key_id, client):
             self._remember_failure(key_id, digest, client)
             raise AuthenticationError("Incorrect API key provided.")
         self._cache[key_id] = _Cached(record, secret_hash, digest, self.clock(), epoch)
