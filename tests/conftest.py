@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
+
+from margin.procs import free_port, wait_http  # noqa: F401  (tests import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -32,31 +33,6 @@ def _missing(what: str, why: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required in CI but unavailable: {why}")
     pytest.skip(f"{what} unavailable here ({why}); these tests need it")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{out[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s: {last}")
 
 
 @pytest.fixture
@@ -159,7 +135,7 @@ class GatewayProcess:
             [sys.executable, "-m", "margin.cli.main", "serve", "--config", str(self.config_path),
              "--port", str(self.port)],
             cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_http(self.url + "/healthz", timeout_s, self.proc)
+        wait_http(self.url + "/healthz", self.proc, timeout_s, output_lines=60)
         return self
 
     def stop(self) -> str:

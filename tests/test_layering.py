@@ -1,7 +1,7 @@
 """margin's layering, checked on the source: lower layers never import upper ones.
 
 From the bottom: the leaf modules (the request/response types, errors, the settings base,
-units, the task set, the JSON body parser) → the serving packages (upstreams, caches,
+units, the task set, the JSON body parser, the process helpers) → the serving packages (upstreams, caches,
 routing, limits, metering, observe, batching, compression, auth, embedding) and the
 planner → the gateway → the CLI. ``bench`` sits beside the top: nothing ``margin serve``
 runs imports it. Every import counts, including those inside functions.
@@ -16,7 +16,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "margin"
 
 LEAVES = {"types": set(), "errors": set(), "configbase": set(), "tasks": set(),
-          "units": {"margin.errors"}, "jsonbody": {"margin.errors"}}
+          "units": {"margin.errors"}, "jsonbody": {"margin.errors"},
+          "procs": {"margin.errors"}}
 SERVING = ("upstreams", "cache", "routing", "limits", "metering", "observe", "batching",
            "compression", "auth", "plan", "embedding")
 UPPER = ("margin.gateway", "margin.bench", "margin.cli")

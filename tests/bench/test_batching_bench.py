@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from margin.batching.loadgen import WrkDriver, parse_histogram, percentile, run_cell
+from margin.bench.lab.loadgen import WrkDriver, parse_histogram, percentile, run_cell
 from margin.bench.batching import load_questions, render
 from tests.conftest import fake_model, has_local_models
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from margin.cache import evaluate as ev
+from margin.bench.lab import cache_evaluate as ev
 from margin.cache.features import SCALAR_FEATURES, pair_features, text_info
-from margin.cache.pairs import pairs_from_rows, split_by_component
+from margin.bench.lab.pairs import pairs_from_rows, split_by_component
 from margin.cache.verifier import (
     LinearModel,
     OperatingPoint,
@@ -83,7 +83,7 @@ def test_heap_trees_follow_their_thresholds() -> None:
 
 def test_fitted_pieces_learn_and_export_exactly() -> None:
     pytest.importorskip("sklearn")
-    from margin.cache.verifier_fit import FitConfig, fit_linear, fit_trees
+    from margin.bench.lab.verifier_fit import FitConfig, fit_linear, fit_trees
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(600, 5))

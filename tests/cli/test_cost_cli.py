@@ -1,4 +1,4 @@
-"""``margin cost project``: the seed's example through the CLI."""
+"""``margin cost project``: the worked example through the CLI."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_capacity_json(counts_trace: Path) -> None:
     assert code == 0
     doc = json.loads(out)
     assert doc["peak_replicas"] >= 2
-    assert doc["seed_rule"]["min"] >= 2
+    assert doc["rule_of_thumb"]["min"] >= 2
     assert doc["assumptions"]["replica_rps_source"] == "--replica-rps"
     assert doc["mix"]["cost_usd"] <= doc["mix"]["all_on_demand_usd"]
 
@@ -91,6 +91,15 @@ def test_autoscale_writes_valid_manifests(counts_trace: Path, tmp_path: Path) ->
     ray = yaml.safe_load((out / "ray-serve.yaml").read_text())
     assert "autoscaling_config" in ray["applications"][0]["deployments"][0]
     assert [p for p in doc["manifest_problems"]["hpa"] if not p.startswith("(")] == []
+    # the predictive policy's schedule, for KEDA and for plain Kubernetes
+    keda_pred = yaml.safe_load((out / "keda-predictive.yaml").read_text())
+    assert {t["type"] for t in keda_pred["spec"]["triggers"]} >= {"prometheus"}
+    hpa_pred = list(yaml.safe_load_all((out / "hpa-predictive.yaml").read_text()))
+    assert hpa_pred[0]["kind"] == "HorizontalPodAutoscaler"
+    assert {d["kind"] for d in hpa_pred[1:]} >= {"CronJob", "Role"}
+    for key in ("keda-predictive", "hpa-schedule"):
+        assert [p for p in doc["manifest_problems"][key] if not p.startswith("(")] == []
+    assert len(doc["predictive_week"]["replicas_by_hour_of_week"]) == 168
 
 
 def test_whatif_json(tmp_path: Path) -> None:
@@ -133,3 +142,58 @@ def shared_traces() -> Path:
     if not TRACES.is_dir():
         pytest.skip(f"shared data not found at {TRACES.resolve()} (traces are not in the repo)")
     return TRACES
+
+
+def test_autoscale_says_plainly_when_no_policy_meets_the_slo(counts_trace: Path) -> None:
+    args = ["autoscale", str(counts_trace), "--replica-rps", "3", "--concurrency", "2",
+            "--slo-p95-ms", "2000", "--quick", "--max-replicas", "1"]
+    code, out, _ = run(*args)
+    assert code == 0
+    assert "no policy meets the SLO: the closest is" in out
+    assert "raise --max-replicas to at least" in out
+    code, out, _ = run(*args, "--json")
+    doc = json.loads(out)
+    assert doc["advice"]["meets_slo"] is False and doc["advice"]["fixes"]
+    assert isinstance(doc["saving_vs_static"], float)
+    assert doc["recommended"]["cost_usd"] <= doc["static"]["cost_usd"] * 1.0001
+
+
+def test_backtest_scores_against_the_hindsight_best_naive(tmp_path: Path) -> None:
+    from tests.plan.test_forecast import weekly_shape
+    rng = np.random.default_rng(2)
+    hours = 5 * 168
+    rate = weekly_shape(hours) * rng.lognormal(0, 0.10, hours)
+    p = tmp_path / "rate.csv"
+    p.write_text("window_start_s,rate_rps\n" + "".join(f"{h * 3600},{r:.4f}\n"
+                                                       for h, r in enumerate(rate)))
+    code, out, _ = run("backtest", str(p), "--horizon", "24h", "--horizon", "72h", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [r["horizon_s"] for r in doc["rows"]] == [86400, 3 * 86400]
+    for r in doc["rows"]:
+        assert r["wape_best_naive"] == min(r["wape_naive_day"], r["wape_naive_week"])
+        # noise sigma 0.10: the naive carries two draws of it, a profile over weeks about one
+        assert r["gain_vs_best_naive"] > 0.1
+        assert r["best_naive"] == "last week"
+    code, out, _ = run("backtest", str(p), "--horizon", "24h")
+    assert code == 0 and "better" in out and "best naive" in out
+
+
+def test_report_on_a_one_hour_trace_reads_sensibly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    sec = np.arange(3600)
+    trace = write_counts(tmp_path / "hour.csv", sec + 1_700_000_000, rng.poisson(3, 3600))
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(plan, ["report", str(trace), "--out", str(out), "--quick",
+                                    "--replica-rps", "3", "--concurrency", "2",
+                                    "--slo-p95-ms", "2000"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    html = (out / "index.html").read_text()
+    assert "Daily profile" not in html and "too short for a daily or weekly profile" in html
+    assert "0.0 days" not in html
+    assert "The last 60 minutes replayed" in html
+    # time axes at the grain of the trace: clock times (22:13 ...), not dates
+    assert "11-14 22:" not in html and "22:" in html
+    # every chart carries a caption right after it
+    charts = html.count("<svg")
+    assert charts >= 3 and html.count("</svg><p class=caption>") == charts

@@ -137,7 +137,7 @@ def cluster(tmp_path_factory, pg_schema_url):
 
     try:
         for gw in gws:
-            wait_http(gw.url + "/healthz", 120, gw.proc)
+            wait_http(gw.url + "/healthz", gw.proc, 120, output_lines=60)
         yield {"gws": gws, "upstream": upstream, "sink": sink, "db": pg_schema_url}
     finally:
         for gw in gws:

@@ -8,7 +8,7 @@ import pytest
 from margin.plan.autoscale import hpa
 from margin.plan.autoscale.policies import (HpaPolicy, RayServePolicy, RayServeSpec,
                                             SchedulePolicy, ThresholdPolicy, ThresholdSpec)
-from margin.plan.autoscale.search import clairvoyant_schedule, search
+from margin.plan.autoscale.search import clairvoyant_schedule, reachable_schedule, search
 from margin.plan.autoscale.sim import SimConfig, simulate
 from margin.plan.capacity import ReplicaModel, SloTarget
 
@@ -102,3 +102,41 @@ def test_schedule_and_clairvoyant_bound_meet_the_slo_cheaper() -> None:
         if r.meets_slo:
             assert r.replica_hours >= found.clairvoyant.replica_hours * 0.97
     assert found.recommended is not None
+
+
+def test_reachable_schedule_asks_start_up_ahead() -> None:
+    sched = np.array([1, 1, 1, 5, 1, 1, 2])
+    # 90 s start-up: a pod asked at minute i serves from i + 1.5 min, so minute i covers i..i+2.
+    assert reachable_schedule(sched, 90).tolist() == [1, 5, 5, 5, 2, 2, 2]
+    assert reachable_schedule(sched, 0).tolist() == sched.tolist()
+
+
+def _sine(hours: int = 4, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(hours * 3600)
+    return rng.poisson(20 + 15 * np.sin(2 * np.pi * t / 3600)).astype(float)
+
+
+def test_advice_is_never_dearer_than_static_and_sits_above_the_bounds() -> None:
+    found = search(_sine(), CFG, quick=True)
+    assert found.static is not None and found.static in found.results
+    assert found.static.meets_slo
+    assert found.advice is not None and found.advice.meets_slo
+    assert found.recommended is not None and found.recommended.meets_slo
+    assert found.recommended.cost_usd <= found.static.cost_usd
+    # pods asked for ahead cost at least what instant pods cost, and still meet the SLO
+    assert found.reachable is not None and found.reachable.meets_slo
+    assert found.reachable.replica_hours >= found.clairvoyant.replica_hours * 0.999
+
+
+def test_no_policy_meets_the_slo_is_said_with_what_would_fix_it() -> None:
+    arr = _sine()
+    found = search(arr, CFG, max_replicas=2, quick=True)     # the peak needs about 4
+    adv = found.advice
+    assert adv is not None and not adv.meets_slo
+    assert adv.summary.startswith("no policy meets the SLO: the closest is ")
+    assert any("raise --max-replicas to at least" in f for f in adv.fixes)
+    assert any("a larger replica" in f for f in adv.fixes)
+    closest = min(found.results, key=lambda r: (r.hours_over_slo_share, r.over_slo_share,
+                                               r.cost_usd))
+    assert found.recommended is closest

@@ -1,4 +1,4 @@
-"""Erlang C against known values and an independent formula; sizing; the seed's rule; price mix."""
+"""Erlang C against known values and an independent formula; sizing; the rule of thumb; price mix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from margin.plan.autoscale.latency import erlang_c_vec
 from margin.plan.capacity import (Prices, ReplicaModel, SloTarget, cheapest_mix, erlang_c,
-                                  latency_exceed_prob, mean_wait_s, replicas_for_slo, seed_rule)
+                                  latency_exceed_prob, mean_wait_s, replicas_for_slo, rule_of_thumb)
 
 
 def erlang_c_textbook(c: int, a: float) -> float:
@@ -65,10 +65,10 @@ def test_slo_below_service_time_is_refused() -> None:
         replicas_for_slo(5, ReplicaModel(2, 4), SloTarget(latency_s=1.0))
 
 
-def test_seed_rule() -> None:
+def test_rule_of_thumb() -> None:
     # avg 45 rps, P99 130 rps, 10 rps per replica: min max(2, ceil(5.4)) = 6, max ceil(15.6) = 16
-    assert seed_rule(45, 130, 10) == (6, 16)
-    assert seed_rule(1, 2, 10) == (2, 2)
+    assert rule_of_thumb(45, 130, 10) == (6, 16)
+    assert rule_of_thumb(1, 2, 10) == (2, 2)
 
 
 def test_cheapest_mix_hand_worked() -> None:

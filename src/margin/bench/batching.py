@@ -29,9 +29,9 @@ import click
 import orjson
 import yaml
 
-from margin.batching.loadgen import AiohttpDriver, WrkDriver, ledger_batch_ms, percentile
-from margin.bench.procs import free_port, stop, wait_http
+from margin.bench.lab.loadgen import AiohttpDriver, WrkDriver, ledger_batch_ms, percentile
 from margin.bench.report import header, write_section
+from margin.procs import ProcessNotReady, free_port, stop, wait_http
 
 _DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "semantic-cache"
 # A 2-vCPU on-demand cloud VM (e.g. AWS c7i.large, us-east-1, 2025: 0.0893 USD/h).
@@ -185,8 +185,12 @@ def run_ray_cell(python: str, texts: list[str], concurrency: int, max_batch_size
     url = f"http://127.0.0.1:{port}"
     try:
         # Ray's proxy answers before the deployment is up: wait for a real embedding
-        wait_http(url + "/v1/embeddings", proc, 300, data=b'{"input": "ready?"}',
-                  name="Ray Serve")
+        try:
+            wait_http(url + "/v1/embeddings", proc, 300, data=b'{"input": "ready?"}',
+                      name="Ray Serve")
+        except ProcessNotReady as exc:
+            # a bench command's failure: one line at the CLI, with Ray's own last words
+            raise click.ClickException(exc.message) from None
         driver = WrkDriver(texts, env)
         script = driver.script_for("ray", 0)
         try:

@@ -21,8 +21,8 @@ from pathlib import Path
 import click
 import yaml
 
-from margin.bench.procs import free_port, stop, wait_http
 from margin.bench.report import header, write_section
+from margin.procs import free_port, stop, wait_http
 
 _LUA = """
 counter = 0
@@ -87,16 +87,50 @@ def _pin(cmd: list[str], cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] + cmd if cpu is not None and shutil.which("taskset") else cmd
 
 
+def _start_gateway(src: Path | None, cfg_path: Path, port: int, cpu: str | None,
+                   tmp: Path) -> subprocess.Popen:
+    """``margin serve`` from this checkout, or from ``src`` (another checkout's src/)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src.resolve())
+    proc = subprocess.Popen(_pin([sys.executable, "-m", "margin.cli.main", "serve", "--config",
+                                  str(cfg_path), "--port", str(port)], cpu), cwd=tmp, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc,
+                  name=f"gateway from {src}" if src else "gateway")
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def _measure(gw: subprocess.Popen, port: int, connections: int, duration_s: int, same: bool,
+             cpu: str | None) -> tuple[WrkResult, float]:
+    """One wrk run through a gateway, with the gateway's CPU milliseconds per request:
+    CPU per request bounds one core's throughput and, unlike wall-clock numbers, barely
+    moves when other processes share the machine."""
+    cpu0 = cpu_s(gw.pid)
+    result = run_wrk(f"http://127.0.0.1:{port}", "/v1/chat/completions", connections,
+                     duration_s, same, cpu)
+    return result, (cpu_s(gw.pid) - cpu0) * 1000 / max(result.requests, 1)
+
+
 @click.command("gateway")
 @click.option("--delay-ms", default=20.0, show_default=True, help="Fake upstream's answer delay.")
 @click.option("--duration-s", default=10, show_default=True, help="Seconds per wrk run.")
 @click.option("--concurrency", "concurrency", multiple=True, type=int, default=(1, 32),
               show_default=True)
 @click.option("--same-prompt", is_flag=True, help="Every request identical (exact-cache hits).")
+@click.option("--baseline-src", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None,
+              help="The src/ folder of another checkout of margin (e.g. a git worktree of an "
+                   "older commit): its gateway is measured too, in the same run, for a "
+                   "side-by-side regression check.")
 @click.option("--out", default="docs/benchmarks.md", show_default=True,
               help="Markdown file to update ('-' to only print).")
 def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...],
-                  same_prompt: bool, out: str) -> None:
+                  same_prompt: bool, baseline_src: Path | None, out: str) -> None:
     """Direct vs through-the-gateway throughput and latency, measured with wrk."""
     if not shutil.which("wrk"):
         raise click.UsageError("wrk is not installed (Debian: apt-get install wrk)")
@@ -120,28 +154,32 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
             config["cache"] = {"exact": {"enabled": False}}
         cfg_path = tmp / "margin.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
-        gw = subprocess.Popen(_pin([sys.executable, "-m", "margin.cli.main", "serve", "--config",
-                                    str(cfg_path), "--port", str(gw_port)], gw_cpu), cwd=tmp,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        gw = _start_gateway(None, cfg_path, gw_port, gw_cpu, tmp)
         procs.append(gw)
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz", gw)
+        base = base_port = None
+        if baseline_src is not None:
+            base_port = free_port()
+            base = _start_gateway(baseline_src, cfg_path, base_port, gw_cpu, tmp)
+            procs.append(base)
         rows = []
         for c in concurrency:
-            # warm both paths (connections, caches), then measure side by side
-            run_wrk(f"http://127.0.0.1:{up_port}", "/v1/chat/completions", c, 2, same_prompt, load_cpu)
-            run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c, 2, same_prompt, load_cpu)
+            # warm every path (connections, caches), then measure side by side
+            for port in (up_port, gw_port, base_port):
+                if port is not None:
+                    run_wrk(f"http://127.0.0.1:{port}", "/v1/chat/completions", c, 2,
+                            same_prompt, load_cpu)
             direct = run_wrk(f"http://127.0.0.1:{up_port}", "/v1/chat/completions", c,
                              duration_s, same_prompt, load_cpu)
-            gw_cpu0 = cpu_s(gw.pid)
-            via = run_wrk(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", c,
-                          duration_s, same_prompt, load_cpu)
-            # CPU per request is what bounds one core's throughput, and unlike wall-clock
-            # numbers it barely moves when other processes share the machine.
-            gw_cpu_ms = (cpu_s(gw.pid) - gw_cpu0) * 1000 / max(via.requests, 1)
-            rows.append((c, direct, via, gw_cpu_ms))
+            via, gw_cpu_ms = _measure(gw, gw_port, c, duration_s, same_prompt, load_cpu)
+            old = None
+            if base is not None:
+                old = _measure(base, base_port, c, duration_s, same_prompt, load_cpu)
+            rows.append((c, direct, via, gw_cpu_ms, old))
             click.echo(f"c={c}: direct {direct.rps:.0f} rps p50 {direct.p50_ms:.2f} ms | "
                        f"gateway {via.rps:.0f} rps p50 {via.p50_ms:.2f} ms "
-                       f"(errors {direct.errors}/{via.errors})", err=True)
+                       f"(errors {direct.errors}/{via.errors})"
+                       + (f" | baseline {old[0].rps:.0f} rps, {old[1]:.3f} CPU ms/request"
+                          if old else ""), err=True)
         try:
             litellm = subprocess.run([sys.executable, "-c", "import litellm"],
                                      capture_output=True).returncode == 0
@@ -152,8 +190,11 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
     mode = "exact-cache hits (same prompt)" if same_prompt else "cache misses (unique prompts)"
+    if baseline_src is not None:
+        mode += ", against a baseline"
     cmd = "margin bench gateway" + (" --same-prompt" if same_prompt else "") + (
-        f" --delay-ms {delay_ms:g}" if delay_ms != 20 else "")
+        f" --delay-ms {delay_ms:g}" if delay_ms != 20 else "") + (
+        f" --baseline-src {baseline_src}" if baseline_src is not None else "")
     lines = [f"### Gateway overhead: {mode}", "", header(cmd),
              f"Fake upstream answers after {delay_ms:g} ms. Gateway: one process pinned to one core "
              "(uvicorn + uvloop + httptools), ledger (SQLite) and metrics on; wrk (1 thread) and "
@@ -162,12 +203,22 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
              "gateway P50 ms | added P50 ms | direct P99 ms | gateway P99 ms | "
              "gateway CPU ms / request | one-core capacity rps | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c, d, v, cpu_ms in rows:
+    for c, d, v, cpu_ms, _ in rows:
         lines.append(f"| {c} | {d.rps:,.0f} | {v.rps:,.0f} | {v.rps / d.rps:.2f}× | "
                      f"{d.p50_ms:.2f} | {v.p50_ms:.2f} | {v.p50_ms - d.p50_ms:+.2f} | "
                      f"{d.p99_ms:.2f} | {v.p99_ms:.2f} | {cpu_ms:.3f} | "
                      f"{1000 / cpu_ms if cpu_ms > 0 else float('nan'):,.0f} | "
                      f"{d.errors + v.errors} |")
+    if baseline_src is not None:
+        lines += ["", f"Side by side with the gateway from `{baseline_src}`, measured in the same "
+                  "run right after this one at each concurrency (same config, same core):", "",
+                  "| concurrency | this rps | baseline rps | this / baseline | this P50 ms | "
+                  "baseline P50 ms | this CPU ms / request | baseline CPU ms / request | "
+                  "CPU this / baseline |", "|---|---|---|---|---|---|---|---|---|"]
+        for c, _, v, cpu_ms, (b, b_cpu_ms) in rows:
+            lines.append(f"| {c} | {v.rps:,.0f} | {b.rps:,.0f} | {v.rps / b.rps:.2f}× | "
+                         f"{v.p50_ms:.2f} | {b.p50_ms:.2f} | {cpu_ms:.3f} | {b_cpu_ms:.3f} | "
+                         f"{cpu_ms / b_cpu_ms:.2f}× |")
     load = os.getloadavg()
     lines += ["", f"Load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
               f"{os.cpu_count()} cores (other work shared the machine when above ~1)."]
@@ -176,4 +227,5 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
     text = "\n".join(lines)
     click.echo(text)
     if out != "-":
-        write_section("gateway-same-prompt" if same_prompt else "gateway", text, out)
+        section = "gateway-same-prompt" if same_prompt else "gateway"
+        write_section(section + ("-vs-baseline" if baseline_src is not None else ""), text, out)

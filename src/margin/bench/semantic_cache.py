@@ -21,8 +21,8 @@ from pathlib import Path
 
 import click
 
-from margin.cache.benchmark import COSINE_GRID, DEFAULT_TARGET_PRECISION, VERIFIER_GRID
-from margin.cache.pairs import load_pairs
+from margin.bench.lab.cache_benchmark import COSINE_GRID, DEFAULT_TARGET_PRECISION, VERIFIER_GRID
+from margin.bench.lab.pairs import load_pairs
 from margin.errors import InputError
 
 _DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "semantic-cache"
@@ -71,7 +71,7 @@ def semantic_cache(pairs_path: Path, mock_path: Path, thresholds: str | None,
                    embedding_cache: Path, latency: bool, latency_sizes: str, out: Path | None,
                    as_json: bool) -> None:
     """Precision / hit-rate curves of the semantic cache on labelled question pairs."""
-    from margin.cache.benchmark import run_benchmark
+    from margin.bench.lab.cache_benchmark import run_benchmark
 
     if not pairs_path.exists():
         raise click.BadParameter(f"{pairs_path} does not exist", param_hint="--pairs")

@@ -26,13 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from margin.cache.features import text_info
 from margin.cache.guards import refusal
 from margin.cache.index import DEFAULT_EXACT_SEARCH_MAX_ENTRIES, Candidate, VectorIndex
 from margin.cache.redis_store import RedisEntryStore, StoredEntry
 from margin.cache.verifier import OperatingPoint, Verifier, bundled_verifier
+from margin.configbase import Strict
 
 log = logging.getLogger("margin.cache.semantic")
 
@@ -41,26 +42,43 @@ log = logging.getLogger("margin.cache.semantic")
 _INLINE_MAX_ENTRIES = 2_048
 
 
-class SemanticCacheConfig(BaseModel):
-    """``cache.semantic`` in margin.yaml. ``None`` means "the calibrated value shipped with
-    the verifier" (``margin/data/semantic_verifier.json``)."""
+class SemanticCacheConfig(Strict):
+    """A paraphrase of an earlier question, in the same tenant scope, gets the stored answer.
 
-    model_config = ConfigDict(extra="forbid")
+    Each cacheable request's last user message is embedded with the bundled MiniLM; the
+    nearest stored questions are scored (by the bundled verifier, or by plain cosine with
+    ``verifier: false``) and the best one above ``threshold`` answers. ``None`` in a tuning
+    field means "the calibrated value shipped with the verifier"
+    (``margin/data/semantic_verifier.json``)."""
 
     enabled: bool = False
-    threshold: float | None = Field(
-        None, ge=0.0, le=1.0,
-        description="verifier score (verifier on) or cosine (verifier off) needed for a hit")
-    candidate_floor: float | None = Field(
-        None, ge=-1.0, le=1.0, description="cosine below which a candidate is not scored")
-    top_k: int | None = Field(None, ge=1, le=64, description="nearest entries scored per lookup")
+    """Look up and store paraphrases. Off by default: a wrong hit returns another
+    question's answer, so turn it on where that risk is acceptable."""
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """Verifier score (verifier on) or cosine (verifier off) a stored question needs to
+    answer; unset takes the shipped calibrated value."""
+    candidate_floor: float | None = Field(None, ge=-1.0, le=1.0)
+    """Cosine below which a stored question is not even scored; unset takes the shipped
+    value."""
+    top_k: int | None = Field(None, ge=1, le=64)
+    """Nearest stored questions scored per lookup; unset takes the shipped value."""
     max_entries: int = Field(100_000, ge=1)
+    """Stored questions kept per replica (oldest evicted first)."""
     ttl_s: float = Field(3600.0, gt=0)
+    """Seconds an entry may answer after it was stored."""
     guards: bool = True
+    """Refuse a hit when the two questions differ in a number or a negation ("lose 5 kg" vs
+    "lose 50 kg"), however similar they look."""
     verifier: bool = True
+    """Score candidates with the bundled verifier (features of both questions) instead of
+    plain cosine."""
     verifier_path: str | None = None
+    """A verifier JSON of your own (written by ``margin bench semantic-cache --fit-out``)
+    instead of the bundled one."""
     exact_search_max_entries: int = Field(DEFAULT_EXACT_SEARCH_MAX_ENTRIES, ge=1)
+    """Up to this many entries the index searches exhaustively; above it, an HNSW index."""
     redis_prefix: str = "margin:semcache:"
+    """Key prefix of the shared entries in Redis (when ``cache.redis_url`` is set)."""
 
 
 @dataclass(frozen=True, slots=True)

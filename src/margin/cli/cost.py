@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import click
 import orjson
@@ -52,28 +53,27 @@ def project_cmd(daily_requests: float, input_tokens: float, output_tokens: float
                     TokenPrices(input_usd_per_1k, output_usd_per_1k), cache_rate, cached_usd,
                     days_per_month)
     sh = SelfHosted(gpu_hour_usd, gpu_tokens_per_s, gpu_utilisation, min_gpus)
-    doc = project(ci)
-    doc["growth"] = {"monthly_growth": growth_monthly, "months": growth(ci, growth_monthly, months)}
-    doc["self_hosted"] = break_even(ci, sh, peak_to_mean)
+    pr = replace(project(ci), monthly_growth=growth_monthly,
+                 months=tuple(growth(ci, growth_monthly, months)),
+                 self_hosted=break_even(ci, sh, peak_to_mean))
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(orjson.dumps(pr.to_json(), option=orjson.OPT_INDENT_2))
         sys.stdout.write("\n")
         return
-    a = doc["assumptions"]
-    click.echo(f"per request: ${doc['per_request_usd']:.6f} "
-               f"(uncached ${doc['uncached_per_request_usd']:.6f} x {1 - a['cache_rate']:.0%} + "
-               f"cached ${a['cached_request_usd']:g} x {a['cache_rate']:.0%})")
-    click.echo(f"monthly ({days_per_month} days, {doc['monthly_requests']:,.0f} requests): "
-               f"${doc['monthly_cost_usd']:,.2f}; the cache saves "
-               f"${doc['cache_saving_monthly_usd']:,.2f}")
-    rows = doc["growth"]["months"]
-    if growth_monthly and rows:
-        last = rows[-1]
-        click.echo(f"with {growth_monthly:.0%}/month growth: month {last['month']} costs "
-                   f"${last['cost_usd']:,.2f}; {len(rows)} months ${last['cumulative_usd']:,.2f}")
-    sh_doc = doc["self_hosted"]
-    be = sh_doc["break_even_daily_requests"]
+    click.echo(f"per request: ${pr.per_request_usd:.6f} "
+               f"(uncached ${pr.uncached_per_request_usd:.6f} x {1 - ci.cache_rate:.0%} + "
+               f"cached ${ci.cached_usd:g} x {ci.cache_rate:.0%})")
+    click.echo(f"monthly ({days_per_month} days, {pr.monthly_requests:,.0f} requests): "
+               f"${pr.monthly_cost_usd:,.2f}; the cache saves "
+               f"${pr.cache_saving_monthly_usd:,.2f}")
+    if growth_monthly and pr.months:
+        last = pr.months[-1]
+        click.echo(f"with {growth_monthly:.0%}/month growth: month {last.month} costs "
+                   f"${last.cost_usd:,.2f}; {len(pr.months)} months ${last.cumulative_usd:,.2f}")
+    be = pr.self_hosted
+    assert be is not None
+    n = be.break_even_daily_requests
     click.echo(f"self-hosted at ${gpu_hour_usd:g}/GPU-hour, {gpu_tokens_per_s:g} tokens/s x "
-               f"{gpu_utilisation:.0%}: ${sh_doc['self_hosted_marginal_per_request_usd']:.6f} per "
-               f"request at full load; " + (f"break-even at {be:,} requests/day; "
-                                            if be else "") + sh_doc["verdict"])
+               f"{gpu_utilisation:.0%}: ${be.self_hosted_marginal_per_request_usd:.6f} per "
+               f"request at full load; " + (f"break-even at {n:,} requests/day; "
+                                            if n else "") + be.verdict)

@@ -9,23 +9,8 @@ import click
 import orjson
 
 from margin.cli._common import db_option, parse_since
-from margin.errors import InputError
-from margin.metering import stats
-from margin.metering.db import connect, is_postgres
-from margin.metering.migrations import migrate
-
-
-def _open(db_url: str):
-    from pathlib import Path
-
-    if not is_postgres(db_url) and not Path(db_url).exists():
-        raise InputError(f"no ledger at {db_url} (run margin serve here, or pass --db)")
-    try:
-        db = connect(db_url)
-    except Exception as exc:
-        raise InputError(f"cannot open ledger {db_url}: {exc}".splitlines()[0]) from None
-    migrate(db)
-    return db
+from margin.cli.spend import open_db
+from margin.metering import queries, stats
 
 
 def _fmt(v) -> str:
@@ -57,8 +42,8 @@ def ledger() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
     """Latency percentiles per stage (or group), cost per user/feature/model/day."""
-    db = _open(db_url)
-    rows = stats.load_rows(db, parse_since(since))
+    db = open_db(db_url)
+    rows = queries.stats_rows(db, queries.Filters(since_s=parse_since(since)))
     result = stats.summary(rows, by)
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -82,11 +67,9 @@ def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_cmd(db_url: str, count: int, as_json: bool) -> None:
     """The most recent requests, newest first."""
-    db = _open(db_url)
-    cols = ["id", "ts", "endpoint", "user_id", "feature", "model", "status", "cache",
-            "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"]
-    rows = db.query(f"SELECT {', '.join(cols)} FROM requests ORDER BY ts DESC LIMIT ?", (count,))
-    items = [dict(zip(cols, r)) for r in rows]
+    db = open_db(db_url)
+    cols = list(queries.RECENT_COLUMNS)
+    items = queries.recent(db, count)
     if as_json:
         sys.stdout.write(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode() + "\n")
         return

@@ -146,11 +146,8 @@ def _emit_json(doc: object) -> None:
 
 
 def _json_default(o: object) -> object:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "__dataclass_fields__"):
-        from dataclasses import asdict
-        return asdict(o)  # type: ignore[arg-type]
+    if hasattr(o, "to_json"):
+        return o.to_json()
     raise TypeError(type(o).__name__)
 
 
@@ -180,7 +177,7 @@ def analyze(as_json: bool, **kw) -> None:
     a = analyze_load(trace)
     econ = unit_economics(trace, prices)
     if as_json:
-        _emit_json({"load": a.to_dict(), "costs": econ})
+        _emit_json({"load": a.to_json(), "costs": econ.to_json() if econ else None})
         return
     render.analysis(_console(), a, econ)
 
@@ -200,14 +197,34 @@ def forecast_cmd(horizon: str, resolution: str, growth_monthly: float, no_backte
                  as_json: bool, **kw) -> None:
     """Forecast load with 80 % intervals, backtested against seasonal naive."""
     from margin.plan import render
-    from margin.plan.planner import forecast_dict, run_forecast
+    from margin.plan.planner import run_forecast
     trace = _trace(kw)
     fc = run_forecast(trace, _duration(horizon), _duration(resolution), growth_monthly,
                       backtest=not no_backtest)
     if as_json:
-        _emit_json(forecast_dict(fc))
+        _emit_json(fc.to_json())
         return
     render.forecast(_console(), fc, trace.absolute_time)
+
+
+@plan.command("backtest")
+@trace_options
+@click.option("--horizon", "horizons", multiple=True, default=("24h", "72h", "168h"),
+              show_default=True, help="Forecast horizon to test; repeat for several.")
+@click.option("--resolution", default="auto", show_default=True,
+              help="Step: 1h, 10m ... [auto: 1h, or 1m for traces under 4 days]")
+@json_option
+@_guard
+def backtest_cmd(horizons: tuple[str, ...], resolution: str, as_json: bool, **kw) -> None:
+    """Forecast from rolling past origins and score it against the best seasonal naive."""
+    from margin.plan import render
+    from margin.plan.planner import run_backtest
+    trace = _trace(kw)
+    rep = run_backtest(trace, [parse_duration(h) for h in horizons], _duration(resolution))
+    if as_json:
+        _emit_json(rep.to_json())
+        return
+    render.backtest(_console(), rep)
 
 
 @plan.command()
@@ -217,7 +234,7 @@ def forecast_cmd(horizon: str, resolution: str, growth_monthly: float, no_backte
 @json_option
 @_guard
 def capacity(horizon: str, as_json: bool, **kw) -> None:
-    """Replicas per period for the SLO (queueing theory) next to the seed's rule; price mix."""
+    """Replicas per period for the SLO (queueing theory) next to the rule of thumb; price mix."""
     from margin.plan import render
     from margin.plan.planner import build_context, capacity_plan, run_forecast
     opts = _capacity(kw)
@@ -226,7 +243,7 @@ def capacity(horizon: str, as_json: bool, **kw) -> None:
     fc = run_forecast(trace, _duration(horizon), None, opts.growth_monthly, backtest=False)
     cap = capacity_plan(ctx, opts, fc)
     if as_json:
-        _emit_json(cap)
+        _emit_json(cap.to_json())
         return
     render.capacity(_console(), cap, trace.absolute_time)
 
@@ -243,7 +260,7 @@ def capacity(horizon: str, as_json: bool, **kw) -> None:
 @_guard
 def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json: bool,
               **kw) -> None:
-    """Replay the trace through HPA, the seed's thresholds, Ray Serve and a clairvoyant bound."""
+    """Replay the trace through HPA, threshold steps, Ray Serve and a clairvoyant bound."""
     from margin.plan import render
     from margin.plan.planner import autoscale_plan, build_context
     opts = _capacity(kw)
@@ -251,24 +268,19 @@ def autoscale(out_dir: str | None, quick: bool, keda_schema: str | None, as_json
     with _progress(not as_json) as step:
         auto = autoscale_plan(ctx, opts, quick=quick, progress=step, keda_schema=keda_schema)
     if out_dir:
-        write_manifests(Path(out_dir), auto)
+        auto.write(Path(out_dir))
     if as_json:
-        _emit_json(auto.to_dict())
+        _emit_json(auto.to_json())
         return
     con = _console()
     res = auto.search
-    rows = [res.clairvoyant, *res.defaults.values(),
+    bounds = [r for r in (res.clairvoyant, res.reachable) if r is not None]
+    rows = [*bounds, *res.defaults.values(),
             *[r for r in res.best_by_family.values() if r not in res.defaults.values()]]
     render.policies(con, rows, res.recommended)
-    rec = res.recommended
-    if rec is not None:
-        con.print(f"recommended: {rec.policy} ({rec.params.get('label')}): "
-                  f"{render.usd(rec.cost_usd)} for {auto.seconds / 86400:.1f} days, "
-                  f"{render.fmt(rec.replica_hours / max(res.clairvoyant.replica_hours, 1e-9))}x "
-                  "the clairvoyant bound" + ("" if rec.meets_slo else
-                                             " [red](no candidate meets the SLO)[/]"))
+    render.advice(con, auto)
     if out_dir:
-        con.print(f"wrote {out_dir}/hpa.yaml, keda.yaml, ray-serve.yaml")
+        con.print(f"wrote {out_dir}/{', '.join(auto.files())}")
     for name, probs in auto.problems.items():
         for p in probs:
             con.print(f"[yellow]{name}: {p}[/]")
@@ -306,11 +318,11 @@ def whatif(exact_hit_rate, semantic_extra_hit_rate, tier_share, tier_price_ratio
     a = WhatIfAssumptions(engineer_day_usd=engineer_day_usd, exact_hit_rate=exact_hit_rate,
                           semantic_extra_hit_rate=semantic_extra_hit_rate, tier_share=tier_share,
                           tier_price_ratio=tier_price_ratio)
-    rm, basis = whatif_plan(ctx, opts, prices, a, auto, cap, serving)
+    wi = whatif_plan(ctx, opts, prices, a, auto, cap, serving)
     if as_json:
-        _emit_json({**rm.to_dict(), "basis": basis})
+        _emit_json(wi.to_json())
         return
-    render.roadmap(_console(), rm.to_dict(), basis)
+    render.roadmap(_console(), wi)
 
 
 @plan.command()
@@ -338,14 +350,6 @@ def report(out_dir: str, horizon: str, quick: bool, keda_schema: str | None, ser
                                keda_schema, step, serving)
     for line in summary:
         con.print(line)
-
-
-def write_manifests(out: Path, auto) -> None:  # noqa: ANN001 - AutoscalePlan
-    from margin.plan.manifests import to_yaml
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hpa.yaml").write_text(to_yaml(auto.hpa, auto.headers["hpa"]))
-    (out / "keda.yaml").write_text(to_yaml(auto.keda, auto.headers["keda"]))
-    (out / "ray-serve.yaml").write_text(to_yaml(auto.ray, auto.headers["ray"]))
 
 
 class _progress:

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from margin.limits.config import AnomalyConfig
+from margin.metering import queries
 from margin.metering.db import Database
 
 MAD_TO_SIGMA = 1.4826
@@ -40,7 +41,6 @@ REL_SCALE_FLOOR = 0.10
 MIN_COUNTED_REQUESTS = 4.0
 MIN_WEEKLY_SAMPLES = 3  # the MAD of two values is half their difference: not a spread
 DIMENSIONS = ("team", "feature", "model")
-_COLUMN = {"team": "team", "feature": "feature", "model": "COALESCE(model, requested_model)"}
 
 
 @dataclass
@@ -152,30 +152,19 @@ def detect(series_by_key: Mapping[tuple[str, str], HourlySeries], hours: Iterabl
     return found
 
 
-def _hour_expr(db: Database) -> str:
-    if db.dialect == "postgresql":
-        return "CAST(FLOOR(ts / 3600) AS BIGINT)"
-    return "CAST(ts / 3600 AS INTEGER)"  # ts is positive: truncation is floor
-
-
 def hourly_costs(db: Database, since_s: float, until_s: float,
                  dimensions: Sequence[str] = DIMENSIONS) -> dict[tuple[str, str], HourlySeries]:
     """Hourly series per (dimension, value) from the ledger, rows without a value left out."""
     out: dict[tuple[str, str], HourlySeries] = {}
-    hour = _hour_expr(db)
+    window = queries.Filters(since_s, until_s)
     for dim in dimensions:
-        col = _COLUMN[dim]
-        rows = db.query(f"SELECT {hour}, {col}, SUM(cost_usd), COUNT(*), "
-                        f"SUM(cost_usd * cost_usd) FROM requests "
-                        f"WHERE ts >= ? AND ts < ? AND {col} IS NOT NULL "
-                        f"GROUP BY {hour}, {col}", (since_s, until_s))
-        for h, v, cost, n, cost_sq in rows:
-            series = out.get((dim, str(v)))
+        for hc in queries.hourly_costs(db, dim, window):
+            series = out.get((dim, hc.value))
             if series is None:
-                series = out[(dim, str(v))] = HourlySeries({})
-            series.cost[int(h)] = float(cost or 0.0)
-            series.count[int(h)] = int(n)
-            series.cost_sq[int(h)] = float(cost_sq or 0.0)
+                series = out[(dim, hc.value)] = HourlySeries({})
+            series.cost[hc.hour] = hc.cost_usd
+            series.count[hc.hour] = hc.requests
+            series.cost_sq[hc.hour] = hc.cost_sq_usd2
     return out
 
 

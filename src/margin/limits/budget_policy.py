@@ -27,6 +27,7 @@ from margin.limits.budgets import GRACE_S, NANO, BudgetItem, ReserveResult, to_n
 from margin.limits.config import BudgetRule, LimitsConfig
 from margin.limits.periods import PeriodClock, period_bounds
 from margin.limits.tokens import max_completion_tokens, prompt_tokens
+from margin.metering import queries
 from margin.metering.db import connect
 from margin.metering.migrations import migrate
 from margin.metering.pricing import PriceBook
@@ -35,7 +36,6 @@ from margin.types import RequestContext
 log = logging.getLogger("margin.limits")
 
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
-_COLUMN = {"key": "key_id", "user": "user_id", "team": "team", "feature": "feature"}
 _KEY_PERIODS = ("day", "week", "month")
 
 Applicable = tuple[str, str, float, str, "BudgetRule | None"]  # scope, name, usd, period, rule
@@ -181,11 +181,9 @@ class Budgets:
             fresh: dict[tuple[str, str, str, float], int] = {}
             for scope, period in sorted(self.scopes_periods()):
                 b = period_bounds(period, now_s, self.periods.tz)
-                col = _COLUMN[scope]
-                for value, cost in db.query(
-                        f"SELECT {col}, SUM(cost_usd) FROM requests WHERE ts >= ? AND ts < ? "
-                        f"AND {col} IS NOT NULL GROUP BY {col}", (b.start_s, b.end_s)):
-                    fresh[(scope, str(value), period, b.start_s)] = to_nusd(float(cost or 0.0))
+                window = queries.Filters(b.start_s, b.end_s)
+                for value, cost in queries.cost_by(db, scope, window).items():
+                    fresh[(scope, value, period, b.start_s)] = to_nusd(cost)
             self.baseline = fresh
         finally:
             db.close()

@@ -1,7 +1,8 @@
 """Spend reports from the ledger: cost per group, the Pareto view of users, bot-like users.
 
-Grouping happens in SQL (one pass over the period's rows); only the top users' request
-times and prompt hashes are read back, to judge how machine-like they look:
+Grouping happens in the database (``metering.queries``: one pass over the period's rows);
+only the top users' request times and prompt hashes are read back, to judge how
+machine-like they look:
 
 - rate: requests per minute over the span they were active;
 - regularity: the coefficient of variation (std / mean) of the gaps between requests —
@@ -19,17 +20,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from margin.metering import queries
 from margin.metering.db import Database
-from margin.metering.stats import time_where
+from margin.metering.queries import Filters, Totals
 
 GROUPS = ("user", "team", "feature", "model", "key", "day")
-_COLUMN = {"user": "user_id", "team": "team", "feature": "feature",
-           "model": "COALESCE(model, requested_model)", "key": "key_id"}
-_AGGREGATES = ("COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
-               "SUM(saved_usd), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-               "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)")
-_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "errors",
-           "cache_hits")
+_FIELDS = queries.TOTALS_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +36,10 @@ class BotThresholds:
     repeated_share: float = 0.5
 
 
-def _hour_expr(db: Database) -> str:
-    if db.dialect == "postgresql":
-        return "CAST(FLOOR(ts / 3600) AS BIGINT)"
-    return "CAST(ts / 3600 AS INTEGER)"
-
-
-def _where(since_s: float | None, until_s: float | None) -> tuple[str, list[Any]]:
-    return time_where(since_s, until_s)
-
-
-def _row(values: Sequence[Any]) -> dict[str, Any]:
-    d = {k: (v or 0) for k, v in zip(_FIELDS, values)}
-    d["cost_usd"] = round(float(d["cost_usd"]), 8)
-    d["saved_usd"] = round(float(d["saved_usd"]), 8)
-    for k in ("requests", "prompt_tokens", "completion_tokens", "errors", "cache_hits"):
-        d[k] = int(d[k])
+def _row(t: Totals) -> dict[str, Any]:
+    d: dict[str, Any] = {k: getattr(t, k) for k in _FIELDS}
+    d["cost_usd"] = round(d["cost_usd"], 8)
+    d["saved_usd"] = round(d["saved_usd"], 8)
     return d
 
 
@@ -64,30 +48,27 @@ def spend_by(db: Database, by: str, since_s: float | None = None, until_s: float
     """Cost, tokens, requests and cache savings per group, most expensive first."""
     if by not in GROUPS:
         raise ValueError(f"by must be one of {', '.join(GROUPS)}")
-    where, params = _where(since_s, until_s)
-    groups: dict[str, dict[str, Any]] = {}
+    window = Filters(since_s, until_s)
     if by == "day":
         zone = ZoneInfo(tz)
-        hour = _hour_expr(db)
-        rows = db.query(f"SELECT {hour}, {_AGGREGATES} FROM requests{where} GROUP BY {hour}",
-                        params)
-        for h, *values in rows:
-            day = dt.datetime.fromtimestamp(int(h) * 3600, zone).date().isoformat()
-            g = groups.setdefault(day, {k: 0 for k in _FIELDS})
-            for k, v in zip(_FIELDS, values):
-                g[k] += v or 0
-        items = [{"day": day, **_row([g[k] for k in _FIELDS])} for day, g in groups.items()]
+        days: dict[str, Totals] = {}
+        # Hours are summed in the database, days here in the wanted zone: in a zone whose
+        # offset is not whole hours, the hour that holds midnight counts to the day before.
+        for h, t in queries.totals_per_hour(db, window):
+            day = dt.datetime.fromtimestamp(h * 3600, zone).date().isoformat()
+            days[day] = days.get(day, queries.ZERO) + t
+        items = [{"day": day, **_row(t)} for day, t in days.items()]
         items.sort(key=lambda g: g["day"])
     else:
-        col = _COLUMN[by]
-        rows = db.query(f"SELECT {col}, {_AGGREGATES} FROM requests{where} GROUP BY {col}",
-                        params)
-        items = [{by: (str(v) if v is not None else "-"), **_row(values)} for v, *values in rows]
+        items = [{by: (v if v is not None else "-"), **_row(t)}
+                 for v, t in queries.totals_by(db, by, window)]
         items.sort(key=lambda g: (-g["cost_usd"], -g["requests"], g[by]))
     total_cost = sum(g["cost_usd"] for g in items)
     for g in items:
         g["share"] = round(g["cost_usd"] / total_cost, 4) if total_cost > 0 else 0.0
-    totals = _row([sum(g[k] for g in items) for k in _FIELDS])
+    totals = {k: sum(g[k] for g in items) for k in _FIELDS}
+    totals["cost_usd"] = round(float(totals["cost_usd"]), 8)
+    totals["saved_usd"] = round(float(totals["saved_usd"]), 8)
     return {"by": by, "since_s": since_s, "until_s": until_s, "total": totals, "groups": items}
 
 
@@ -142,11 +123,9 @@ def top_users(db: Database, since_s: float | None = None, until_s: float | None 
               top_n: int = 10, th: BotThresholds = BotThresholds(),
               max_rows_per_user: int = 100_000) -> dict[str, Any]:
     """The Pareto view (share of cost from the top 20 % of users) and the top users."""
-    where, params = _where(since_s, until_s)
-    cond = (where + " AND" if where else " WHERE") + " user_id IS NOT NULL"
-    rows = db.query(f"SELECT user_id, {_AGGREGATES} FROM requests{cond} GROUP BY user_id",
-                    params)
-    users = [{"user": str(u), **_row(values)} for u, *values in rows]
+    window = Filters(since_s, until_s)
+    users = [{"user": u, **_row(t)}
+             for u, t in queries.totals_by(db, "user", window, skip_null=True)]
     users.sort(key=lambda g: (-g["cost_usd"], -g["requests"], g["user"]))
     total = sum(u["cost_usd"] for u in users)
     k, share = pareto_share([u["cost_usd"] for u in users])
@@ -154,8 +133,8 @@ def top_users(db: Database, since_s: float | None = None, until_s: float | None 
     cumulative = 0.0
     for u in users[:top_n]:
         cumulative += u["cost_usd"]
-        detail = db.query(f"SELECT ts, prompt_hash FROM requests{cond} AND user_id = ? "
-                          f"ORDER BY ts LIMIT ?", [*params, u["user"], max_rows_per_user])
+        detail = queries.request_times(db, Filters(since_s, until_s, user=u["user"]),
+                                       max_rows_per_user)
         signals = bot_signals([r[0] for r in detail], [r[1] for r in detail], th)
         top.append({**u, "share": round(u["cost_usd"] / total, 4) if total else 0.0,
                     "cumulative_share": round(cumulative / total, 4) if total else 0.0,

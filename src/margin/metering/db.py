@@ -63,6 +63,17 @@ class Database:
         except Exception:
             pass
 
+    def columns(self, table: str) -> dict[str, str]:
+        """The table's columns and their types as this database reports them ({} when the
+        table does not exist)."""
+        if self.dialect == "postgresql":
+            rows = self.query("SELECT column_name, data_type FROM information_schema.columns "
+                              "WHERE table_name = ? AND table_schema = current_schema()",
+                              (table,))
+        else:
+            rows = [(r[1], r[2]) for r in self.query(f"PRAGMA table_info({table})")]
+        return {str(name): str(kind) for name, kind in rows}
+
     def lock_for_migrations(self) -> None:
         """Serialise concurrent migrators (several gateway replicas starting at once)."""
         if self.dialect == "postgresql":
@@ -71,8 +82,11 @@ class Database:
             self.conn.execute("BEGIN IMMEDIATE")
 
 
-def connect(url: str, *, connect_timeout_s: float = 5.0) -> Database:
-    """Open ``url``: a ``postgresql://`` URL or a SQLite file path (``sqlite:///path`` too)."""
+def connect(url: str, *, connect_timeout_s: float = 5.0, read_only: bool = False) -> Database:
+    """Open ``url``: a ``postgresql://`` URL or a SQLite file path (``sqlite:///path`` too).
+
+    ``read_only`` opens a SQLite file as it is: nothing created, no journal mode changed
+    (a reader must not turn someone's ledger copy into a WAL database)."""
     if is_postgres(url):
         import psycopg
 
@@ -85,6 +99,10 @@ def connect(url: str, *, connect_timeout_s: float = 5.0) -> Database:
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
     if "://" in path:
         raise ConfigError(f"unsupported database URL {url!r}: use a file path or postgresql://")
+    if read_only:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                               timeout=connect_timeout_s, check_same_thread=False)
+        return Database(url, conn, "sqlite")
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=connect_timeout_s, check_same_thread=False)

@@ -20,32 +20,14 @@ from typing import Any
 import orjson
 
 from margin.config import LedgerConfig
+from margin.metering import schema
 from margin.metering.db import Database, connect, is_postgres
 from margin.metering.migrations import migrate
 
 log = logging.getLogger("margin.ledger")
 
-COLUMNS: tuple[str, ...] = (
-    "id", "ts", "endpoint", "user_id", "team", "feature", "key_id", "requested_model",
-    "model", "provider", "route", "status", "error_type", "prompt_tokens",
-    "completion_tokens", "cached_tokens", "cost_usd", "saved_usd", "estimated", "streamed",
-    "cache", "cache_similarity", "latency_ms", "upstream_ms", "ttft_ms", "overhead_ms",
-    "stage_ms", "attempts", "prompt_hash", "tokens_before_compression",
-    "tokens_after_compression", "notes", "prompt", "response",
-)
-
-
-def _insert_sql(dialect: str) -> str:
-    cols = ", ".join(COLUMNS)
-    marks = ", ".join("?" for _ in COLUMNS)
-    # Idempotent on the request id only; any other violation is an error we want to see.
-    return f"INSERT INTO requests ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
-
-
-# NOT NULL columns and what an absent value means.
-_DEFAULTS: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-                             "cost_usd": 0.0, "saved_usd": 0.0, "estimated": 0, "streamed": 0,
-                             "cache": "miss", "status": 0, "endpoint": "unknown"}
+# The table's columns, in INSERT order (metering/schema.py defines them).
+COLUMNS: tuple[str, ...] = schema.NAMES
 
 
 def _is_data_error(exc: Exception) -> bool:
@@ -91,8 +73,7 @@ class LedgerWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._db: Database | None = None
-        self._dialect = "postgresql" if is_postgres(cfg.url) else "sqlite"
-        self._sql = _insert_sql(self._dialect)
+        self._sql = schema.insert_sql()
         self._last_replay_try = 0.0
         self._spool_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
@@ -175,7 +156,7 @@ class LedgerWriter:
             return False
         assert self._db is not None
         try:
-            self._db.executemany(self._sql, [_values(r) for r in rows])
+            self._db.executemany(self._sql, [schema.values(r) for r in rows])
             self._db.commit()
         except Exception as exc:
             self.counters.failed_batches += 1
@@ -197,7 +178,7 @@ class LedgerWriter:
         assert self._db is not None
         for row in rows:
             try:
-                self._db.execute(self._sql, _values(row))
+                self._db.execute(self._sql, schema.values(row))
                 self._db.commit()
                 self.counters.written += 1
             except Exception as exc:
@@ -274,10 +255,3 @@ class LedgerWriter:
     def pending(self) -> int:
         return len(self._queue)
 
-
-def _values(row: dict[str, Any]) -> tuple:
-    out = []
-    for c in COLUMNS:
-        v = row.get(c)
-        out.append(_DEFAULTS[c] if v is None and c in _DEFAULTS else v)
-    return tuple(out)

@@ -1,68 +1,19 @@
 """Ledger statistics: latency percentiles per stage and group, cost per group, cache
-outcomes. Pure functions over rows, plus one loader."""
+outcomes. Pure functions over the rows ``queries.stats_rows`` reads."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import orjson
 
-from margin.metering.db import Database
+from margin.metering.queries import StatsRow
 
 GROUPS = ("stage", "model", "user", "feature", "team", "key", "day", "endpoint")
-_FIELDS = ("ts", "endpoint", "user_id", "team", "feature", "key_id", "model", "status",
-           "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "cache",
-           "latency_ms", "upstream_ms", "ttft_ms", "overhead_ms", "stage_ms",
-           "tokens_before_compression", "tokens_after_compression", "notes", "requested_model")
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    ts: float
-    endpoint: str
-    user_id: str | None
-    team: str | None
-    feature: str | None
-    key_id: str | None
-    model: str | None
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    saved_usd: float
-    cache: str
-    latency_ms: float | None
-    upstream_ms: float | None
-    ttft_ms: float | None
-    overhead_ms: float | None
-    stage_ms: str | None
-    tokens_before_compression: int | None
-    tokens_after_compression: int | None
-    notes: str | None
-    requested_model: str | None
-
-
-def time_where(since_ts: float | None, until_ts: float | None) -> tuple[str, list[Any]]:
-    """`` WHERE ts >= ? AND ts < ?`` for the bounds given (empty when neither is)."""
-    clauses, params = [], []
-    if since_ts is not None:
-        clauses.append("ts >= ?")
-        params.append(since_ts)
-    if until_ts is not None:
-        clauses.append("ts < ?")
-        params.append(until_ts)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def load_rows(db: Database, since_ts: float | None = None, until_ts: float | None = None
-              ) -> list[Row]:
-    where, params = time_where(since_ts, until_ts)
-    sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY ts"
-    return [Row(*r) for r in db.query(sql, params)]
+Row = StatsRow  # one request, as ``queries.stats_rows`` reads it
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float | None]:

@@ -1,4 +1,4 @@
-"""Replicas for a latency SLO: Erlang C with a burstiness correction, the seed's rule, the cheapest mix.
+"""Replicas for a latency SLO: Erlang C with a burstiness correction, the rule of thumb, the cheapest mix.
 
 A replica is modelled as ``concurrency`` servers, each finishing a request in
 ``service_s = concurrency / replica_rps`` seconds, so that a fully busy replica does
@@ -119,10 +119,13 @@ def replicas_series(rates_rps: np.ndarray, model: ReplicaModel, slo: SloTarget,
     return out
 
 
-# --------------------------------------------------------------------------------- seed's rule
+# --------------------------------------------------------------------------------- rule of thumb
 
-def seed_rule(avg_rps: float, p99_rps: float, replica_rps: float) -> tuple[int, int]:
-    """The seed's sizing: min = max(2, ⌈avg/capacity × 1.2⌉), max = ⌈P99/capacity × 1.2⌉."""
+RULE_OF_THUMB = "min = max(2, ⌈avg/capacity × 1.2⌉), max = ⌈P99/capacity × 1.2⌉"
+
+
+def rule_of_thumb(avg_rps: float, p99_rps: float, replica_rps: float) -> tuple[int, int]:
+    """The usual sizing rule of thumb: min = max(2, ⌈avg/capacity × 1.2⌉), max = ⌈P99/capacity × 1.2⌉."""
     lo = max(2, math.ceil(avg_rps / replica_rps * 1.2 - 1e-9))
     hi = math.ceil(p99_rps / replica_rps * 1.2 - 1e-9)
     return lo, max(lo, hi)
@@ -138,7 +141,7 @@ class Prices:
     spot_max_share: float = 0.3         # at most this share of the running replicas on spot
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mix:
     reserved: int
     on_demand_replica_h: float
@@ -152,7 +155,7 @@ class Mix:
     def saving_share(self) -> float:
         return 1 - self.cost_usd / self.all_on_demand_usd if self.all_on_demand_usd else 0.0
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {**self.__dict__, "saving_share": self.saving_share}
 
 

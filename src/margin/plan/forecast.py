@@ -60,7 +60,7 @@ class BacktestResult:
     improvement_vs_user_pick: float | None  # 1 - wape_model / wape_naive_user_pick
     improvement_vs_best_naive: float | None
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return dict(self.__dict__)
 
 
@@ -78,6 +78,12 @@ class ForecastResult:
     def rows(self) -> list[dict]:
         return [{"time": float(t), "forecast": float(p), "lower": float(lo), "upper": float(hi)}
                 for t, p, lo, hi in zip(self.times, self.point, self.lower, self.upper)]
+
+    def to_json(self) -> dict:
+        return {"unit": "requests per second, averaged over each step", "step_s": self.step_s,
+                "method": self.method, "interval": 0.8,
+                "backtest": self.backtest.to_json() if self.backtest else None,
+                "notes": self.notes, "forecast": self.rows()}
 
 
 # ---------------------------------------------------------------------------------- baselines
@@ -381,3 +387,18 @@ def forecast(series: RateSeries, cfg: ForecastConfig = ForecastConfig(),
     return ForecastResult(times=times, point=point, lower=lower, upper=upper,
                           method=f"robust-profile/{kind}", step_s=series.step_s, backtest=bt,
                           notes=notes)
+
+
+def backtest_series(series: RateSeries, cfg: ForecastConfig = ForecastConfig()
+                    ) -> BacktestResult | None:
+    """The backtest alone, at ``cfg.horizon_s``, with the model ``forecast`` would choose."""
+    n_out = max(1, int(round(cfg.horizon_s / series.step_s)))
+    day = bins_per(DAY_S, series.step_s)
+    values = np.asarray(series.values, dtype=float)
+    obs = np.flatnonzero(~np.isnan(values))
+    if not len(obs):
+        raise ValueError("the series has no observed values")
+    values = values[: obs[-1] + 1]
+    if model_kind(len(values), day) == "level":
+        day = None
+    return backtest(values, n_out, day, cfg)

@@ -148,7 +148,7 @@ class LoadAnalysis:
     def rps_at(self, resolution_s: float) -> RateStats:
         return min(self.rps, key=lambda r: abs(r.resolution_s - resolution_s))
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         from dataclasses import asdict
         return asdict(self)
 

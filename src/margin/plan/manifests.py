@@ -141,6 +141,11 @@ def to_yaml(doc: dict, header: str = "") -> str:
     return (header.rstrip() + "\n" if header else "") + body
 
 
+def to_yaml_all(docs: list[dict], header: str = "") -> str:
+    body = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+    return (header.rstrip() + "\n" if header else "") + body
+
+
 # ------------------------------------------------------------------------------- validation
 
 def _rules_problems(where: str, rules: dict | None) -> list[str]:

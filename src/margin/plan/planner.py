@@ -1,30 +1,35 @@
-"""Glue: from a trace and the options to each command's result (plain dicts for JSON and HTML)."""
+"""Glue: from a trace and the options to each command's result (typed, with ``to_json()``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
 from margin.errors import InputError
 from margin.plan import manifests
-from margin.plan.autoscale import arrivals_for_replay
+from margin.plan import schedule_manifests as sm
+from margin.plan.autoscale import Arrivals, arrivals_for_replay
 from margin.plan.autoscale.hpa import HpaSpec
 from margin.plan.autoscale.policies import RayServeSpec
+from margin.plan.autoscale.predictive import PredictiveSpec, week_floor
 from margin.plan.autoscale.search import SearchResult, search
 from margin.plan.autoscale.sim import SimConfig
 from margin.plan.capacity import (ReplicaModel, SloTarget, cheapest_mix, replicas_series,
-                                  seed_rule)
+                                  rule_of_thumb)
 from margin.plan.costs import TokenPrices, unit_economics
-from margin.plan.forecast import ForecastConfig, ForecastResult, forecast
+from margin.plan.forecast import ForecastConfig, ForecastResult, backtest_series, forecast
 from margin.plan.load import (LoadAnalysis, analyze_load, rate_series, service_cv2,
                               tokens_per_request)
 from margin.plan.options import CapacityOptions
+from margin.plan.results import (Assumptions, BacktestReport, BacktestRow, CapacityPlan,
+                                 RoadmapBasis, RuleOfThumb, WhatIfPlan)
 from margin.plan.series import DAY_S
 from margin.plan.traces import Trace
-from margin.plan.whatif import Roadmap, WhatIfAssumptions, roadmap
+from margin.plan.whatif import WhatIfAssumptions, roadmap
 
 Progress = Callable[[str], None]
 
@@ -43,13 +48,14 @@ class Context:
     def ca2(self) -> float:
         return self.analysis.burstiness.ca2
 
-    def assumptions(self) -> dict:
-        return {"replica_rps": self.model.replica_rps, "replica_rps_source": self.model_source,
-                "concurrency": self.model.concurrency, "service_s": self.model.service_s,
-                "slo_p95_ms": self.slo.latency_s * 1000,
-                "utilisation_cap": self.slo.utilisation_cap,
-                "ca2": self.ca2, "ca2_source": self.analysis.burstiness.source,
-                "cs2": self.cs2, "cs2_source": self.cs2_source}
+    def assumptions(self) -> Assumptions:
+        return Assumptions(replica_rps=self.model.replica_rps,
+                           replica_rps_source=self.model_source,
+                           concurrency=self.model.concurrency, service_s=self.model.service_s,
+                           slo_p95_ms=self.slo.latency_s * 1000,
+                           utilisation_cap=self.slo.utilisation_cap, ca2=self.ca2,
+                           ca2_source=self.analysis.burstiness.source, cs2=self.cs2,
+                           cs2_source=self.cs2_source)
 
 
 def build_context(trace: Trace, opts: CapacityOptions) -> Context:
@@ -94,11 +100,21 @@ def run_forecast(trace: Trace, horizon_s: float | None = None, resolution_s: flo
     return result
 
 
-def forecast_dict(fc: ForecastResult) -> dict:
-    return {"unit": "requests per second, averaged over each step", "step_s": fc.step_s,
-            "method": fc.method, "interval": 0.8,
-            "backtest": fc.backtest.to_dict() if fc.backtest else None, "notes": fc.notes,
-            "forecast": fc.rows()}
+def run_backtest(trace: Trace, horizons_s: list[float], resolution_s: float | None = None
+                 ) -> BacktestReport:
+    """Rolling-origin backtests at each horizon against the hindsight-best seasonal naive."""
+    rows, notes = [], []
+    for h in horizons_s:
+        res, _, n = choose_resolution(trace, h, resolution_s)
+        bt = backtest_series(rate_series(trace, res), ForecastConfig(horizon_s=h))
+        if bt is None:
+            notes.append(f"{h / 3600:g} h: not enough history for a backtest of this horizon")
+            continue
+        rows.append(BacktestRow(horizon_s=h, step_s=res, origins=bt.origins,
+                                wape_model=bt.wape_model, wape_naive_day=bt.wape_naive_day,
+                                wape_naive_week=bt.wape_naive_week, coverage=bt.coverage))
+        notes += [x for x in n if x not in notes]
+    return BacktestReport(trace.source, rows, notes)
 
 
 # ------------------------------------------------------------------------------- capacity
@@ -121,7 +137,7 @@ def peak_factor(trace: Trace, period_s: float) -> tuple[float, str]:
                                      f"{fine:g}-s rate / the step's mean")
 
 
-def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> dict:
+def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> CapacityPlan:
     factor, factor_src = peak_factor(ctx.trace, fc.step_s)
     point = fc.point * factor
     upper = fc.upper * factor
@@ -131,27 +147,22 @@ def capacity_plan(ctx: Context, opts: CapacityOptions, fc: ForecastResult) -> di
     r_upper = np.maximum(r_upper, opts.min_replicas)
     minute = ctx.analysis.rps_at(60.0)
     g_end = (1 + opts.growth_monthly) ** (len(fc.point) * fc.step_s / (30 * DAY_S))
-    seed_lo, seed_hi = seed_rule(minute.mean * g_end, minute.p99 * g_end, ctx.model.replica_rps)
+    lo, hi = rule_of_thumb(minute.mean * g_end, minute.p99 * g_end, ctx.model.replica_rps)
     step_h = fc.step_s / 3600
-    mix = cheapest_mix(r_point, step_h, opts.prices)
-    return {
-        "step_s": fc.step_s,
-        "peak_factor": factor, "peak_factor_source": factor_src,
-        "times": fc.times.tolist(),
-        "design_rps": point.tolist(), "design_rps_upper": upper.tolist(),
-        "replicas": r_point.tolist(), "replicas_upper": r_upper.tolist(),
-        "peak_replicas": int(np.nanmax(r_point)), "peak_replicas_upper": int(np.nanmax(r_upper)),
-        "replica_hours": float(np.nansum(r_point) * step_h),
-        "replica_hours_upper": float(np.nansum(r_upper) * step_h),
-        "seed_rule": {"min": seed_lo, "max": seed_hi,
-                      "basis": f"{minute.resolution_s:g}-s mean {minute.mean:.3g} rps and P99 "
-                               f"{minute.p99:.3g} rps "
-                               f"of the history, x{g_end:.3f} growth by the horizon's end",
-                      "static_peak_replica_hours": seed_hi * len(fc.point) * step_h},
-        "mix": mix.to_dict(),
-        "assumptions": {**ctx.assumptions(), "growth_monthly": opts.growth_monthly,
-                        "prices": asdict(opts.prices)},
-    }
+    return CapacityPlan(
+        step_s=fc.step_s, peak_factor=factor, peak_factor_source=factor_src,
+        times=fc.times.tolist(), design_rps=point.tolist(), design_rps_upper=upper.tolist(),
+        replicas=r_point.tolist(), replicas_upper=r_upper.tolist(),
+        peak_replicas=int(np.nanmax(r_point)), peak_replicas_upper=int(np.nanmax(r_upper)),
+        replica_hours=float(np.nansum(r_point) * step_h),
+        replica_hours_upper=float(np.nansum(r_upper) * step_h),
+        rule_of_thumb=RuleOfThumb(
+            min=lo, max=hi,
+            basis=f"{minute.resolution_s:g}-s mean {minute.mean:.3g} rps and P99 "
+                  f"{minute.p99:.3g} rps of the history, x{g_end:.3f} growth by the horizon's end",
+            static_peak_replica_hours=hi * len(fc.point) * step_h),
+        mix=cheapest_mix(r_point, step_h, opts.prices), assumptions=ctx.assumptions(),
+        growth_monthly=opts.growth_monthly, prices=opts.prices)
 
 
 # ------------------------------------------------------------------------------- autoscale
@@ -173,22 +184,49 @@ class AutoscalePlan:
     ray: dict
     problems: dict[str, list[str]]
     headers: dict[str, str]
+    week_floor: list[int] | None = None       # predictive floor per hour of week, Monday 00:00 first
+    week_clock: str = ""                      # what the hours of week are in
+    keda_predictive: dict | None = None
+    hpa_schedule: list[dict] | None = None
 
     @property
     def static_replica_hours(self) -> float:
         return self.static_peak_replicas * self.seconds / 3600
 
-    def saving_vs_static(self) -> float | None:
+    def saving_vs_static(self) -> float:
+        """Replica-hours the recommendation saves against static peak provisioning (0 when the
+        recommendation is static; filled even when nothing meets the SLO)."""
         rec = self.search.recommended
-        if rec is None or not rec.meets_slo or self.static_replica_hours <= 0:
-            return None
+        if rec is None or self.static_replica_hours <= 0:
+            return 0.0
         return 1 - rec.replica_hours / self.static_replica_hours
 
-    def to_dict(self) -> dict:
+    def files(self) -> dict[str, str]:
+        """The manifests as files: name -> YAML text, each headed by what the replay said."""
+        out = {"hpa.yaml": manifests.to_yaml(self.hpa, self.headers["hpa"]),
+               "keda.yaml": manifests.to_yaml(self.keda, self.headers["keda"]),
+               "ray-serve.yaml": manifests.to_yaml(self.ray, self.headers["ray"])}
+        if self.keda_predictive is not None and self.hpa_schedule is not None:
+            out["keda-predictive.yaml"] = manifests.to_yaml(self.keda_predictive,
+                                                            self.headers["keda-predictive"])
+            out["hpa-predictive.yaml"] = manifests.to_yaml_all(self.hpa_schedule,
+                                                               self.headers["hpa-schedule"])
+        return out
+
+    def write(self, out: Path) -> list[str]:
+        out.mkdir(parents=True, exist_ok=True)
+        files = self.files()
+        for name, text in files.items():
+            (out / name).write_text(text)
+        return list(files)
+
+    def to_json(self) -> dict:
         return {"window_start_s": self.start_s, "seconds": self.seconds,
                 "static_peak_replicas": self.static_peak_replicas,
                 "static_replica_hours": self.static_replica_hours,
-                "saving_vs_static": self.saving_vs_static(), **self.search.to_dict(),
+                "saving_vs_static": self.saving_vs_static(), **self.search.to_json(),
+                "predictive_week": {"replicas_by_hour_of_week": self.week_floor,
+                                    "clock": self.week_clock} if self.week_floor else None,
                 "manifest_problems": self.problems}
 
 
@@ -198,8 +236,8 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
     arr = arrivals_for_replay(ctx.trace, opts.sim_days)
     cfg = sim_config(ctx, opts)
     res = search(arr.per_second, cfg, arr.valid, opts.min_replicas, opts.max_replicas,
-                 quick=quick, progress=progress)
-    static = int(res.clairvoyant.max_replicas)
+                 quick=quick, progress=progress, history=arr.before)
+    static = int(res.static.max_replicas) if res.static else int(res.clairvoyant.max_replicas)
     hpa_spec = _pick_hpa(res)
     ray_spec = res.best_specs.get("ray-serve") or RayServeSpec(min_replicas=opts.min_replicas,
                                                                max_replicas=res.max_replicas)
@@ -213,8 +251,42 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
     problems = {"hpa": manifests.validate_hpa(hpa_doc),
                 "keda": manifests.validate_keda(keda_doc, keda_schema),
                 "ray": manifests.ray_problems(ray_doc)}
-    return AutoscalePlan(res, arr.start_s, len(arr.per_second), static, hpa_doc, keda_doc,
+    plan = AutoscalePlan(res, arr.start_s, len(arr.per_second), static, hpa_doc, keda_doc,
                          ray_doc, problems, _headers(res, hpa_spec, keda_spec, ray_spec))
+    pred = res.best_specs.get("predictive")
+    if isinstance(pred, PredictiveSpec):
+        _add_predictive(plan, ctx, cfg, arr, pred, keda_schema)
+    return plan
+
+
+def _add_predictive(plan: AutoscalePlan, ctx: Context, cfg: SimConfig, arr: Arrivals,
+                    spec: PredictiveSpec, keda_schema: str | None) -> None:
+    """Next week's forecast floor, from the whole trace, as KEDA cron triggers and HPA CronJobs."""
+    full = np.concatenate([arr.before, np.where(arr.valid, arr.per_second, np.nan)])
+    end_s = arr.start_s + len(arr.per_second)
+    week = sm.by_hour_of_week(week_floor(full, len(full), cfg, spec), end_s,
+                              ctx.trace.absolute_time)
+    bl = sm.blocks(week, spec.reactive.min_replicas)
+    r = spec.reactive
+    plan.week_floor = [int(x) for x in week]
+    plan.week_clock = "UTC" if ctx.trace.absolute_time else \
+        "trace clock: second 0 of the trace taken as Monday 00:00 UTC"
+    plan.keda_predictive = sm.keda_predictive(bl, r, r.target, r.target / ctx.model.service_s,
+                                              cfg.startup_s)
+    plan.hpa_schedule = sm.hpa_schedule(bl, r, cfg.startup_s)
+    plan.problems["keda-predictive"] = sm.validate_keda_predictive(plan.keda_predictive,
+                                                                   keda_schema)
+    plan.problems["hpa-schedule"] = sm.validate_hpa_schedule(plan.hpa_schedule)
+    rec = plan.search.best_by_family.get("predictive")
+    head = "# generated by margin plan from a replayed trace; review before applying\n"
+    line = (f"# replayed: {rec.params.get('label')}: {rec.replica_hours:,.0f} replica-hours, "
+            f"{rec.over_slo_share:.2%} of requests over the SLO; "
+            f"{'meets' if rec.meets_slo else 'DOES NOT meet'} the SLO\n") if rec else ""
+    clock = f"# the weekly floor is next week's forecast per hour; cron times in {plan.week_clock}\n"
+    plan.headers["keda-predictive"] = head + line + clock + \
+        "# KEDA scales to the largest of the cron floors and the metric trigger\n"
+    plan.headers["hpa-schedule"] = head + line + clock + \
+        "# the CronJobs set the HPA's minReplicas ahead of each block (kubectl image, RBAC below)\n"
 
 
 def _headers(res: SearchResult, hpa_spec: HpaSpec, keda_spec: HpaSpec, ray_spec: object
@@ -251,21 +323,24 @@ def _pick_hpa(res: SearchResult) -> HpaSpec:
 
 def whatif_plan(ctx: Context, opts: CapacityOptions, prices: TokenPrices,
                 assumptions: WhatIfAssumptions, auto: AutoscalePlan | None,
-                cap: dict | None, serving: str = "auto") -> tuple[Roadmap, dict]:
+                cap: CapacityPlan | None, serving: str = "auto") -> WhatIfPlan:
     """``serving``: "api" (tokens bought), "self-hosted" (replicas run), "both", or "auto":
     API when the trace has token counts or costs, self-hosted otherwise."""
     econ = unit_economics(ctx.trace, prices)
     if serving == "auto":
         serving = "api" if econ else "self-hosted"
-    api = econ["monthly_run_rate_usd"] if econ and serving in ("api", "both") else 0.0
-    peak = auto.static_peak_replicas if auto else (cap["seed_rule"]["max"] if cap else 0)
+    api = econ.monthly_run_rate_usd if econ and serving in ("api", "both") else 0.0
+    peak = auto.static_peak_replicas if auto else (cap.rule_of_thumb.max if cap else 0)
     infra = peak * 720 * opts.prices.on_demand_usd_per_h if serving in ("self-hosted", "both") \
         else 0.0
     a = assumptions
     if auto is not None and a.autoscale_saving is None:
-        a = replace(a, autoscale_saving=auto.saving_vs_static() or 0.0)
+        rec = auto.search.recommended
+        # A saving that misses the SLO is not a saving the roadmap can promise.
+        a = replace(a, autoscale_saving=auto.saving_vs_static()
+                    if rec is not None and rec.meets_slo else 0.0)
     if cap is not None and a.mix_saving is None:
-        a = replace(a, mix_saving=cap["mix"]["saving_share"])
+        a = replace(a, mix_saving=cap.mix.saving_share)
     if econ and a.input_cost_share is None and ctx.trace.has("input_tokens"):
         df = ctx.trace.events
         assert df is not None
@@ -275,12 +350,13 @@ def whatif_plan(ctx: Context, opts: CapacityOptions, prices: TokenPrices,
         if tin + tout > 0:
             a = replace(a, input_cost_share=tin / (tin + tout))
     rm = roadmap(api, infra, ctx.trace, a)
-    observed_h = econ["observed_days"] * 24 if econ else 0.0
-    basis = {"serving": serving,
-             "api_bill": (f"{econ['cost_source']}, monthly run rate from {observed_h:,.1f} h "
-                          "observed" if econ else "no tokens or costs in this trace")
-             if api else f"no API bill (serving: {serving})",
-             "infra_bill": f"static provisioning for the peak: {peak} replicas x 720 h x "
-                           f"${opts.prices.on_demand_usd_per_h}/h on demand"
-             if infra else f"no self-hosted replicas (serving: {serving})"}
-    return rm, basis
+    observed_h = econ.observed_days * 24 if econ else 0.0
+    basis = RoadmapBasis(
+        serving=serving,
+        api_bill=(f"{econ.cost_source}, monthly run rate from {observed_h:,.1f} h observed"
+                  if econ else "no tokens or costs in this trace")
+        if api else f"no API bill (serving: {serving})",
+        infra_bill=f"static provisioning for the peak: {peak} replicas x 720 h x "
+                   f"${opts.prices.on_demand_usd_per_h}/h on demand"
+        if infra else f"no self-hosted replicas (serving: {serving})")
+    return WhatIfPlan(rm, basis)

@@ -11,12 +11,14 @@ import gzip
 import io
 import json
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from margin.errors import TraceError
+from margin.metering import queries
+from margin.metering import schema as ledger_schema
+from margin.metering.db import Database, connect, is_postgres
 
 TIME_NAMES = ("time", "timestamp", "ts", "unix_time", "window_start_s", "window_start",
               "created_at", "datetime", "date")
@@ -275,61 +277,59 @@ def read_table(path: str, columns, parquet: bool = False) -> pl.DataFrame:
 
 # ------------------------------------------------------------------------------- ledger
 
+def _ledger_source(db: Database, where: str) -> list[str]:
+    """The ledger columns the planner reads that this ledger has (ledgers of any age)."""
+    src = queries.present(db, list(LEDGER_COLUMNS))
+    if "ts" not in src:
+        if not db.columns(ledger_schema.TABLE):
+            raise TraceError(where, None, "expected a margin ledger: a SQLite file with a "
+                             "`requests` table" if db.dialect == "sqlite" else
+                             "expected a margin ledger with a `requests` table")
+        raise TraceError(where, None, "expected a `ts` column in the ledger's `requests` table")
+    return src
+
+
 def read_ledger(path: str) -> pl.DataFrame:
-    if path.startswith(("postgresql://", "postgres://")):
+    if is_postgres(path):
         return _read_ledger_postgres(path)
     try:
-        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        db = connect(path, read_only=True)
     except sqlite3.Error as exc:
         raise TraceError(path, None, f"expected a readable SQLite ledger ({exc})") from None
     try:
-        cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
-        if not cols:
-            raise TraceError(path, None, "expected a margin ledger: a SQLite file with a "
-                             "`requests` table")
-        if "ts" not in cols:
-            raise TraceError(path, None, "expected a `ts` column in the ledger's `requests` table")
-        src = [c for c in LEDGER_COLUMNS if c in cols]
-        cur = conn.execute(f"SELECT {', '.join(src)} FROM requests ORDER BY ts")
-        frames = []
-        while True:
-            rows = cur.fetchmany(200_000)
-            if not rows:
-                break
-            frames.append(pl.DataFrame(rows, schema=src, orient="row", infer_schema_length=None))
+        src = _ledger_source(db, path)
+        frames = [pl.DataFrame(rows, schema=src, orient="row", infer_schema_length=None)
+                  for rows in queries.column_chunks(db, src)]
     except sqlite3.Error as exc:
         raise TraceError(path, None, f"expected a readable SQLite ledger ({exc})") from None
     finally:
-        conn.close()
+        db.close()
     if not frames:
         return pl.DataFrame({"ts": pl.Series([], dtype=pl.Float64)})
     df = pl.concat(frames, how="vertical_relaxed")
     return df.rename({c: LEDGER_COLUMNS[c] for c in src})
 
 
+_POLARS = {float: pl.Float64, int: pl.Int64, str: pl.String}
+
+
 def _read_ledger_postgres(url: str) -> pl.DataFrame:
     import psycopg  # only needed for PostgreSQL ledgers
 
+    where = url.split("@")[-1]  # never a password
     try:
-        with psycopg.connect(url) as conn:
-            cols = [r[0] for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests' "
-                "AND table_schema = current_schema()")]
-            if not cols:
-                raise TraceError(url, None, "expected a margin ledger with a `requests` table")
-            src = [c for c in LEDGER_COLUMNS if c in cols]
+        db = connect(url)
+        try:
+            src = _ledger_source(db, where)
             buf = io.BytesIO()
-            with conn.cursor().copy(f"COPY (SELECT {', '.join(src)} FROM requests ORDER BY ts) "
-                                    "TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-                for chunk in copy:
-                    buf.write(chunk)
+            size = queries.write_csv(db, src, buf)
+        finally:
+            db.close()
     except psycopg.Error as exc:
-        raise TraceError(url.split("@")[-1], None, f"expected a reachable PostgreSQL ledger "
+        raise TraceError(where, None, f"expected a reachable PostgreSQL ledger "
                          f"({exc.__class__.__name__})") from None
+    schema = {c: _POLARS[ledger_schema.BY_NAME[c].py] for c in src}
     buf.seek(0)
-    schema = {c: (pl.Float64 if c in ("ts", "cost_usd", "saved_usd", "latency_ms") else
-                  pl.Int64 if c in ("prompt_tokens", "completion_tokens", "status") else pl.String)
-              for c in src}
-    df = pl.read_csv(buf, schema_overrides=schema) if buf.getbuffer().nbytes else \
+    df = pl.read_csv(buf, schema_overrides=schema) if size else \
         pl.DataFrame({c: pl.Series([], dtype=t) for c, t in schema.items()})
     return df.rename({c: LEDGER_COLUMNS[c] for c in src})

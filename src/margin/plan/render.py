@@ -9,8 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from margin.plan.autoscale.sim import SimResult
+from margin.plan.costs import UnitEconomics
 from margin.plan.forecast import ForecastResult
 from margin.plan.load import LoadAnalysis
+from margin.plan.planner import AutoscalePlan
+from margin.plan.results import BacktestReport, CapacityPlan, WhatIfPlan
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -52,7 +55,7 @@ def spark(values: list[float]) -> str:
     return "".join(out)
 
 
-def analysis(console: Console, a: LoadAnalysis, econ: dict | None) -> None:
+def analysis(console: Console, a: LoadAnalysis, econ: UnitEconomics | None) -> None:
     console.print(f"[bold]{a.source}[/] ({a.format}): {a.requests:,.0f} requests over "
                   f"{a.span_s / 3600:,.1f} h ({a.observed_s / 3600:,.1f} h observed, "
                   f"{len(a.gaps)} gap(s))")
@@ -79,22 +82,18 @@ def analysis(console: Console, a: LoadAnalysis, econ: dict | None) -> None:
     for n in a.notes:
         console.print(f"[dim]note: {n}[/]")
     if econ:
-        console.print(f"cost ({econ['cost_source']}): total {usd(econ['total_usd'])}, per request "
-                      f"{usd(econ['per_request_usd'])}, per 1k tokens "
-                      f"{usd(econ['per_1k_tokens_usd'])}, per day {usd(econ['per_day_usd'])}, "
-                      f"monthly run rate {usd(econ['monthly_run_rate_usd'])}")
-        for key in ("user", "feature", "team", "model"):
-            by = econ.get(f"by_{key}")
-            if not by:
-                continue
-            p = by["pareto"]
-            console.print(f"by {key}: {by['count']} distinct, {usd(by['per_' + key + '_usd'])} "
-                          f"each on average; top 20 % make {fmt((p['top_20pct_share'] or 0) * 100)}"
-                          f" % of the cost; {p['n_for_80pct']} make 80 %")
+        console.print(f"cost ({econ.cost_source}): total {usd(econ.total_usd)}, per request "
+                      f"{usd(econ.per_request_usd)}, per 1k tokens "
+                      f"{usd(econ.per_1k_tokens_usd)}, per day {usd(econ.per_day_usd)}, "
+                      f"monthly run rate {usd(econ.monthly_run_rate_usd)}")
+        for key, by in econ.by.items():
+            p = by.pareto
+            console.print(f"by {key}: {by.count} distinct, {usd(by.per_item_usd)} "
+                          f"each on average; top 20 % make {fmt((p.top_20pct_share or 0) * 100)}"
+                          f" % of the cost; {p.n_for_80pct} make 80 %")
             t = Table(key, "cost", "share", "requests")
-            for r in by["top"][:5]:
-                t.add_row(str(r[key]), usd(r["cost_usd"]), f"{r['share']:.1%}",
-                          f"{r['requests']:,}")
+            for r in by.top[:5]:
+                t.add_row(str(r.name), usd(r.cost_usd), f"{r.share:.1%}", f"{r.requests:,}")
             console.print(t)
 
 
@@ -135,27 +134,45 @@ def forecast(console: Console, fc: ForecastResult, absolute: bool) -> None:
     console.print(t)
 
 
-def capacity(console: Console, cap: dict, absolute: bool) -> None:
-    a = cap["assumptions"]
-    console.print(f"replica: {fmt(a['replica_rps'])} requests/s ({a['replica_rps_source']}), "
-                  f"{a['concurrency']} at once, service {a['service_s'] * 1000:g} ms; SLO P95 "
-                  f"{a['slo_p95_ms']:g} ms; ca² {fmt(a['ca2'])}, cs² {fmt(a['cs2'])}; "
-                  f"peaks inside a step x{fmt(cap['peak_factor'])}")
-    console.print(f"replicas over the horizon: {spark(cap['replicas'])}")
+def backtest(console: Console, rep: BacktestReport) -> None:
+    t = Table("horizon", "step", "origins", "margin WAPE", "same hour yesterday",
+              "same hour last week", "best naive (hindsight)", "margin vs best",
+              "80 % interval coverage")
+    for r in rep.rows:
+        g = r.gain_vs_best_naive
+        t.add_row(f"{r.horizon_s / 3600:g} h", f"{r.step_s:g} s", str(r.origins),
+                  f"{r.wape_model:.3f}", fmt(r.wape_naive_day), fmt(r.wape_naive_week),
+                  r.best_naive or "–", "–" if g is None else f"{g:+.1%} better" if g >= 0
+                  else f"{-g:.1%} worse", f"{r.coverage:.1%}")
+    console.print(f"backtest of {rep.source}: WAPE = Σ|actual − forecast| / Σ actual over all "
+                  "origins; the best naive is whichever seasonal naive did better over the test")
+    console.print(t)
+    for n in rep.notes:
+        console.print(f"[dim]note: {n}[/]")
+
+
+def capacity(console: Console, cap: CapacityPlan, absolute: bool) -> None:
+    a = cap.assumptions
+    console.print(f"replica: {fmt(a.replica_rps)} requests/s ({a.replica_rps_source}), "
+                  f"{a.concurrency} at once, service {a.service_s * 1000:g} ms; SLO P95 "
+                  f"{a.slo_p95_ms:g} ms; ca² {fmt(a.ca2)}, cs² {fmt(a.cs2)}; "
+                  f"peaks inside a step x{fmt(cap.peak_factor)}")
+    console.print(f"replicas over the horizon: {spark(cap.replicas)}")
     t = Table("plan", "replicas", "replica-hours over the horizon")
     t.add_row("queueing (Erlang C + burstiness), forecast",
-              f"peak {cap['peak_replicas']}", fmt(cap["replica_hours"]))
-    t.add_row("queueing, upper 80 % band", f"peak {cap['peak_replicas_upper']}",
-              fmt(cap["replica_hours_upper"]))
-    s = cap["seed_rule"]
-    t.add_row("seed's rule (static at max)", f"min {s['min']}, max {s['max']}",
-              fmt(s["static_peak_replica_hours"]))
+              f"peak {cap.peak_replicas}", fmt(cap.replica_hours))
+    t.add_row("queueing, upper 80 % band", f"peak {cap.peak_replicas_upper}",
+              fmt(cap.replica_hours_upper))
+    s = cap.rule_of_thumb
+    t.add_row("rule of thumb (static at max)", f"min {s.min}, max {s.max}",
+              fmt(s.static_peak_replica_hours))
     console.print(t)
-    m = cap["mix"]
-    console.print(f"cheapest mix: {m['reserved']} reserved (always on), "
-                  f"{fmt(m['on_demand_replica_h'])} on-demand and {fmt(m['spot_replica_h'])} "
-                  f"spot replica-hours: {usd(m['cost_usd'])} vs {usd(m['all_on_demand_usd'])} "
-                  f"all on demand ({m['saving_share']:.1%} less)")
+    console.print(f"[dim]rule of thumb: {s.formula}[/]")
+    m = cap.mix
+    console.print(f"cheapest mix: {m.reserved} reserved (always on), "
+                  f"{fmt(m.on_demand_replica_h)} on-demand and {fmt(m.spot_replica_h)} "
+                  f"spot replica-hours: {usd(m.cost_usd)} vs {usd(m.all_on_demand_usd)} "
+                  f"all on demand ({m.saving_share:.1%} less)")
 
 
 def policies(console: Console, rows: list[SimResult], recommended: SimResult | None) -> None:
@@ -169,19 +186,40 @@ def policies(console: Console, rows: list[SimResult], recommended: SimResult | N
     console.print(t)
 
 
-def roadmap(console: Console, rm: dict, basis: dict) -> None:
-    console.print(f"today: API {usd(rm['api_monthly_usd'])}/month ({basis['api_bill']}); "
-                  f"infrastructure {usd(rm['infra_monthly_usd'])}/month ({basis['infra_bill']})")
+def advice(console: Console, auto: AutoscalePlan) -> None:
+    res = auto.search
+    rec, adv = res.recommended, res.advice
+    if rec is None or adv is None:
+        return
+    reach = res.reachable.replica_hours if res.reachable else float("nan")
+    console.print(f"bounds: clairvoyant {fmt(res.clairvoyant.replica_hours)} replica-h (pods "
+                  f"ready at once), reachable {fmt(reach)} (pods asked for start-up ahead); "
+                  f"static for the peak {fmt(auto.static_replica_hours)}")
+    console.print(f"recommended: {rec.policy} ({rec.params.get('label')}): {usd(rec.cost_usd)} "
+                  f"for {auto.seconds / 86400:.1f} days, {fmt(rec.replica_hours / reach)}x the "
+                  f"reachable bound, {auto.saving_vs_static():.1%} fewer replica-hours than "
+                  "static")
+    if adv.meets_slo:
+        return
+    console.print(f"[red]{adv.summary}[/]")
+    for f in adv.fixes:
+        console.print(f"[red]  would fix it: {f}[/]")
+
+
+def roadmap(console: Console, plan: WhatIfPlan) -> None:
+    rm, basis = plan.roadmap, plan.basis
+    console.print(f"today: API {usd(rm.api_monthly_usd)}/month ({basis.api_bill}); "
+                  f"infrastructure {usd(rm.infra_monthly_usd)}/month ({basis.infra_bill})")
     t = Table("#", "step", "saves / month", "one-off", "payback", "ROI 12 m", "bill after",
               "evidence / assumption")
-    for i, s in enumerate(rm["steps"], 1):
-        t.add_row(str(i), s["name"], usd(s["monthly_saving_usd"]), usd(s["one_off_usd"]),
-                  f"{s['payback_months']:.1f} mo" if s["payback_months"] else "–",
-                  f"{s['roi_12m']:.0%}" if s["roi_12m"] is not None else "–",
-                  usd(s["api_after_usd"] + s["infra_after_usd"]), s["evidence"])
+    for i, s in enumerate(rm.steps, 1):
+        t.add_row(str(i), s.name, usd(s.monthly_saving_usd), usd(s.one_off_usd),
+                  f"{s.payback_months:.1f} mo" if s.payback_months else "–",
+                  f"{s.roi_12m:.0%}" if s.roi_12m is not None else "–",
+                  usd(s.api_after_usd + s.infra_after_usd), s.evidence)
     console.print(t)
-    console.print(f"all steps: {usd(rm['total_monthly_saving_usd'])}/month saved, "
-                  f"{usd(rm['after_monthly_usd'])}/month after (savings compound: each applies "
+    console.print(f"all steps: {usd(rm.total_saving_usd)}/month saved, "
+                  f"{usd(rm.after_monthly_usd)}/month after (savings compound: each applies "
                   "to what the steps before it left)")
-    for s in rm["skipped"]:
+    for s in rm.skipped:
         console.print(f"[dim]skipped {s['name']}: {s['why']}[/]")

@@ -46,7 +46,7 @@ class Step:
     api_after_usd: float = 0.0
     infra_after_usd: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return dict(self.__dict__)
 
 
@@ -61,13 +61,16 @@ class Roadmap:
     def total_saving_usd(self) -> float:
         return sum(s.monthly_saving_usd for s in self.steps)
 
-    def to_dict(self) -> dict:
+    @property
+    def after_monthly_usd(self) -> float:
+        return self.api_monthly_usd + self.infra_monthly_usd - self.total_saving_usd
+
+    def to_json(self) -> dict:
         return {"api_monthly_usd": self.api_monthly_usd,
                 "infra_monthly_usd": self.infra_monthly_usd,
                 "total_monthly_saving_usd": self.total_saving_usd,
-                "after_monthly_usd": self.api_monthly_usd + self.infra_monthly_usd -
-                self.total_saving_usd,
-                "steps": [s.to_dict() for s in self.steps], "skipped": self.skipped}
+                "after_monthly_usd": self.after_monthly_usd,
+                "steps": [s.to_json() for s in self.steps], "skipped": self.skipped}
 
 
 def duplicate_prompt_share(trace: Trace) -> float | None:

@@ -1,13 +1,17 @@
 """Numbered schema migrations, recorded in ``schema_migrations``.
 
 Each migration is a list of portable statements (SQLite and PostgreSQL). Add a new number;
-never edit one that has shipped.
+never edit one that has shipped. A new ledger column is declared in ``metering/schema.py``
+with ``since=N`` and migration N is ``schema.added_in(N)``. After migrating, the
+``requests`` table is checked against the schema, so a ledger margin cannot write to is
+reported when it is opened, not as a failed insert later.
 """
 
 from __future__ import annotations
 
 import time
 
+from margin.metering import schema
 from margin.metering.db import Database
 
 MIGRATIONS: dict[int, list[str]] = {
@@ -104,4 +108,12 @@ def migrate(db: Database, migrations: dict[int, list[str]] | None = None) -> lis
     except Exception:
         db.rollback()
         raise
+    if migrations is MIGRATIONS:
+        check(db)
     return applied
+
+
+def check(db: Database) -> None:
+    """Raise ``ConfigError`` when the ledger's table lacks a column margin writes."""
+    where = db.url.split("@")[-1]  # never a password
+    schema.check(db.columns(schema.TABLE), db.dialect, where)

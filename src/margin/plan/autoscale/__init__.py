@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,7 @@ class Arrivals:
     per_second: np.ndarray     # requests arriving in each second (0 inside gaps)
     valid: np.ndarray          # False for seconds inside gaps
     start_s: float
+    before: np.ndarray = field(default_factory=lambda: np.array([]))  # per second, NaN = gap
 
 
 def arrivals_for_replay(trace: Trace, days: float | None = 7.0) -> Arrivals:
@@ -26,11 +27,14 @@ def arrivals_for_replay(trace: Trace, days: float | None = 7.0) -> Arrivals:
     """
     s = rate_series(trace, 1.0)
     vals = s.values
+    before = np.array([])
     if days is not None and len(vals) > days * DAY_S:
         n = int(days * DAY_S)
+        before = vals[:-n]
         vals = vals[-n:]
         start = s.start_s + s.step_s * (len(s.values) - n)
     else:
         start = s.start_s
     valid = ~np.isnan(vals)
-    return Arrivals(per_second=np.where(valid, vals, 0.0), valid=valid, start_s=start)
+    return Arrivals(per_second=np.where(valid, vals, 0.0), valid=valid, start_s=start,
+                    before=before)

@@ -1,4 +1,4 @@
-"""The policies replayed by the simulator: HPA v2, the seed's thresholds, Ray Serve, clairvoyant."""
+"""The policies replayed by the simulator: HPA v2, threshold steps, Ray Serve, clairvoyant."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class HpaPolicy:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """The seed's rule: any metric high -> +step_up; all low -> -step_down; with cooldowns."""
+    """Threshold steps: any metric high -> +step_up; all low -> -step_down; with cooldowns."""
     cpu_high: float = 0.70
     p95_high_ms: float = 500.0
     queue_high: float = 100.0
@@ -70,7 +70,7 @@ class ThresholdPolicy:
     def __init__(self, spec: ThresholdSpec) -> None:
         self.spec = spec
         self.interval_s = spec.interval_s
-        self.name = "seed-threshold"
+        self.name = "threshold"
         self.last_scale_t = -10**9
 
     def decide(self, obs: Observation) -> int:
@@ -151,6 +151,20 @@ class RayServePolicy:
 
     def params(self) -> dict:
         return asdict(self.spec)
+
+
+def reachable_schedule(per_minute: np.ndarray, startup_s: int) -> np.ndarray:
+    """Replicas to ask for each minute so that a per-minute schedule's pods are ready in time.
+
+    A pod asked for at the start of minute i serves from i*60 + startup_s, so minute i must ask
+    for the most that any of minutes i .. i + ceil(startup_s / 60) needs.
+    """
+    k = max(0, math.ceil(startup_s / 60))
+    if k == 0 or len(per_minute) == 0:
+        return per_minute.copy()
+    padded = np.concatenate([per_minute, np.full(k, per_minute[-1])])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k + 1)
+    return windows.max(axis=1)[: len(per_minute)]
 
 
 class SchedulePolicy:

@@ -1,4 +1,11 @@
-"""The clairvoyant lower bound and the search for the cheapest policy that meets the SLO."""
+"""The clairvoyant bounds and the search for the cheapest policy that meets the SLO.
+
+Two bounds: the *instant* one (knows the future, pods ready the moment they are asked for; no
+policy meeting the SLO every hour can be cheaper) and the *reachable* one (the same schedule, each
+pod asked for ``startup_s`` ahead so that it is ready in time: what perfect foresight buys once
+start-up is paid). Static provisioning for the peak is always replayed as a candidate, so the
+recommendation never costs more than never autoscaling.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,12 @@ from typing import Callable
 import numpy as np
 
 from margin.plan.autoscale import hpa
+from margin.plan.autoscale.advice import Advice, advise
 from margin.plan.autoscale.latency import erlang_c_vec
 from margin.plan.autoscale.policies import (HpaPolicy, RayServePolicy, RayServeSpec,
-                                            SchedulePolicy, ThresholdPolicy, ThresholdSpec)
+                                            SchedulePolicy, ThresholdPolicy, ThresholdSpec,
+                                            reachable_schedule)
+from margin.plan.autoscale.predictive import PredictivePolicy, PredictiveSpec, floor_schedule
 from margin.plan.autoscale.sim import SimConfig, SimResult, simulate
 
 
@@ -111,7 +121,7 @@ def _lagrange(cand: np.ndarray, over: np.ndarray, budget: np.ndarray) -> np.ndar
 
 @dataclass
 class Candidate:
-    family: str                      # hpa-cpu | hpa-inflight | ray-serve | seed-threshold | ...
+    family: str                      # hpa-cpu | hpa-inflight | ray-serve | threshold | ...
     label: str
     make: Callable[[], object]
     is_default: bool = False
@@ -122,19 +132,25 @@ class SearchResult:
     results: list[SimResult]
     clairvoyant: SimResult
     recommended: SimResult | None
+    reachable: SimResult | None = None
+    static: SimResult | None = None
+    advice: Advice | None = None
     best_by_family: dict[str, SimResult] = field(default_factory=dict)
     defaults: dict[str, SimResult] = field(default_factory=dict)
     best_specs: dict[str, object] = field(default_factory=dict)
     min_replicas: int = 1
     max_replicas: int = 1
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {
-            "recommended": self.recommended.to_dict() if self.recommended else None,
-            "clairvoyant": self.clairvoyant.to_dict(),
-            "best_by_family": {k: v.to_dict() for k, v in self.best_by_family.items()},
-            "defaults": {k: v.to_dict() for k, v in self.defaults.items()},
-            "all": [r.to_dict() for r in self.results],
+            "recommended": self.recommended.to_json() if self.recommended else None,
+            "clairvoyant": self.clairvoyant.to_json(),
+            "reachable": self.reachable.to_json() if self.reachable else None,
+            "static": self.static.to_json() if self.static else None,
+            "advice": self.advice.to_json() if self.advice else None,
+            "best_by_family": {k: v.to_json() for k, v in self.best_by_family.items()},
+            "defaults": {k: v.to_json() for k, v in self.defaults.items()},
+            "all": [r.to_json() for r in self.results],
             "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
         }
 
@@ -145,7 +161,7 @@ def _hpa_spec(metric: str, target: float, down_s: int, lo: int, hi: int) -> hpa.
 
 
 def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Candidate]:
-    """The grid searched: HPA on CPU and on in-flight requests, Ray Serve, the seed's rule."""
+    """The grid searched: HPA on CPU and on in-flight requests, Ray Serve, the threshold rule."""
     k = cfg.model.concurrency
     out: list[Candidate] = []
     cpu = [(0.6, 300), (0.8, 300)] if quick else \
@@ -171,25 +187,74 @@ def candidates(cfg: SimConfig, lo: int, hi: int, quick: bool = False) -> list[Ca
                          lambda: RayServePolicy(ray_default), True))
     th = ThresholdSpec(min_replicas=lo, max_replicas=hi, p95_high_ms=cfg.slo.latency_s * 1000,
                        p95_low_ms=cfg.slo.latency_s * 500)
-    out.append(Candidate("seed-threshold", "CPU>70% or P95>SLO or queue>100: +2; all low: -1",
+    out.append(Candidate("threshold", "CPU>70% or P95>SLO or queue>100: +2; all low: -1",
                          lambda: ThresholdPolicy(th), True))
+    return out
+
+
+def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
+                          arrivals: np.ndarray, valid: np.ndarray | None, quick: bool = False
+                          ) -> list[Candidate]:
+    """Forecast floor (upper band or point) + HPA on in-flight; floors made without look-ahead.
+
+    ``history`` is the trace before the replay (per second, NaN in gaps): the forecast for each
+    replayed day is made from it and the replayed days before that day.
+    """
+    k = cfg.model.concurrency
+    seen = np.where(valid, arrivals, np.nan) if valid is not None else arrivals
+    full = np.concatenate([history, seen])
+    # (band, reactive metric, target: utilisation or share of concurrency, scale-down window)
+    grid = [("point", "inflight", 0.625, 300), ("upper", "inflight", 0.75, 300)] if quick else \
+        [("point", "inflight", 0.625, 300), ("point", "inflight", 0.5, 300),
+         ("point", "cpu", 0.5, 60), ("mid", "inflight", 0.625, 300),
+         ("upper", "inflight", 0.75, 300)]
+    floors: dict[str, np.ndarray] = {}
+    out = []
+    for band, metric, target, down in grid:
+        value = round(target * k, 3) if metric == "inflight" else target
+        spec = PredictiveSpec(reactive=_hpa_spec(metric, value, down, lo, hi), band=band)
+        if band not in floors:
+            floors[band] = floor_schedule(full, len(history), len(arrivals), cfg, spec)
+        out.append(Candidate("predictive", spec.label,
+                             lambda spec=spec, f=floors[band]: PredictivePolicy(spec, f)))
     return out
 
 
 def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None,
            min_replicas: int = 1, max_replicas: int | None = None, quick: bool = False,
-           progress: Callable[[str], None] | None = None) -> SearchResult:
+           progress: Callable[[str], None] | None = None,
+           history: np.ndarray | None = None) -> SearchResult:
     sched = clairvoyant_schedule(arrivals, cfg, min_replicas)
-    hi = max_replicas or max(min_replicas + 1, math.ceil(int(sched.max()) * 1.5))
+    need_peak = int(sched.max())
+    hi = max_replicas or max(min_replicas + 1, math.ceil(need_peak * 1.5))
     sched = np.minimum(sched, hi)
     initial = int(sched[0])
     clair = simulate(arrivals, SchedulePolicy(sched), cfg, initial, valid, startup_s=0)
     clair.policy = "clairvoyant"
+    reach_sched = reachable_schedule(sched, cfg.startup_s)
+    reach = simulate(arrivals, SchedulePolicy(reach_sched, "reachable"), cfg,
+                     int(reach_sched[0]), valid)
+    reach.policy = "reachable"
+    reach.params = {"label": f"clairvoyant, each pod asked for {cfg.startup_s} s ahead"}
+    peak = int(sched.max())
+    static = simulate(arrivals, SchedulePolicy(np.full(len(sched), peak), "static"), cfg, peak,
+                      valid)
+    static.policy = "static"
+    why = "the clairvoyant peak" if peak >= need_peak else \
+        f"the --max-replicas cap; the busiest minute needs {need_peak}"
+    static.params = {"label": f"{peak} replicas all the time ({why})", "replicas": peak}
     results: list[SimResult] = []
     best: dict[str, SimResult] = {}
     defaults: dict[str, SimResult] = {}
     specs: dict[str, object] = {}
-    for cand in candidates(cfg, min_replicas, hi, quick):
+    cands = candidates(cfg, min_replicas, hi, quick)
+    if cfg.startup_s <= 3600:
+        if progress:
+            progress("forecasting each replayed day from the days before it")
+        cands += predictive_candidates(cfg, min_replicas, hi,
+                                       np.array([]) if history is None else history,
+                                       arrivals, valid, quick)
+    for cand in cands:
         if progress:
             progress(f"{cand.family}: {cand.label}")
         pol = cand.make()
@@ -203,10 +268,11 @@ def search(arrivals: np.ndarray, cfg: SimConfig, valid: np.ndarray | None = None
         if cur is None or _better(res, cur):
             best[cand.family] = res
             specs[cand.family] = getattr(pol, "spec", None)
-    meeting = [r for r in results if r.meets_slo]
-    recommended = min(meeting, key=lambda r: r.cost_usd) if meeting else \
-        min(results, key=lambda r: (r.hours_over_slo_share, r.over_slo_share))
+    results.append(static)
+    best["static"] = static
+    recommended, advice = advise(results, clair, reach, static, cfg, need_peak, hi)
     return SearchResult(results=results, clairvoyant=clair, recommended=recommended,
+                        reachable=reach, static=static, advice=advice,
                         best_by_family=best, defaults=defaults, best_specs=specs,
                         min_replicas=min_replicas, max_replicas=hi)
 

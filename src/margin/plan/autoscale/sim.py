@@ -112,7 +112,7 @@ class SimResult:
     replicas_per_min: np.ndarray = field(repr=False)
     misses_per_s: np.ndarray = field(repr=False)   # expected requests over the SLO each second
 
-    def to_dict(self, with_series: bool = False) -> dict:
+    def to_json(self, with_series: bool = False) -> dict:
         d = {k: v for k, v in self.__dict__.items()
              if k not in ("replicas_per_min", "misses_per_s")}
         if with_series:

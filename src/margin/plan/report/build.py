@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import orjson
 
-from margin.plan.costs import TokenPrices, unit_economics
-from margin.plan.manifests import to_yaml
+from margin.plan.costs import TokenPrices, UnitEconomics, unit_economics
+from margin.plan.forecast import ForecastResult
+from margin.plan.load import LoadAnalysis
 from margin.plan.options import CapacityOptions
-from margin.plan.planner import (autoscale_plan, build_context, capacity_plan, forecast_dict,
+from margin.plan.planner import (AutoscalePlan, autoscale_plan, build_context, capacity_plan,
                                  run_forecast, whatif_plan)
 from margin.plan.report.html import render_html
+from margin.plan.results import Assumptions, CapacityPlan, WhatIfPlan
 from margin.plan.traces import Trace
 from margin.plan.whatif import WhatIfAssumptions
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Everything ``margin plan report`` computed once; ``plan.json`` is its ``to_json()``."""
+    source: str
+    format: str
+    absolute_time: bool
+    load: LoadAnalysis
+    costs: UnitEconomics | None
+    forecast: ForecastResult
+    capacity: CapacityPlan
+    autoscale: AutoscalePlan
+    whatif: WhatIfPlan
+    assumptions: Assumptions
+    timings_s: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source, "format": self.format, "load": self.load.to_json(),
+            "costs": self.costs.to_json() if self.costs else None,
+            "forecast": self.forecast.to_json(), "capacity": self.capacity.to_json(),
+            "autoscale": self.autoscale.to_json(), "roadmap": self.whatif.to_json(),
+            "assumptions": self.assumptions.to_json(), "timings_s": self.timings_s,
+        }
 
 
 def build_report(trace: Trace, opts: CapacityOptions, prices: TokenPrices, out: Path,
@@ -39,37 +67,28 @@ def build_report(trace: Trace, opts: CapacityOptions, prices: TokenPrices, out: 
     auto = timed("replaying autoscaling policies",
                  lambda: autoscale_plan(ctx, opts, quick=quick, progress=step,
                                         keda_schema=keda_schema))
-    rm, basis = timed("what-if roadmap", lambda: whatif_plan(ctx, opts, prices,
-                                                             WhatIfAssumptions(), auto, cap,
-                                                             serving))
+    wi = timed("what-if roadmap", lambda: whatif_plan(ctx, opts, prices, WhatIfAssumptions(),
+                                                      auto, cap, serving))
     step("writing the report")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "hpa.yaml").write_text(to_yaml(auto.hpa, auto.headers["hpa"]))
-    (out / "keda.yaml").write_text(to_yaml(auto.keda, auto.headers["keda"]))
-    (out / "ray-serve.yaml").write_text(to_yaml(auto.ray, auto.headers["ray"]))
+    written = auto.write(out)
     history = _history(ctx, fc)
-    doc = {
-        "source": trace.source, "format": trace.format,
-        "load": ctx.analysis.to_dict(), "costs": econ, "forecast": forecast_dict(fc),
-        "capacity": cap, "autoscale": auto.to_dict(),
-        "roadmap": {**rm.to_dict(), "basis": basis}, "assumptions": ctx.assumptions(),
-        "timings_s": timings,
-    }
-    (out / "plan.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 |
+    rep = PlanReport(source=trace.source, format=trace.format,
+                     absolute_time=trace.absolute_time, load=ctx.analysis, costs=econ,
+                     forecast=fc, capacity=cap, autoscale=auto, whatif=wi,
+                     assumptions=ctx.assumptions(), timings_s=timings)
+    (out / "plan.json").write_bytes(orjson.dumps(rep.to_json(), option=orjson.OPT_INDENT_2 |
                                                  orjson.OPT_SERIALIZE_NUMPY |
                                                  orjson.OPT_NON_STR_KEYS, default=_default))
     series = {name: r.replicas_per_min for name, r in _policy_rows(auto).items()}
     demand = _demand_per_min(ctx, auto)
-    page = {**doc, "_manifests": {"hpa.yaml": auto.hpa, "keda.yaml": auto.keda,
-                                  "ray-serve.yaml": auto.ray}}
-    (out / "index.html").write_text(render_html(page, history, fc, series, demand,
-                                                auto.start_s, trace.absolute_time))
-    return _summary(doc, out)
+    (out / "index.html").write_text(render_html(rep, history, series, demand))
+    return _summary(rep, out, written)
 
 
 def _default(o: object) -> object:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
+    if hasattr(o, "to_json"):
+        return o.to_json()
     raise TypeError(type(o).__name__)
 
 
@@ -99,32 +118,32 @@ def _demand_per_min(ctx, auto) -> np.ndarray:  # noqa: ANN001
     return per_min / ctx.model.replica_rps
 
 
-def _summary(doc: dict, out: Path) -> list[str]:
-    load = doc["load"]
-    minute = min(load["rps"], key=lambda r: abs(r["resolution_s"] - 60))
-    bt = doc["forecast"]["backtest"]
-    cap = doc["capacity"]
-    auto = doc["autoscale"]
-    rec = auto["recommended"]
-    rm = doc["roadmap"]
+def _summary(rep: PlanReport, out: Path, written: list[str]) -> list[str]:
+    load = rep.load
+    minute = load.rps_at(60.0)
+    bt = rep.forecast.backtest
+    cap = rep.capacity
+    auto = rep.autoscale
+    rec = auto.search.recommended
+    rm = rep.whatif.roadmap
     lines = [
-        f"{doc['source']}: {load['requests']:,.0f} requests, mean {minute['mean']:.3g} rps, "
-        f"{minute['resolution_s']:g}-s P99 {minute['p99']:.3g} rps, "
-        f"ca² {load['burstiness']['ca2']:.3g}",
+        f"{rep.source}: {load.requests:,.0f} requests, mean {minute.mean:.3g} rps, "
+        f"{minute.resolution_s:g}-s P99 {minute.p99:.3g} rps, ca² {load.burstiness.ca2:.3g}",
     ]
     if bt:
-        lines.append(f"forecast: WAPE {bt['wape_model']:.3f} vs {bt['wape_naive_user_pick']:.3f} "
-                     f"for the naive a user would pick, 80 % intervals cover "
-                     f"{bt['coverage']:.0%}")
-    lines.append(f"capacity: peak {cap['peak_replicas']} replicas (queueing) vs seed rule "
-                 f"{cap['seed_rule']['min']}–{cap['seed_rule']['max']}; cheapest mix "
-                 f"{cap['mix']['reserved']} reserved, saves {cap['mix']['saving_share']:.0%}")
+        lines.append(f"forecast: WAPE {bt.wape_model:.3f} vs {bt.wape_naive_user_pick:.3f} "
+                     f"for the naive a user would pick, 80 % intervals cover {bt.coverage:.0%}")
+    lines.append(f"capacity: peak {cap.peak_replicas} replicas (queueing) vs rule of thumb "
+                 f"{cap.rule_of_thumb.min}–{cap.rule_of_thumb.max}; cheapest mix "
+                 f"{cap.mix.reserved} reserved, saves {cap.mix.saving_share:.0%}")
     if rec:
-        lines.append(f"autoscaling: {rec['policy']} ({rec['params'].get('label')}) "
-                     f"{rec['replica_hours']:.0f} replica-h vs clairvoyant "
-                     f"{auto['clairvoyant']['replica_hours']:.0f}, static "
-                     f"{auto['static_replica_hours']:.0f}; SLO met: {rec['meets_slo']}")
-    lines.append(f"roadmap: {len(rm['steps'])} steps save ${rm['total_monthly_saving_usd']:,.0f}"
-                 f"/month of ${rm['api_monthly_usd'] + rm['infra_monthly_usd']:,.0f}")
-    lines.append(f"wrote {out}/index.html, plan.json, hpa.yaml, keda.yaml, ray-serve.yaml")
+        lines.append(f"autoscaling: {rec.policy} ({rec.params.get('label')}) "
+                     f"{rec.replica_hours:.0f} replica-h vs clairvoyant "
+                     f"{auto.search.clairvoyant.replica_hours:.0f}, reachable "
+                     f"{auto.search.reachable.replica_hours if auto.search.reachable else 0:.0f}"
+                     f", static "
+                     f"{auto.static_replica_hours:.0f}; SLO met: {rec.meets_slo}")
+    lines.append(f"roadmap: {len(rm.steps)} steps save ${rm.total_saving_usd:,.0f}"
+                 f"/month of ${rm.api_monthly_usd + rm.infra_monthly_usd:,.0f}")
+    lines.append(f"wrote {out}/index.html, plan.json, {', '.join(written)}")
     return lines

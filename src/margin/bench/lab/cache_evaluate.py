@@ -4,6 +4,13 @@
 every ``text_b`` asked, keeping each query's ``k`` nearest entries by exact cosine. Policies
 (a cosine threshold, the guards, the verifier at some threshold) are then cheap to replay on
 that table, which is how the precision / hit-rate curves are drawn.
+
+The protocol is ``../shared/data/README.md``'s: a query whose text is itself an entry is the
+exact cache's hit, not the semantic cache's, and is left out (QQP reuses questions, so about
+a quarter of its positive queries are entries). Precision is reported two ways: *strict* (a
+hit outside the query's paraphrase class is wrong, although QQP leaves many true paraphrases
+unlabelled) and *labelled-only* (only a hit that a label-0 pair proves wrong is wrong; hits
+nobody labelled either way are left out).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import numpy as np
 
 from margin.cache.features import text_info
 from margin.cache.guards import refusal
-from margin.cache.pairs import PairSet
+from margin.bench.lab.pairs import PairSet, class_pair_key
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,9 @@ class Retrieval:
     cand: np.ndarray        # (n, k) text ids of the nearest entries, -1 where none
     cos: np.ndarray         # (n, k) their cosine, descending
     correct: np.ndarray     # (n, k) candidate is in the query's paraphrase class
+    proven_wrong: np.ndarray  # (n, k) a label-0 pair proves the candidate is no paraphrase
+    own_entry: np.ndarray     # (n,) text id of the query's own pair's text_a
+    left_out: int = 0       # queries identical to an entry (the exact cache's), not scored
 
     @property
     def k(self) -> int:
@@ -31,11 +41,16 @@ class Retrieval:
 
 
 def retrieve(pairs: PairSet, emb: np.ndarray, k: int, *, extra_entries: np.ndarray | None = None,
-             chunk: int = 2048) -> Retrieval:
-    """Top-``k`` entries (by exact cosine) for every pair's ``text_b``."""
+             chunk: int = 2048, keep_identical: bool = False) -> Retrieval:
+    """Top-``k`` entries (by exact cosine) for every pair's ``text_b`` that is not itself an
+    entry (``keep_identical`` scores those too, as the earlier protocol did)."""
     entries = np.unique(pairs.a)
     if extra_entries is not None:
         entries = np.unique(np.concatenate([entries, extra_entries]))
+    identical = np.isin(pairs.b, entries)
+    left_out = 0 if keep_identical else int(identical.sum())
+    if left_out:
+        pairs = pairs.subset(~identical)
     matrix = emb[entries]
     k_eff = min(k, len(entries))
     cand = np.full((len(pairs), k), -1, dtype=np.int64)
@@ -49,8 +64,12 @@ def retrieve(pairs: PairSet, emb: np.ndarray, k: int, *, extra_entries: np.ndarr
         cand[start : start + len(q), :k_eff] = entries[np.take_along_axis(top, order, axis=1)]
         cos[start : start + len(q), :k_eff] = np.take_along_axis(top_sims, order, axis=1)
     cls = pairs.para_class
-    correct = (cand >= 0) & (cls[np.maximum(cand, 0)] == cls[pairs.b][:, None])
-    return Retrieval(pairs.b.copy(), pairs.label.copy(), cand, cos, correct)
+    cand_cls, query_cls = cls[np.maximum(cand, 0)], cls[pairs.b][:, None]
+    correct = (cand >= 0) & (cand_cls == query_cls)
+    keys = class_pair_key(cand_cls, np.broadcast_to(query_cls, cand_cls.shape), len(cls))
+    proven = (cand >= 0) & ~correct & np.isin(keys, pairs.proven_different)
+    return Retrieval(pairs.b.copy(), pairs.label.copy(), cand, cos, correct, proven,
+                     pairs.a.copy(), left_out)
 
 
 def guard_table(r: Retrieval, texts: list[str]) -> np.ndarray:
@@ -94,19 +113,24 @@ class PointMetrics:
     hit_rate_pos: float          # positive queries answered from cache (right or wrong)
     correct_rate_pos: float      # positive queries answered with a paraphrase
     false_hit_rate_neg: float    # negative queries answered with a non-paraphrase
-    precision: float             # correct hits / all hits, over every query
+    precision: float             # strict: correct hits / all hits, over every query
     hits: int
+    precision_labelled: float = 1.0  # correct / (correct + hits a label-0 pair proves wrong)
 
     def row(self) -> list[str]:
         return [f"{self.threshold:.3f}", f"{self.hit_rate_pos:.3f}", f"{self.correct_rate_pos:.3f}",
-                f"{self.false_hit_rate_neg:.3f}", f"{self.precision:.3f}", str(self.hits)]
+                f"{self.false_hit_rate_neg:.3f}", f"{self.precision:.3f}",
+                f"{self.precision_labelled:.3f}", str(self.hits)]
 
 
 def point_metrics(r: Retrieval, chosen: np.ndarray, threshold: float) -> PointMetrics:
     hit = chosen >= 0
-    right = hit & r.correct[np.arange(len(chosen)), np.maximum(chosen, 0)]
+    at = (np.arange(len(chosen)), np.maximum(chosen, 0))
+    right = hit & r.correct[at]
+    proven_wrong = hit & r.proven_wrong[at]
     pos, neg = r.label == 1, r.label == 0
     n_hits = int(hit.sum())
+    judged = int(right.sum() + proven_wrong.sum())
     return PointMetrics(
         threshold=threshold,
         hit_rate_pos=float(hit[pos].mean()) if pos.any() else 0.0,
@@ -114,6 +138,7 @@ def point_metrics(r: Retrieval, chosen: np.ndarray, threshold: float) -> PointMe
         false_hit_rate_neg=float((hit & ~right)[neg].mean()) if neg.any() else 0.0,
         precision=float(right.sum() / n_hits) if n_hits else 1.0,
         hits=n_hits,
+        precision_labelled=float(right.sum() / judged) if judged else 1.0,
     )
 
 
@@ -123,15 +148,19 @@ def curve(r: Retrieval, score: np.ndarray, thresholds: list[float],
 
 
 def threshold_for_precision(r: Retrieval, score: np.ndarray, target: float,
-                            allowed: np.ndarray | None = None, grid: int = 400) -> float:
-    """Lowest threshold whose precision (and every higher threshold's) reaches ``target``."""
+                            allowed: np.ndarray | None = None, grid: int = 400,
+                            labelled_only: bool = True) -> float:
+    """Lowest threshold whose precision (and every higher threshold's) reaches ``target``:
+    labelled-only precision by default, since strict precision counts QQP's many unlabelled
+    true paraphrases as wrong and would push the threshold where almost nothing hits."""
     finite = score[(r.cand >= 0) & (score > -1)]
     if finite.size == 0:
         return 1.0
     candidates = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, grid)))
     ok_from = None
     for t in candidates[::-1]:
-        if point_metrics(r, choose(r, score, float(t), allowed), float(t)).precision >= target:
+        m = point_metrics(r, choose(r, score, float(t), allowed), float(t))
+        if (m.precision_labelled if labelled_only else m.precision) >= target:
             ok_from = float(t)
         else:
             break

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from margin.cache.evaluate import retrieve
+from margin.bench.lab.cache_evaluate import retrieve
 from margin.cache.features import SCALAR_FEATURES, pair_features, text_info
-from margin.cache.pairs import PairSet
+from margin.bench.lab.pairs import PairSet
 from margin.cache.verifier import LinearModel, OperatingPoint, TreeEnsemble, Verifier
 
 

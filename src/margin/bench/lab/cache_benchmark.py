@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from margin.cache import evaluate as ev
-from margin.cache.pairs import PairSet, load_mock_pairs, split_by_component
+from margin.bench.lab import cache_evaluate as ev
+from margin.bench.lab.pairs import PairSet, load_mock_pairs, split_by_component
 from margin.cache.verifier import OperatingPoint, Verifier
 
 SPLIT_SHARES = (0.6, 0.2, 0.2)   # fit / calibrate / report, by connected component
@@ -23,7 +23,9 @@ COSINE_GRID = [0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98]
 VERIFIER_GRID = [0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 SHIPPED_POLICY = "verifier+guards"
 CURVE_HEADER = ["threshold", "hit rate (pos)", "correct hits (pos)", "false-hit rate (neg)",
-                "precision (all hits)", "hits"]
+                "precision, strict", "precision, labelled-only", "hits"]
+# Plain cosine on a fine grid: the curve the shipped policy is compared with at equal hit rate.
+FINE_COSINE_GRID = [round(0.80 + 0.0025 * i, 4) for i in range(80)]
 
 
 def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
@@ -111,9 +113,11 @@ def guard_effect(points: dict[str, ev.PointMetrics]) -> str:
         rows.append([base, f"{on.hit_rate_pos - off.hit_rate_pos:+.4f}",
                      f"{on.correct_rate_pos - off.correct_rate_pos:+.4f}",
                      f"{off.false_hit_rate_neg:.4f} → {on.false_hit_rate_neg:.4f}",
-                     f"{off.precision:.3f} → {on.precision:.3f}"])
+                     f"{off.precision:.3f} → {on.precision:.3f}",
+                     f"{off.precision_labelled:.3f} → {on.precision_labelled:.3f}"])
     return table(["scored by", "Δ hit rate (pos)", "Δ correct hits (pos)",
-                  "false-hit rate (neg), off → on", "precision, off → on"], rows)
+                  "false-hit rate (neg), off → on", "strict precision, off → on",
+                  "labelled-only precision, off → on"], rows)
 
 
 def mock_section(mock_path: Path, cache_dir: Path | None, verifier: Verifier,
@@ -150,38 +154,46 @@ FALSE_HIT_NOTE = (
     "\"How do I log out on Quora?\" / \"…in Quora?\") that QQP's labels put in different "
     "components; the protocol counts them wrong and no verifier judging meaning can avoid "
     "them, so they cap the measurable precision, more so as the cache grows:\n\n")
-FALSE_HIT_HEADER = ["threshold", "hit rate (pos)", "precision", "hits", "false hits",
-                    "own labelled partner", "unlabelled entry"]
+FALSE_HIT_HEADER = ["threshold", "hit rate (pos)", "precision, strict",
+                    "precision, labelled-only", "hits", "false hits", "own labelled partner",
+                    "unlabelled entry"]
 
 
-def false_hit_rows(r: ev.Retrieval, pol: Policies, own_entry: np.ndarray,
-                   grid: list[float]) -> list[list[str]]:
+def false_hit_rows(r: ev.Retrieval, pol: Policies, grid: list[float]) -> list[list[str]]:
     rows = []
     score, allowed = pol[SHIPPED_POLICY]
     for t in grid:
         chosen_idx = ev.choose(r, score, t, allowed)
         m = ev.point_metrics(r, chosen_idx, t)
-        src = ev.false_hit_sources(r, chosen_idx, own_entry)
-        rows.append([f"{t:g}", f"{m.hit_rate_pos:.3f}", f"{m.precision:.3f}", str(m.hits),
+        src = ev.false_hit_sources(r, chosen_idx, r.own_entry)
+        rows.append([f"{t:g}", f"{m.hit_rate_pos:.3f}", f"{m.precision:.3f}",
+                     f"{m.precision_labelled:.3f}", str(m.hits),
                      str(src["false_hits"]), str(src["own_pair"]), str(src["unlabelled_entry"])])
     return rows
 
 
-def summary_line(points: dict[str, ev.PointMetrics], cv: dict[str, list[ev.PointMetrics]],
-                 entries: int) -> str:
-    """The shipped operating point against plain cosine and against the issue's target."""
-    ship, cos = points[SHIPPED_POLICY], points["cosine+guards"]
-    reaching = [p for p in cv[SHIPPED_POLICY] if p.hit_rate_pos >= 0.45]
-    near = min(reaching, key=lambda p: p.hit_rate_pos) if reaching else None
-    met = ship.precision >= 0.95 and ship.hit_rate_pos >= 0.45
+def cosine_at_hit_rate(r: ev.Retrieval, pol: Policies, hit_rate: float) -> ev.PointMetrics:
+    """Plain cosine (guards on, as shipped) at the threshold whose hit rate is nearest
+    ``hit_rate``: the baseline any smarter scoring has to beat at equal hit rate."""
+    score, allowed = pol["cosine+guards"]
+    fine = ev.curve(r, score, FINE_COSINE_GRID, allowed)
+    return min(fine, key=lambda p: abs(p.hit_rate_pos - hit_rate))
+
+
+def summary_line(points: dict[str, ev.PointMetrics], baseline: ev.PointMetrics | None,
+                 entries: int, left_out: int) -> str:
+    """The shipped operating point against plain cosine at the same hit rate."""
+    ship = points[SHIPPED_POLICY]
     line = (f"**Shipped** (`{SHIPPED_POLICY}`, threshold {ship.threshold:.3f}, {entries:,} "
-            f"entries): precision {ship.precision:.3f} at hit rate {ship.hit_rate_pos:.3f}; "
-            f"cosine with guards calibrated the same way: {cos.precision:.3f} at "
-            f"{cos.hit_rate_pos:.3f}. The target of precision ≥ 0.95 at hit rate ≥ 0.45 is "
-            f"{'met' if met else '**not met**'}")
-    if near is not None and not met:
-        line += (f": at hit rate {near.hit_rate_pos:.3f} (threshold {near.threshold:g}) "
-                 f"precision is {near.precision:.3f} (see the false-hit sources below)")
+            f"entries, {left_out:,} queries identical to an entry left out): hit rate "
+            f"{ship.hit_rate_pos:.3f} on paraphrase queries at labelled-only precision "
+            f"{ship.precision_labelled:.3f} (strict {ship.precision:.3f})")
+    if baseline is not None:
+        gain = ship.precision_labelled - baseline.precision_labelled
+        line += (f"; plain cosine with guards at about the same hit rate "
+                 f"({baseline.hit_rate_pos:.3f}, cosine {baseline.threshold:g}): labelled-only "
+                 f"{baseline.precision_labelled:.3f} (strict {baseline.precision:.3f}), so the "
+                 f"verifier gains {gain:+.3f} labelled-only precision at equal hit rate")
     return line + ".\n"
 
 
@@ -204,7 +216,7 @@ def run_split(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, fit_out: Pat
     distractors = np.unique(fit.a)
     md: list[str] = []
     if fit_out is not None:
-        from margin.cache.verifier_fit import FitConfig, fit_verifier
+        from margin.bench.lab.verifier_fit import FitConfig, fit_verifier
 
         verifier = fit_verifier(fit, emb, FitConfig(seed=seed),
                                 {"split_seed": seed, "split_shares": list(SPLIT_SHARES)})
@@ -234,7 +246,7 @@ def run_split(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, fit_out: Pat
     points = {name: at_points(settings[name], pols[name], chosen) for name in settings}
     r_main, pol = settings["whole"], pols["whole"]
     cv = curves(r_main, pol, cos_grid, ver_grid)
-    sources = false_hit_rows(r_main, pol, rep.a, ver_grid)
+    sources = false_hit_rows(r_main, pol, ver_grid)
     sizes = {"whole": len(np.unique(pairs.a)),
              "distractors": len(np.unique(np.concatenate([rep.a, distractors]))),
              "alone": len(np.unique(rep.a))}
@@ -242,14 +254,19 @@ def run_split(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, fit_out: Pat
         f"QQP pairs `{pairs_path.name}` ({len(pairs):,} pairs) cut by connected component "
         f"into fit / calibrate / report parts of {len(fit):,} / {len(cal):,} / {len(rep):,} "
         f"pairs (seed {seed}; no question in two parts). The verifier is fitted on the fit "
-        "part; each policy's threshold is the lowest reaching precision "
+        "part; each policy's threshold is the lowest reaching labelled-only precision "
         f"{target} on the calibrate part (with the fit part's `text_a` in the cache too); "
         "every number below is on the report part's queries, which neither step saw. "
         "A hit is correct when the entry is in the query's paraphrase class (label-1 "
         "components). *Hit rate* = positive queries answered (right or wrong); *correct "
-        "hits* = answered with a paraphrase. About 20 % of positive queries find their exact "
-        "text in the cache (it is also some pair's `text_a`).\n",
-        summary_line(points["whole"], cv, sizes["whole"]),
+        "hits* = answered with a paraphrase. A query whose text is itself an entry is the "
+        f"exact cache's hit and is left out ({r_main.left_out:,} of the report part's "
+        f"{len(rep):,} queries here). *Strict* precision counts every hit outside the query's "
+        "class as wrong; *labelled-only* counts as wrong only hits a label-0 pair proves "
+        "wrong (QQP leaves many true paraphrases unlabelled).\n",
+        summary_line(points["whole"],
+                     cosine_at_hit_rate(r_main, pol, points["whole"][SHIPPED_POLICY].hit_rate_pos),
+                     sizes["whole"], r_main.left_out),
         "How many entries share the cache matters: the report part's queries asked against "
         f"every `text_a` of the file ({sizes['whole']:,} entries, the size of the held-out "
         "half of QQP), against the report and fit parts' "
@@ -284,13 +301,14 @@ def run_whole(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, verifier_pat
     pol = policies(r, pairs.texts, emb, verifier)
     pts = at_points(r, pol, chosen)
     cv = curves(r, pol, cos_grid, ver_grid)
-    md = [summary_line(pts, cv, len(np.unique(pairs.a))),
+    md = [summary_line(pts, cosine_at_hit_rate(r, pol, pts[SHIPPED_POLICY].hit_rate_pos),
+                       len(np.unique(pairs.a)), r.left_out),
           f"All {len(pairs):,} pairs of `{pairs_path.name}` ({len(np.unique(pairs.a)):,} "
           "entries) scored with the shipped verifier and thresholds (no fitting, no split):"
           "\n\n" + point_table(pts) + "\n",
           "Guards:\n\n" + guard_effect(pts) + "\n",
           "Curves:\n\n" + curve_tables(cv) + "\n",
-          FALSE_HIT_NOTE + table(FALSE_HIT_HEADER, false_hit_rows(r, pol, pairs.a, ver_grid))
+          FALSE_HIT_NOTE + table(FALSE_HIT_HEADER, false_hit_rows(r, pol, ver_grid))
           + "\n"]
     return md, {"thresholds": chosen, "points": {"whole": _dump(pts)},
                 "curves": _dump_curves(cv)}, verifier
@@ -319,7 +337,7 @@ def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, s
         md.append(mock_md + "\n")
     if latency_sizes:
         from margin.cache.index import DEFAULT_EXACT_SEARCH_MAX_ENTRIES
-        from margin.cache.latency import embedding_latency, index_latency
+        from margin.bench.lab.cache_latency import embedding_latency, index_latency
 
         rows = [embedding_latency(pairs.texts[:200])]
         idx_rows, build_s, agreement = index_latency(emb, pairs.texts, latency_sizes,

@@ -6,7 +6,7 @@ process reports its own CPU use, so a run can show that the client was not the b
 and the server's CPU use over the same window (read from /proc).
 
 It stays up and takes one JSON command per line on stdin (one benchmark cell each), answering
-one JSON line on stdout: ``python -m margin.batching.loadgen``.
+one JSON line on stdout: ``python -m margin.bench.lab.loadgen``.
 """
 
 from __future__ import annotations
@@ -61,15 +61,15 @@ def ledger_batch_ms(db_path: str, model: str, window: tuple[float, float],
     """How long each batch call took, from the ledger rows of requests that started in
     ``window`` (``notes.batch_ms``, one value per ``batch_id``), once the writer has
     flushed them."""
-    import sqlite3
+    from margin.metering import queries
+    from margin.metering.db import connect
 
     deadline = time.monotonic() + timeout_s
     last = -1
     while True:
-        db = sqlite3.connect(db_path)
+        db = connect(db_path)
         try:
-            rows = db.execute("SELECT notes FROM requests WHERE model = ? AND ts >= ? AND ts < ?",
-                              (model, window[0], window[1])).fetchall()
+            rows = queries.notes(db, queries.Filters(window[0], window[1], model=model))
         finally:
             db.close()
         # the writer flushes every 200 ms: wait until two reads agree
@@ -78,7 +78,7 @@ def ledger_batch_ms(db_path: str, model: str, window: tuple[float, float],
         last = len(rows)
         time.sleep(0.5)
     calls: dict[int, float] = {}
-    for (notes,) in rows:
+    for notes in rows:
         n = orjson.loads(notes) if notes else {}
         if "batch_id" in n and "batch_ms" in n:
             calls[n["batch_id"]] = float(n["batch_ms"])
@@ -189,7 +189,7 @@ class AiohttpDriver:
     def __init__(self, texts: list[str], env: dict[str, str]) -> None:
         import subprocess
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "margin.batching.loadgen"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "margin.bench.lab.loadgen"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -12,7 +12,7 @@ graph of *all* pairs, so no question appears in two parts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,23 @@ class PairSet:
     label: np.ndarray      # int8, 1 = paraphrase
     para_class: np.ndarray  # int64 per text: component of the label-1 graph
     component: np.ndarray  # int64 per text: component of the graph of all pairs
+    # Sorted keys of the paraphrase-class pairs that a label-0 pair of the whole file proves
+    # different (``class_pair_key``); kept by ``subset`` so that every part can tell a proven
+    # false hit from an unlabelled one.
+    proven_different: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def __len__(self) -> int:
         return int(self.a.shape[0])
 
     def subset(self, mask: np.ndarray) -> PairSet:
         return PairSet(self.texts, self.a[mask], self.b[mask], self.label[mask],
-                       self.para_class, self.component)
+                       self.para_class, self.component, self.proven_different)
+
+
+def class_pair_key(x: np.ndarray, y: np.ndarray, n_texts: int) -> np.ndarray:
+    """One int64 per unordered pair of paraphrase classes (class ids are text ids < n)."""
+    lo, hi = np.minimum(x, y), np.maximum(x, y)
+    return lo.astype(np.int64) * n_texts + hi
 
 
 def _components(n: int, edges_a: np.ndarray, edges_b: np.ndarray) -> np.ndarray:
@@ -71,8 +81,10 @@ def pairs_from_rows(rows: list[tuple[str, str, int]]) -> PairSet:
     bb = np.array([intern(tb) for _, tb, _ in rows], dtype=np.int64)
     ll = np.array([1 if lab else 0 for _, _, lab in rows], dtype=np.int8)
     pos = ll == 1
-    return PairSet(texts, aa, bb, ll, _components(len(texts), aa[pos], bb[pos]),
-                   _components(len(texts), aa, bb))
+    para = _components(len(texts), aa[pos], bb[pos])
+    # A label-0 pair says its two classes differ (paraphrase taken as transitive, as above).
+    proven = np.unique(class_pair_key(para[aa[~pos]], para[bb[~pos]], len(texts)))
+    return PairSet(texts, aa, bb, ll, para, _components(len(texts), aa, bb), proven)
 
 
 def load_pairs(path: str | Path) -> PairSet:

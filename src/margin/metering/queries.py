@@ -1,0 +1,256 @@
+"""Every read of the ledger, as typed functions over a ``Database`` and ``Filters``.
+
+No module outside ``metering/`` writes SQL against the ``requests`` table
+(tests/metering/test_queries.py greps for it). What a report does with the numbers —
+rounding, shares, percentiles, bot signals, seasonal baselines — stays with the report;
+here is only what to read and how to group it, in SQL that both SQLite and PostgreSQL run.
+
+Adding a query: a function here taking ``(db, filters, ...)`` and returning plain values
+or a small frozen dataclass; group and filter through ``GROUPS`` and ``Filters`` so that
+the attribution columns are spelled once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, BinaryIO, Iterator, Sequence
+
+from margin.metering import schema
+from margin.metering.db import Database
+
+# A report's name for a dimension -> the SQL expression it groups and filters on. A row's
+# model is the one that served it, else (an error before any upstream) the one asked for.
+GROUPS: dict[str, str] = {
+    "user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
+    "model": "COALESCE(model, requested_model)", "endpoint": "endpoint",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which rows: a time window (UNIX seconds, ``until_s`` exclusive) and attribution."""
+
+    since_s: float | None = None
+    until_s: float | None = None
+    user: str | None = None
+    team: str | None = None
+    feature: str | None = None
+    model: str | None = None
+    key: str | None = None
+
+    def where(self, *conditions: str) -> tuple[str, list[Any]]:
+        """`` WHERE …`` for these filters and any extra ``conditions`` ('' for none)."""
+        clauses, params = [], []
+        if self.since_s is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since_s)
+        if self.until_s is not None:
+            clauses.append("ts < ?")
+            params.append(self.until_s)
+        for dim in ("user", "team", "feature", "model", "key"):
+            value = getattr(self, dim)
+            if value is not None:
+                clauses.append(f"{GROUPS[dim]} = ?")
+                params.append(value)
+        clauses += conditions
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _group(by: str) -> str:
+    try:
+        return GROUPS[by]
+    except KeyError:
+        raise ValueError(f"cannot group the ledger by {by!r}: one of {', '.join(GROUPS)}") \
+            from None
+
+
+def _hour(db: Database) -> str:
+    """The UNIX hour of ``ts`` (``ts // 3600``)."""
+    if db.dialect == "postgresql":
+        return "CAST(FLOOR(ts / 3600) AS BIGINT)"
+    return "CAST(ts / 3600 AS INTEGER)"  # ts is positive: truncation is floor
+
+
+# ------------------------------------------------------------------------------ totals
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What a group of rows adds up to (unrounded)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    saved_usd: float
+    errors: int       # status 400 and above
+    cache_hits: int   # exact or semantic
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> "Totals":
+        n, p, c, cost, saved, errors, hits = values
+        return cls(int(n or 0), int(p or 0), int(c or 0), float(cost or 0.0),
+                   float(saved or 0.0), int(errors or 0), int(hits or 0))
+
+    def __add__(self, other: "Totals") -> "Totals":
+        return Totals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+TOTALS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Totals))
+ZERO = Totals(0, 0, 0, 0.0, 0.0, 0, 0)
+_TOTALS = ("COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
+           "SUM(saved_usd), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
+           "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)")
+
+
+def totals_by(db: Database, by: str, filters: Filters = Filters(), *,
+              skip_null: bool = False) -> list[tuple[str | None, Totals]]:
+    """Totals per value of ``by`` (a key of ``GROUPS``); None is the rows without one,
+    left out with ``skip_null``."""
+    col = _group(by)
+    where, params = filters.where(*([f"{col} IS NOT NULL"] if skip_null else []))
+    rows = db.query(f"SELECT {col}, {_TOTALS} FROM requests{where} GROUP BY {col}", params)
+    return [(None if v is None else str(v), Totals.of(values)) for v, *values in rows]
+
+
+def totals_per_hour(db: Database, filters: Filters = Filters()) -> list[tuple[int, Totals]]:
+    """Totals per UNIX hour (``ts // 3600``) that has rows."""
+    hour = _hour(db)
+    where, params = filters.where()
+    rows = db.query(f"SELECT {hour}, {_TOTALS} FROM requests{where} GROUP BY {hour}", params)
+    return [(int(h), Totals.of(values)) for h, *values in rows]
+
+
+def cost_by(db: Database, by: str, filters: Filters = Filters()) -> dict[str, float]:
+    """Cost (USD) per value of ``by``, rows without a value left out: what budgets start
+    from for a period (per key, user, team or feature)."""
+    col = _group(by)
+    where, params = filters.where(f"{col} IS NOT NULL")
+    rows = db.query(f"SELECT {col}, SUM(cost_usd) FROM requests{where} GROUP BY {col}", params)
+    return {str(v): float(cost or 0.0) for v, cost in rows}
+
+
+# --------------------------------------------------------------------------- anomalies
+
+@dataclass(frozen=True, slots=True)
+class HourCost:
+    """One hour of one series: its cost, its requests, and the sum of their squared costs
+    (the counting noise of the anomaly baseline needs the mean squared request cost)."""
+
+    hour: int
+    value: str
+    cost_usd: float
+    requests: int
+    cost_sq_usd2: float
+
+
+def hourly_costs(db: Database, by: str, filters: Filters = Filters()) -> list[HourCost]:
+    """Per (UNIX hour, value of ``by``), rows without a value left out."""
+    col, hour = _group(by), _hour(db)
+    where, params = filters.where(f"{col} IS NOT NULL")
+    rows = db.query(f"SELECT {hour}, {col}, SUM(cost_usd), COUNT(*), SUM(cost_usd * cost_usd) "
+                    f"FROM requests{where} GROUP BY {hour}, {col}", params)
+    return [HourCost(int(h), str(v), float(cost or 0.0), int(n), float(sq or 0.0))
+            for h, v, cost, n, sq in rows]
+
+
+def request_times(db: Database, filters: Filters, limit: int) -> list[tuple[float, str | None]]:
+    """(ts, prompt hash) of the first ``limit`` matching requests, oldest first: how a
+    user's traffic is spaced and repeated."""
+    where, params = filters.where()
+    rows = db.query(f"SELECT ts, prompt_hash FROM requests{where} ORDER BY ts LIMIT ?",
+                    [*params, limit])
+    return [(float(ts), h) for ts, h in rows]
+
+
+# ------------------------------------------------------------------------- row reads
+
+@dataclass(frozen=True, slots=True)
+class StatsRow:
+    """What ``margin ledger stats`` needs of one request."""
+
+    ts: float
+    endpoint: str
+    user_id: str | None
+    team: str | None
+    feature: str | None
+    key_id: str | None
+    model: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    saved_usd: float
+    cache: str
+    latency_ms: float | None
+    upstream_ms: float | None
+    ttft_ms: float | None
+    overhead_ms: float | None
+    stage_ms: str | None
+    tokens_before_compression: int | None
+    tokens_after_compression: int | None
+    notes: str | None
+    requested_model: str | None
+
+
+STATS_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StatsRow))
+
+
+def stats_rows(db: Database, filters: Filters = Filters()) -> list[StatsRow]:
+    """The matching requests, oldest first."""
+    where, params = filters.where()
+    sql = f"SELECT {', '.join(STATS_COLUMNS)} FROM requests{where} ORDER BY ts"
+    return [StatsRow(*r) for r in db.query(sql, params)]
+
+
+RECENT_COLUMNS: tuple[str, ...] = (
+    "id", "ts", "endpoint", "user_id", "feature", "model", "status", "cache",
+    "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms")
+
+
+def recent(db: Database, count: int, filters: Filters = Filters()) -> list[dict[str, Any]]:
+    """The ``count`` newest matching requests, newest first, as {column: value}."""
+    where, params = filters.where()
+    rows = db.query(f"SELECT {', '.join(RECENT_COLUMNS)} FROM requests{where} "
+                    f"ORDER BY ts DESC LIMIT ?", [*params, count])
+    return [dict(zip(RECENT_COLUMNS, r)) for r in rows]
+
+
+def notes(db: Database, filters: Filters) -> list[str | None]:
+    """The matching rows' ``notes`` (JSON text or None), in no particular order."""
+    where, params = filters.where()
+    return [r[0] for r in db.query(f"SELECT notes FROM requests{where}", params)]
+
+
+# ------------------------------------------------------------- the planner's reader
+
+def present(db: Database, wanted: Sequence[str]) -> list[str]:
+    """Those of ``wanted`` that this ledger's table has, in the order asked ([] when it
+    has no ``requests`` table). The planner reads ledgers of any age: it takes what is
+    there rather than insisting on today's schema."""
+    have = db.columns(schema.TABLE)
+    return [c for c in wanted if c in have]
+
+
+def column_chunks(db: Database, columns: Sequence[str], chunk_rows: int = 200_000
+                  ) -> Iterator[list[tuple]]:
+    """Every row's ``columns``, oldest first, ``chunk_rows`` at a time."""
+    cur = db.execute(f"SELECT {', '.join(columns)} FROM requests ORDER BY ts")
+    while True:
+        rows = cur.fetchmany(chunk_rows)
+        if not rows:
+            return
+        yield rows
+
+
+def write_csv(db: Database, columns: Sequence[str], sink: BinaryIO) -> int:
+    """Every row's ``columns`` as CSV with a header, oldest first, written to ``sink``;
+    returns the bytes written. On PostgreSQL this is one ``COPY … TO STDOUT``, several
+    times faster than fetching rows for a large ledger."""
+    if db.dialect != "postgresql":
+        raise ValueError("write_csv reads a PostgreSQL ledger")
+    n = 0
+    with db.conn.cursor().copy(f"COPY (SELECT {', '.join(columns)} FROM requests ORDER BY ts) "
+                               "TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+        for chunk in copy:
+            n += sink.write(chunk)
+    return n
