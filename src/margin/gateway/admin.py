@@ -35,7 +35,7 @@ class Admin:
         head, _, rest = name.partition("/")
         handler = self.handlers.get(head)
         if handler is None:
-            raise NotFound(f"no such admin endpoint: /admin/{name}", code="unknown_url")
+            raise NotFound(f"no such admin endpoint: /admin/{name[:200]}", code="unknown_url")
         if self.guard is None:
             raise NotFound("admin endpoints need a master key: set MARGIN_MASTER_KEY",
                            code="admin_disabled")

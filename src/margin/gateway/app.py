@@ -87,7 +87,8 @@ class GatewayApp:
                 if path in _ENDPOINTS:
                     raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST",
                                            allow="POST")
-                raise NotFound(f"no such endpoint: {method} {path}", code="unknown_url")
+                raise NotFound(f"no such endpoint: {method[:20]} {path[:200]}",
+                               code="unknown_url")
             if method == "HEAD":
                 # What GET would answer, without the body (RFC 9110 §9.3.2).
                 send = _headers_only(send)
