@@ -65,7 +65,7 @@ def test_slow_headers_are_cut_off_while_healthz_answers(guarded):
             s.sendall(b"X-Slow: 1\r\n")
         time.sleep(0.2)
     answers = [_answer(s) for s in loris]
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 8  # 1 s timeout; generous for a loaded CI machine
     assert all(a.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in a for a in answers)
     for s in loris:
         s.close()
@@ -77,13 +77,13 @@ def test_silent_connections_and_idle_keep_alive_are_closed(guarded):
     silent = _connect(gw, "127.0.2.1")
     t0 = time.monotonic()
     assert _answer(silent).startswith(b"HTTP/1.1 408")
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 6
     idle = _connect(gw, "127.0.2.2")
     idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     t0 = time.monotonic()
     got = _answer(idle)  # the answer, then the close after the keep-alive timeout
     assert got.startswith(b"HTTP/1.1 200") and got.count(b"HTTP/1.1") == 1
-    assert 0.8 < time.monotonic() - t0 < 3
+    assert 0.8 < time.monotonic() - t0 < 6
 
 
 def test_slow_body_is_a_408_with_a_ledger_row(guarded):
@@ -94,7 +94,7 @@ def test_slow_body_is_a_408_with_a_ledger_row(guarded):
     t0 = time.monotonic()
     got = _answer(s)
     assert got.startswith(b"HTTP/1.1 408") and b"request_timeout" in got
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 6
     (row,) = wait_rows(db, 1)
     assert row["status"] == 408
 
@@ -139,13 +139,13 @@ def test_abandoned_request_stops_the_upstream_call_and_is_a_499(guarded):
     gw, db = guarded
     s = _connect(gw, "127.0.8.1")
     body = orjson.dumps({"model": "small", "messages": [{"role": "user",
-                                                          "content": "!sleep=4000"}]})
+                                                          "content": "!sleep=8000"}]})
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
               b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
               + body)
     time.sleep(0.5)
     s.close()
     t0 = time.monotonic()
-    (row,) = wait_rows(db, 1, timeout_s=3)
-    assert time.monotonic() - t0 < 2.5  # written when the client left, not after the answer
-    assert row["status"] == 499 and row["latency_ms"] < 3000
+    (row,) = wait_rows(db, 1, timeout_s=6)
+    assert time.monotonic() - t0 < 6  # written when the client left, not after the answer
+    assert row["status"] == 499 and row["latency_ms"] < 7000
