@@ -20,6 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig
+from margin.observe.config import MetricsConfig
 from margin.compression.config import CompressionConfig
 from margin.routing.config import RouteConfig
 from margin.configbase import Strict as _Strict
@@ -118,6 +119,18 @@ class ServerConfig(_Strict):
     open (fine for local use only)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Longest a connection may take to send a request's headers (from its first byte,
+    or from its last answer); slower ones get 408 and are closed."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """Longest a request may take to send its whole body; slower ones get 408."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0)
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: int = Field(4096, ge=1)
+    """Open connections in all; one more is answered 503 and closed at once (the open-file
+    limit is raised to fit when it can be)."""
+    max_connections_per_client: int = Field(256, ge=1)
+    """Open connections from one client address; one more is answered 429 and closed."""
 
 
 class PricingConfig(_Strict):
@@ -162,6 +175,8 @@ class Settings(_Strict):
     """Retries and cool-downs of HTTP models' deployments."""
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     """Prompt compression for every request (a route may set its own)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """What ``/metrics`` labels and who may read it."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":

@@ -124,6 +124,7 @@ class RequestContext:
     endpoint: Endpoint
     body: dict[str, Any]
     headers: dict[str, str]
+    client: str | None = None  # the peer's address (for throttling failed key checks)
     started_ns: int = field(default_factory=time.perf_counter_ns)
     ts: float = field(default_factory=time.time)
     # attribution

@@ -197,5 +197,6 @@ def test_metrics_exposes_stage_histograms(proxied):
     assert 'margin_requests_total{cache="miss",endpoint="chat",model="small",status="200"} 1.0' in text
     assert 'margin_stage_seconds_count{stage="parse"} 1.0' in text
     assert "margin_overhead_seconds_bucket" in text
-    assert 'margin_cost_usd_total{feature="-",model="small",user="bob"}' in text
+    # users are labelled only when listed in metrics.users (the cardinality rule)
+    assert 'margin_cost_usd_total{feature="-",model="small",user="other"}' in text
     assert 'margin_ledger_rows_total{outcome="written"}' in text

@@ -26,6 +26,7 @@ from margin.errors import AuthenticationError, BadRequest, InputError, NotFound,
 from margin.limits import spend
 from margin.metering.db import connect
 from margin.jsonbody import parse_json_object
+from margin.attribution import attribution
 from margin.types import AdminRequest
 
 
@@ -42,6 +43,24 @@ def presented_key(headers: dict[str, str]) -> str | None:
 
 def is_master(token: str, master_key: str) -> bool:
     return hmac.compare_digest(token.encode(), master_key.encode())
+
+
+def token_guard(tokens: list[str], missing: str) -> Callable[[dict[str, str]], None]:
+    """A check that the request presents one of ``tokens`` (each compared in constant
+    time, all of them every time, so timing tells nothing about which nearly matched)."""
+    wanted = [t.encode() for t in tokens]
+
+    def check(headers: dict[str, str]) -> None:
+        token = presented_key(headers)
+        if token is None:
+            raise AuthenticationError(missing)
+        given = token.encode()
+        ok = False
+        for t in wanted:
+            ok |= hmac.compare_digest(given, t)
+        if not ok:
+            raise AuthenticationError("Incorrect token provided.")
+    return check
 
 
 def master_guard(master_key: str) -> Callable[[dict[str, str]], None]:
@@ -64,17 +83,23 @@ def _models(value: Any) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return [m.strip() for m in value.split(",") if m.strip()]
-    if isinstance(value, list):
+        value = [m.strip() for m in value.split(",") if m.strip()]
+    if isinstance(value, list) and all(isinstance(m, str) and m for m in value):
+        for m in value:
+            attribution("models", m)
         return value
-    raise BadRequest("models must be a list of model names")
+    raise BadRequest("models must be a list of model names", code="invalid_value")
+
+
+_TEXT_FIELDS = {"user": "the key's user", "team": "the key's team", "name": "the key's name"}
+_MAX_LIMIT = 10**12  # rpm/tpm: anything above is no limit at all, and must fit a BIGINT
 
 
 def _fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     allowed = set(UPDATABLE) | {"expires"}
     unknown = set(body) - allowed
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}; "
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))[:300]}; "
                          f"allowed: {', '.join(sorted(allowed))}")
     out: dict[str, Any] = {}
     for k, v in body.items():
@@ -83,13 +108,24 @@ def _fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
         elif k == "models":
             out["models"] = _models(v)
         elif k in ("rpm", "tpm"):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise BadRequest(f"{k} must be an integer")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                                  or not 1 <= v <= _MAX_LIMIT):
+                raise BadRequest(f"{k} must be an integer from 1 to {_MAX_LIMIT}",
+                                 code="invalid_value")
             out[k] = v
         elif k == "budget_usd":
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                raise BadRequest("budget_usd must be a number")
+                raise BadRequest("budget_usd must be a number", code="invalid_value")
             out[k] = float(v) if v is not None else None
+        elif k in _TEXT_FIELDS:
+            if v is not None and not isinstance(v, str):
+                raise BadRequest(f"{k} ({_TEXT_FIELDS[k]}) must be a string, got "
+                                 f"{type(v).__name__}", code="invalid_value")
+            out[k] = attribution(k, v) if v is not None else None
+        elif k == "budget_period":
+            if v is not None and not isinstance(v, str):
+                raise BadRequest("budget_period must be a string", code="invalid_value")
+            out[k] = v
         else:
             out[k] = v
     if not partial and not out.get("user"):
@@ -181,8 +217,8 @@ class SpendAdmin:
         tz = q.get("tz", self.default_tz)
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise BadRequest(f"unknown time zone {tz!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", too long
+            raise BadRequest(f"unknown time zone {tz[:80]!r}", code="invalid_value") from None
 
         def report() -> dict[str, Any]:
             db = connect(self.db_url)

@@ -29,6 +29,17 @@ class AuthConfig(_Strict):
     """With Redis, revocations are seen at once; this bounds trust if Redis stays silent."""
     negative_cache_ttl_s: float = Field(2.0, ge=0)
     """How long a refused key is refused again without checking its secret."""
+    failed_per_key: int = Field(10, ge=1)
+    """Failed checks (unknown key or wrong secret) one key id may cause per
+    ``failed_window_s``; past it that id gets 429 with ``Retry-After`` and no secret is
+    checked. A key already verified in this process keeps working."""
+    failed_per_client: int = Field(60, ge=1)
+    """Failed checks one client address may cause per ``failed_window_s`` (behind a proxy
+    that hides client addresses, every client shares one)."""
+    failed_window_s: float = Field(60.0, gt=0)
+    """The window the two limits above count failures in."""
+    max_concurrent_hashes: int = Field(2, ge=1)
+    """Secrets checked (scrypt, in worker threads) at once; more wait their turn."""
     redis_url: str | None = None
     """Redis for revocations; default: the top-level ``redis_url``."""
     redis_prefix: str = "margin:"

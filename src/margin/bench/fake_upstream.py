@@ -123,7 +123,9 @@ class FakeUpstream:
             prompt_text = " ".join(str(m.get("content") or "") for m in req.get("messages", []))
         else:
             p = req.get("prompt")
-            prompt_text = " ".join(p) if isinstance(p, list) else str(p)
+            if isinstance(p, list) and p and isinstance(p[0], int):  # one prompt as token ids
+                p = [p]
+            prompt_text = " ".join(map(str, p)) if isinstance(p, list) else str(p)
         answer = self._answer(req, directive)
         usage = {"prompt_tokens": _tokens(prompt_text), "completion_tokens": _tokens(answer),
                  "total_tokens": _tokens(prompt_text) + _tokens(answer)}
@@ -135,7 +137,7 @@ class FakeUpstream:
                 choices = [{"index": 0, "finish_reason": "stop", "logprobs": None,
                             "message": {"role": "assistant", "content": answer}}]
             else:
-                prompts = req.get("prompt") if isinstance(req.get("prompt"), list) else [None]
+                prompts = p if isinstance(p, list) else [None]
                 choices = [{"index": i, "text": answer, "finish_reason": "stop",
                             "logprobs": None} for i in range(len(prompts))]
             payload = {"id": rid, "object": "chat.completion" if chat else "text_completion",

@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "batching": "margin.bench.batching:batching",
     "models": "margin.bench.models:models",
     "limits": "margin.bench.limits:limits",
+    "abuse": "margin.bench.abuse:abuse",
 }
 
 

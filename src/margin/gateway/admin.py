@@ -28,18 +28,19 @@ class Admin:
         self.handlers = admin_handlers(gateway)
         self.guard = master_guard(gateway.master_key) if gateway.master_key else None
         self.max_body = gateway.settings.server.max_body_bytes
+        self.body_timeout_s = gateway.settings.server.body_timeout_s
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         headers = request_headers(scope)
         head, _, rest = name.partition("/")
         handler = self.handlers.get(head)
         if handler is None:
-            raise NotFound(f"no such admin endpoint: /admin/{name}", code="unknown_url")
+            raise NotFound(f"no such admin endpoint: /admin/{name[:200]}", code="unknown_url")
         if self.guard is None:
             raise NotFound("admin endpoints need a master key: set MARGIN_MASTER_KEY",
                            code="admin_disabled")
         self.guard(headers)
-        body = await read_body(scope, receive, self.max_body)
+        body = await read_body(scope, receive, self.max_body, self.body_timeout_s)
         query = parse_qs(scope.get("query_string", b"").decode())
         status, payload = await handler(AdminRequest(scope["method"], rest, query, headers, body))
         await send_json(send, status, payload)

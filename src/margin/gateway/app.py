@@ -8,14 +8,19 @@ endpoints' flow is in ``proxy.py``, the admin endpoints' in ``admin.py``, the pl
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from typing import Any
 
+import orjson
+
+from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import validate
+from margin.gateway import openapi, validate
 from margin.gateway.admin import Admin
-from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, request_headers,
-                                 send_json)
+from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
+                                 request_headers, send_json)
 from margin.gateway.proxy import Proxy, new_request_id
 from margin.gateway.service import Gateway
 from margin.gateway.stages.auth import authorize
@@ -37,6 +42,9 @@ class GatewayApp:
         self.gw = gateway
         self.proxy = Proxy(gateway)
         self.admin = Admin(gateway)
+        self.metrics_guard = _metrics_guard(gateway)
+        self._metrics_lock = asyncio.Lock()
+        self._openapi_raw: bytes | None = None
 
     # -- ASGI entry ------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,45 +79,107 @@ class GatewayApp:
     async def _other(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         method = scope["method"]
         try:
-            if method == "GET" and path.startswith(("/v1/models", "/models")) \
-                    and self.gw.keys is not None and self.gw.master_key:
-                await authorize(request_headers(scope), self.gw.master_key, self.gw.keys)
-            if method == "GET" and path in ("/v1/models", "/models"):
-                await send_json(send, 200, self._models())
-            elif method == "GET" and path.startswith(("/v1/models/", "/models/")):
-                name = path.split("/models/", 1)[1]
-                for m in self._models()["data"]:
-                    if m["id"] == name:
-                        await send_json(send, 200, m)
-                        return
-                raise NotFound(f"The model '{name}' does not exist", code="model_not_found")
-            elif method == "GET" and path == "/healthz":
-                ok = self.gw.started
-                await send_json(send, 200 if ok else 503, {
-                    "status": "ok" if ok else "starting",
-                    "ledger_db_up": self.gw.ledger.db_healthy,
-                    "ledger_queue_rows": self.gw.ledger.pending,
-                    "models": list(self.gw.models)})
-            elif method == "GET" and path == "/metrics":
-                body = self.gw.metrics.render()
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-            elif path.startswith("/admin/"):
+            if path.startswith("/admin/"):
                 await self.admin.handle(scope, receive, send, path[len("/admin/"):])
-            elif path in _ENDPOINTS:
-                raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
-            else:
-                raise NotFound(f"no such endpoint: {method} {path}", code="unknown_url")
+                return
+            route = self._route(path)
+            if route is None:
+                if path in _ENDPOINTS:
+                    raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST",
+                                           allow="POST")
+                raise NotFound(f"no such endpoint: {method[:20]} {path[:200]}",
+                               code="unknown_url")
+            if method == "HEAD":
+                # What GET would answer, without the body (RFC 9110 §9.3.2).
+                send = _headers_only(send)
+            elif method != "GET":
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET",
+                                       allow="GET, HEAD")
+            await route(scope, send, path)
         except MarginError as exc:
             await send_json(send, exc.status_code, error_body(exc),
                             [(k.encode(), v.encode()) for k, v in exc.headers().items()])
 
+    def _route(self, path: str) -> Any:
+        if path in ("/v1/models", "/models") or path.startswith(("/v1/models/", "/models/")):
+            return self._get_models
+        if path == "/healthz":
+            return self._healthz
+        if path == "/metrics":
+            return self._metrics
+        if path == "/openapi.json":
+            return self._openapi
+        return None
+
+    async def _get_models(self, scope: Scope, send: Send, path: str) -> None:
+        if self.gw.keys is not None and self.gw.master_key:
+            await authorize(request_headers(scope), self.gw.master_key, self.gw.keys,
+                            client_address(scope))
+        if path in ("/v1/models", "/models"):
+            await send_json(send, 200, self._models())
+            return
+        name = path.split("/models/", 1)[1]
+        for m in self._models()["data"]:
+            if m["id"] == name:
+                await send_json(send, 200, m)
+                return
+        raise NotFound(f"The model '{name[:200]}' does not exist", code="model_not_found")
+
+    async def _healthz(self, scope: Scope, send: Send, path: str) -> None:
+        ok = self.gw.started
+        await send_json(send, 200 if ok else 503, {
+            "status": "ok" if ok else "starting",
+            "ledger_db_up": self.gw.ledger.db_healthy,
+            "ledger_queue_rows": self.gw.ledger.pending,
+            "models": list(self.gw.models)})
+
+    async def _openapi(self, scope: Scope, send: Send, path: str) -> None:
+        if self._openapi_raw is None:
+            kinds = {name: m.kind for name, m in self.gw.models.items()}
+            chat = [n for n in self._models_names() if kinds.get(n) != "embeddings"]
+            embed = [n for n, k in kinds.items() if k in (None, "embeddings")]
+            doc = openapi.document(chat, embed, with_admin=bool(self.admin.handlers),
+                                   with_auth=self.gw.auth_enabled)
+            self._openapi_raw = orjson.dumps(doc)
+        await send_json(send, 200, None, raw=self._openapi_raw)
+
+    async def _metrics(self, scope: Scope, send: Send, path: str) -> None:
+        self.metrics_guard(request_headers(scope))
+        # Rendering takes time in proportion to the series; never on the event loop, and
+        # one scrape at a time so a scrape storm queues instead of piling up threads.
+        async with self._metrics_lock:
+            body = await asyncio.to_thread(self.gw.metrics.render)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _models_names(self) -> list[str]:
+        return list(self.gw.models) + [a for a in self.gw.routes if a not in self.gw.models]
+
     def _models(self) -> dict[str, Any]:
-        names = list(self.gw.models) + [a for a in self.gw.routes if a not in self.gw.models]
+        names = self._models_names()
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "margin"} for n in names]}
+
+
+def _metrics_guard(gateway: Gateway) -> Any:
+    cfg = gateway.settings.metrics
+    if not cfg.require_auth:
+        return lambda headers: None
+    tokens = [t for t in (os.environ.get(cfg.token_env), gateway.master_key) if t]
+    if not tokens:
+        log.warning("metrics.require_auth is on but neither %s nor a master key is set: "
+                    "/metrics refuses every scrape", cfg.token_env)
+    return token_guard(tokens, "/metrics needs a token (Authorization: Bearer <token>).")
+
+
+def _headers_only(send: Send) -> Send:
+    async def send_head(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+    return send_head
 
 
 def create_app(gateway: Gateway) -> GatewayApp:

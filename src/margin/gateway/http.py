@@ -3,11 +3,12 @@ headers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 import orjson
 
-from margin.errors import BadRequest, MarginError, PayloadTooLarge
+from margin.errors import BadRequest, MarginError, PayloadTooLarge, RequestError
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -21,16 +22,48 @@ class MethodNotAllowed(MarginError):
     error_type = "invalid_request_error"
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": self.allow}
+
 
 def request_headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def read_body(scope: Scope, receive: Receive, max_body: int) -> bytes:
-    """The whole request body, refused with 413 past ``max_body`` bytes."""
+def client_address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class RequestTimeout(RequestError):
+    status_code = 408
+    code = "request_timeout"
+
+
+async def read_body(scope: Scope, receive: Receive, max_body: int,
+                    timeout_s: float | None = None) -> bytes:
+    """The whole request body, refused with 413 past ``max_body`` bytes and with 408 when
+    it takes longer than ``timeout_s`` to arrive."""
     for name, value in scope["headers"]:
-        if name == b"content-length" and int(value or 0) > max_body:
-            raise PayloadTooLarge(f"request body over the limit of {max_body} bytes")
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise BadRequest("Content-Length is not a number") from None
+            if length > max_body:
+                raise PayloadTooLarge(f"request body over the limit of {max_body} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _receive_body(receive, max_body)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
+
+
+async def _receive_body(receive: Receive, max_body: int) -> bytes:
     chunks = []
     size = 0
     more = True

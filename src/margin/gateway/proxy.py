@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from margin.errors import MarginError, error_body
 from margin.gateway import validate
-from margin.gateway.http import Receive, Scope, Send, read_body, request_headers, send_json
+from margin.gateway.http import (Receive, Scope, Send, client_address, read_body,
+                                 request_headers, send_json)
 from margin.gateway.record import ledger_row, prompt_hash
 from margin.gateway.service import Gateway
 from margin.gateway.streaming import DONE, sse, sse_error, text_of
@@ -31,6 +32,10 @@ _ID_PREFIX = os.urandom(10).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+# How long an answer may take before the gateway starts watching for the client leaving.
+_WATCH_AFTER_S = 0.05
+
+
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
@@ -39,23 +44,26 @@ class Proxy:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.max_body = gateway.settings.server.max_body_bytes
+        self.body_timeout_s = gateway.settings.server.body_timeout_s
         self.log_content = gateway.settings.ledger.log_content
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: str,
                      check: Callable[[dict[str, Any]], Any]) -> None:
         headers = request_headers(scope)
         ctx = RequestContext(request_id=new_request_id(), endpoint=endpoint, body={},
-                             headers=headers)
-        ctx.user = headers.get("x-margin-user")
-        ctx.feature = headers.get("x-margin-feature")
+                             headers=headers, client=client_address(scope))
         self.gw.metrics.in_flight.inc()
         sent = False
         try:
             t0 = time.perf_counter_ns()
-            raw = await read_body(scope, receive, self.max_body)
+            # Checked before they are kept: a refused value never reaches the ledger.
+            ctx.user, ctx.feature = validate.attribution_headers(scope["headers"])
+            raw = await read_body(scope, receive, self.max_body, self.body_timeout_s)
             body = validate.parse_json_object(raw)
             ctx.body = body
-            ctx.requested_model = body.get("model") if isinstance(body.get("model"), str) else None
+            model = body.get("model")
+            ctx.requested_model = (model if isinstance(model, str)
+                                   and len(model) <= validate.MAX_ATTRIBUTION_CHARS else None)
             ctx.stream = body.get("stream") is True
             inputs = check(body)
             if endpoint == "embeddings":
@@ -64,7 +72,9 @@ class Proxy:
                 ctx.user = body["user"]
             ctx.prompt_hash = prompt_hash(ctx)
             ctx.stage_ms["parse"] = (time.perf_counter_ns() - t0) / 1e6
-            response = await self.gw.handler(ctx)
+            response = await self._answer_unless_abandoned(ctx, receive)
+            if response is None:
+                return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
                 await self._send_stream(ctx, response, send, receive)
@@ -97,6 +107,49 @@ class Proxy:
         finally:
             self.gw.metrics.in_flight.dec()
             self._finish(ctx)
+
+    async def _answer_unless_abandoned(self, ctx: RequestContext,
+                                       receive: Receive) -> Response | None:
+        """The pipeline's answer; None when the client disconnected first, in which case
+        the pipeline (and the upstream call in it) is cancelled rather than left running
+        for nobody.
+
+        Watching costs a task (~25 µs), so it starts only once the answer has taken
+        ``_WATCH_AFTER_S``: a fast answer (a cache hit) pays for a timer alone."""
+        me = asyncio.current_task()
+        assert me is not None
+        loop = asyncio.get_running_loop()
+        abandoned = False
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch() -> None:
+            nonlocal abandoned
+            message = await receive()  # the body is read: the next message is a disconnect
+            if message["type"] == "http.disconnect":
+                abandoned = True
+                me.cancel()
+
+        def start() -> None:
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        timer = loop.call_later(_WATCH_AFTER_S, start)
+        try:
+            response = await self.gw.handler(ctx)
+        except asyncio.CancelledError:
+            if not abandoned:
+                raise
+            response = None
+        finally:
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        if abandoned:
+            me.uncancel()
+            ctx.fail(499, "client_closed", "client closed the connection before the answer")
+            finalize_cost(ctx, self.gw.prices)  # whatever the upstream reported by then
+            return None
+        return response
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
                            receive: Receive) -> None:

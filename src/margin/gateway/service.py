@@ -64,7 +64,10 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = {
             m.name: build_upstream(m, settings.resilience) for m in settings.models}
         self.prices = PriceBook(settings.models, settings.pricing)
-        self.metrics = GatewayMetrics()
+        m = settings.metrics
+        self.metrics = GatewayMetrics(
+            models=[*self.models, *(r.name for r in settings.routes)],
+            users=m.users, features=m.features)
         self.ledger = LedgerWriter(settings.ledger)
         self.metrics.watch_ledger(self._ledger_counts)
         self.redis = RedisClients()
@@ -74,7 +77,8 @@ class Gateway:
         self.keys: KeyVerifier | None = None
         if self.master_key:
             auth = settings.auth
-            self.keys = KeyVerifier(settings.ledger.url, auth, auth.redis_url or settings.redis_url)
+            self.keys = KeyVerifier(settings.ledger.url, auth, auth.redis_url or settings.redis_url,
+                                    on_event=lambda e: self.metrics.events.labels(e).inc())
         self.alerter = self._alerter()
         self.background: list[BackgroundService] = [self.alerter]
         if self.keys is not None:

@@ -1,8 +1,16 @@
-"""Prometheus metrics for the gateway, on a registry of its own (one per app)."""
+"""Prometheus metrics for the gateway, on a registry of its own (one per app).
+
+The cardinality rule: no label value is ever taken from request input. Every label has a
+fixed set of values known at start-up — ``model`` a declared model or route name (else
+``unknown``), ``user``/``feature`` only those the operator lists (else ``other``), the
+endpoint, status, cache outcome and stage from the gateway's own vocabulary — so however
+many names clients invent, the number of series (and the memory and time ``/metrics``
+costs) stays fixed.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -35,8 +43,17 @@ class _LedgerCollector:
         yield h
 
 
+UNKNOWN = "unknown"  # a model nobody declared
+OTHER = "other"  # a user or feature the operator did not list
+NONE = "-"  # no user or feature at all
+
+
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str] = (), users: Iterable[str] = (),
+                 features: Iterable[str] = ()) -> None:
+        self.models = frozenset(models)
+        self.users = frozenset(users)
+        self.features = frozenset(features)
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("margin_requests", "Requests answered",
                                 ["endpoint", "model", "status", "cache"], registry=r)
@@ -58,25 +75,36 @@ class GatewayMetrics:
         self.events = Counter("margin_events", "Notable events (cache backend down, …)",
                               ["event"], registry=r)
 
-        # labels() costs a lock and a dict build per call; children are cached per label set.
+        # labels() costs a lock and a dict build per call; children are cached per label
+        # set, which the cardinality rule bounds.
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels: str):
         key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
-            if len(self._children) > 50_000:  # many distinct users: keep memory bounded
-                self._children.clear()
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def model_label(self, name: str | None) -> str:
+        return name if name in self.models else UNKNOWN
+
+    @staticmethod
+    def _listed(value: str | None, listed: frozenset[str]) -> str:
+        if value is None:
+            return NONE
+        return value if value in listed else OTHER
 
     def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LedgerCollector(source))
 
     def observe(self, ctx: RequestContext) -> None:
-        model = ctx.served_model or ctx.requested_model or "-"
+        model = self.model_label(ctx.served_model or ctx.requested_model)
         child = self._child
-        child(self.requests, ctx.endpoint, model, str(ctx.status), ctx.cache).inc()
+        # Statuses are the gateway's own or an upstream's 4xx passed on: at most a few
+        # hundred values, whatever the client sends.
+        status = str(ctx.status) if 100 <= ctx.status <= 599 else "other"
+        child(self.requests, ctx.endpoint, model, status, ctx.cache).inc()
         child(self.latency, ctx.endpoint, model).observe(ctx.latency_ms / 1000)
         self.overhead.observe(max(ctx.overhead_ms, 0.0) / 1000)
         if ctx.upstream_ms:
@@ -91,9 +119,11 @@ class GatewayMetrics:
         if u.completion_tokens:
             child(self.tokens, model, "completion").inc(u.completion_tokens)
         if ctx.cost_usd:
-            child(self.cost, model, ctx.user or "-", ctx.feature or "-").inc(ctx.cost_usd)
+            child(self.cost, model, self._listed(ctx.user, self.users),
+                  self._listed(ctx.feature, self.features)).inc(ctx.cost_usd)
         if ctx.saved_usd:
             child(self.saved, model).inc(ctx.saved_usd)
 
     def render(self) -> bytes:
+        """The exposition text; blocking (run it in a worker thread, not on the loop)."""
         return generate_latest(self.registry)

@@ -105,6 +105,58 @@ def _error_from(status: int, raw: bytes, retry_after: str | None = None
     return exc
 
 
+class MalformedAnswer(UpstreamError):
+    """The upstream's body is JSON but not an answer (a list, string token counts …)."""
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _count(d: dict[str, Any], name: str) -> int:
+    v = d.get(name)
+    if v is None:
+        return 0
+    if not _is_count(v):
+        raise MalformedAnswer(f"a malformed body: '{name}' is not a token count")
+    return v
+
+
+def _check_answer(payload: Any) -> None:
+    """What the gateway reads of a chat or completions answer has the right shape."""
+    if not isinstance(payload, dict):
+        raise MalformedAnswer(f"a malformed body: a JSON {type(payload).__name__}, "
+                              "not an object")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise MalformedAnswer("a malformed body: 'choices' is not a list of objects")
+    for c in choices:
+        msg = c.get("message")
+        if msg is not None and not isinstance(msg, dict):
+            raise MalformedAnswer("a malformed body: 'choices[].message' is not an object")
+    usage = payload.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise MalformedAnswer("a malformed body: 'usage' is not an object")
+
+
+def _embeddings_of(payload: Any) -> tuple[list[dict[str, Any]], int]:
+    """The embedding items in order, and the prompt tokens (0: not reported)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data") or [], list):
+        raise MalformedAnswer("a malformed body: not an object with a 'data' list")
+    data = payload.get("data") or []
+    if not all(isinstance(d, dict) and isinstance(d.get("embedding"), (list, str))
+               and _is_count(d.get("index", 0)) for d in data):
+        raise MalformedAnswer("a malformed body: 'data' items are not embeddings")
+    usage = payload.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise MalformedAnswer("a malformed body: 'usage' is not an object")
+    return sorted(data, key=lambda d: d.get("index", 0)), _count(usage, "prompt_tokens")
+
+
+# SSE lines other than data: (RFC: event, id, retry; a colon starts a comment).
+_SSE_OTHER_FIELDS = (b":", b"event:", b"id:", b"retry:", b"event", b"id", b"retry")
+
+
 class NoDeploymentAvailable(UpstreamError):
     """Every deployment of the model is cooling down; the caller may try another model."""
 
@@ -270,12 +322,15 @@ class OpenAIHTTPUpstream(Upstream):
                 raise _error_from(resp.status, raw, resp.headers.get("retry-after"))
             try:
                 payload = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+                _check_answer(payload)
+                dep.observe(elapsed_ms)
+                self._record_usage(call, payload.get("usage"), payload)
+            except (orjson.JSONDecodeError, MalformedAnswer) as err:
+                why = (err.message if isinstance(err, MalformedAnswer)
+                       else "invalid JSON")
                 call.result.attempts.append(Attempt(self.model.name, dep.label, 502, elapsed_ms,
-                                            error="invalid JSON from upstream"))
-                raise UpstreamError(f"upstream {dep.label} answered with invalid JSON") from None
-            dep.observe(elapsed_ms)
-            self._record_usage(call, payload.get("usage"), payload)
+                                            error=why[:200]))
+                raise UpstreamError(f"upstream {dep.label} answered with {why}") from None
             call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                         prompt_tokens=call.result.usage.prompt_tokens,
                                         completion_tokens=call.result.usage.completion_tokens))
@@ -294,9 +349,12 @@ class OpenAIHTTPUpstream(Upstream):
     def _record_usage(self, call: Call, usage: Any, payload: dict | None) -> None:
         if isinstance(usage, dict) and "prompt_tokens" in usage:
             details = usage.get("prompt_tokens_details") or {}
-            call.result.set_usage(int(usage.get("prompt_tokens") or 0),
-                                  int(usage.get("completion_tokens") or 0),
-                                  int(details.get("cached_tokens") or 0))
+            if not isinstance(details, dict):
+                raise MalformedAnswer("a malformed body: 'usage.prompt_tokens_details' is "
+                                      "not an object")
+            call.result.set_usage(_count(usage, "prompt_tokens"),
+                                  _count(usage, "completion_tokens"),
+                                  _count(details, "cached_tokens"))
             return
         text = ""
         for choice in (payload or {}).get("choices") or []:
@@ -314,8 +372,17 @@ class OpenAIHTTPUpstream(Upstream):
         error: str | None = None
         sent = 0  # chunks handed on: after the first, a failure is no longer retried
         try:
+            kind = resp.headers.get("content-type", "")
+            if not kind.startswith("text/event-stream"):
+                status = 502
+                raise UpstreamError(f"upstream {dep.label} answered a stream request with "
+                                    f"{kind[:60] or 'no content type'}, not server-sent events")
             async for line in resp.content:
                 if not line.startswith(b"data:"):
+                    if line.strip() and not line.startswith(_SSE_OTHER_FIELDS):
+                        status = 502
+                        raise UpstreamError(f"upstream {dep.label} sent a line that is not "
+                                            "server-sent events")
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
@@ -323,25 +390,41 @@ class OpenAIHTTPUpstream(Upstream):
                 if not data:
                     continue
                 chunk = orjson.loads(data)
-                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                if not isinstance(chunk, dict):
+                    raise orjson.JSONDecodeError("not an object", "", 0)
+                if "error" in chunk and "choices" not in chunk:
                     err = chunk["error"] or {}
                     status = 502
-                    raise UpstreamError(f"upstream stream error: {err.get('message', err)}")
+                    raise UpstreamError(f"upstream stream error: "
+                                        f"{err.get('message', err) if isinstance(err, dict) else err}")
+                choices = chunk.get("choices")
+                if choices is not None and not (isinstance(choices, list) and all(
+                        isinstance(c, dict) for c in choices)):
+                    raise orjson.JSONDecodeError("choices not a list of objects", "", 0)
                 if call.result.ttft_ms is None:
                     call.result.ttft_ms = call.elapsed_ms()
                 if chunk.get("usage"):
-                    usage = chunk["usage"]
+                    got = chunk["usage"]
+                    if not isinstance(got, dict) or not all(
+                            _is_count(got.get(k, 0)) for k in ("prompt_tokens",
+                                                                "completion_tokens")):
+                        raise orjson.JSONDecodeError("malformed usage", "", 0)
+                    usage = got
                     if not chunk.get("choices") and not client_wants_usage:
                         continue
                     if not client_wants_usage:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    piece = delta.get("content") if delta else choice.get("text")
-                    if piece:
+                    piece = delta.get("content") if isinstance(delta, dict) and delta \
+                        else choice.get("text")
+                    if isinstance(piece, str) and piece:
                         text_parts.append(piece)
                 sent += 1
                 yield chunk
+            if not sent:
+                status = 502
+                raise UpstreamError(f"upstream {dep.label} ended the stream without a chunk")
         except UpstreamError as exc:
             error = exc.message
             raise
@@ -365,9 +448,14 @@ class OpenAIHTTPUpstream(Upstream):
             elif sent:
                 # Failed after bytes went out: the retry loop no longer sees it.
                 dep.health.failure()
+            recorded = False
             if usage:
-                self._record_usage(call, usage, None)
-            elif error is None or sent:
+                try:
+                    self._record_usage(call, usage, None)
+                    recorded = True
+                except MalformedAnswer:  # odd cached-token details: estimate instead
+                    pass
+            if not recorded and (error is None or sent):
                 call.result.set_usage(estimate_prompt_tokens(call.body),
                                       estimate_tokens("".join(text_parts)), estimated=True)
             billed = error is None or sent > 0
@@ -415,14 +503,19 @@ class OpenAIHTTPUpstream(Upstream):
                 call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=exc.message[:200]))
             raise exc
+        try:
+            payload = orjson.loads(raw)
+            data, tokens = _embeddings_of(payload)
+        except (orjson.JSONDecodeError, MalformedAnswer) as err:
+            why = err.message if isinstance(err, MalformedAnswer) else "invalid JSON"
+            if call is not None:
+                call.result.attempts.append(Attempt(self.model.name, dep.label, 502,
+                                                    elapsed_ms, error=why[:200]))
+            raise UpstreamError(f"upstream {dep.label} answered with {why}") from None
         dep.observe(elapsed_ms)
-        payload = orjson.loads(raw)
-        data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
         if len(data) != len(inputs):
             raise UpstreamError(f"upstream returned {len(data)} embeddings for "
                                 f"{len(inputs)} inputs")
-        usage = payload.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens") or 0)
         per_input = [estimate_tokens(t) if isinstance(t, str) else len(t) for t in inputs]
         if not tokens:
             tokens = sum(per_input)

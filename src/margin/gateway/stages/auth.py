@@ -13,7 +13,7 @@ from __future__ import annotations
 from margin.auth.admin import is_master, presented_key
 from margin.auth.config import AuthConfig
 from margin.auth.verifier import KeyVerifier
-from margin.errors import AuthenticationError, PermissionDenied
+from margin.errors import AuthenticationError, PermissionDenied, RateLimited
 from margin.gateway.pipeline import Handler, Stage
 from margin.gateway.services import Services
 from margin.types import RequestContext, Response
@@ -21,13 +21,14 @@ from margin.types import RequestContext, Response
 MISSING_KEY = "Missing API key: send it as Authorization: Bearer <key>."
 
 
-async def authorize(headers: dict[str, str], master_key: str, keys: KeyVerifier) -> None:
+async def authorize(headers: dict[str, str], master_key: str, keys: KeyVerifier,
+                    client: str | None = None) -> None:
     """For endpoints outside the pipeline (``/v1/models``): any valid key will do."""
     token = presented_key(headers)
     if token is None:
         raise AuthenticationError(MISSING_KEY)
     if not is_master(token, master_key):
-        await keys.verify(token)
+        await keys.verify(token, client)
 
 
 class AuthStage(Stage):
@@ -46,8 +47,8 @@ class AuthStage(Stage):
             ctx.notes["auth"] = "master"
             return await call_next(ctx)
         try:
-            record = await self.verifier.verify(token)
-        except AuthenticationError:
+            record = await self.verifier.verify(token, ctx.client)
+        except (AuthenticationError, RateLimited):
             ctx.notes["auth"] = "refused"
             raise
         ctx.key_id = record.id
