@@ -173,6 +173,8 @@ class RequestContext:
     more_fallbacks: bool = False
     # the admission stage's state for this request (rate-limit and budget outcome)
     admission: Any = None
+    # what the admission stage reserved on its budgets (USD); a cost above it is an overrun
+    reserved_usd: float | None = None
     # headers a stage adds to the answer (x-ratelimit-*, x-margin-budget …)
     response_headers: dict[str, str] = field(default_factory=dict)
     # extra payload for the ledger row's ``notes`` column (small, JSON-serialisable)

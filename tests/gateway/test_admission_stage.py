@@ -80,9 +80,9 @@ def test_named_budget_overrides_wildcard_and_worst_case_uses_the_cap(tmp_path):
     assert found == {("team", "research", "day"): 5.0, ("team", "research", "month"): 50.0}
     other = ctx_for(team="ops")
     assert [(usd, p) for _, _, usd, p, _ in stage.budgets.applicable(other)] == [(1.0, "day")]
-    # prompt "hi": 1 + 4 + 3 framing tokens; no max_tokens: the 100-token default cap
-    assert stage.budgets.worst_nusd(ctx) == to_nusd(8 * 1e-6 + 100 * 2e-6)
-    assert stage.budgets.worst_nusd(ctx_for(max_tokens=10)) == to_nusd(8e-6 + 10 * 2e-6)
+    # prompt "hi": 1 + 6 framing + 3 priming tokens; no max_tokens: the 100-token default cap
+    assert stage.budgets.worst_nusd(ctx) == to_nusd(10 * 1e-6 + 100 * 2e-6)
+    assert stage.budgets.worst_nusd(ctx_for(max_tokens=10)) == to_nusd(10e-6 + 10 * 2e-6)
 
 
 def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
@@ -96,7 +96,7 @@ def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
         ctx = ctx_for(max_tokens=10)
         ctx.model = settings.models[0]
         with pytest.raises(UpstreamError):
-            await stage(ctx, fail)  # reserved 28e-6, released on the error
+            await stage(ctx, fail)  # reserved 30e-6, released on the error
         ok = ctx_for(max_tokens=10)
         ok.model = settings.models[0]
         await stage(ok, answer)  # 60 + 30 (10 prompt + 10 completion tokens) = 90e-6

@@ -247,7 +247,7 @@ class Admission:
                     items: Sequence[BudgetItem]) -> Outcome:
         if self._admit is None:
             return self._admit_local(rid, limits, items)
-        if self.in_fallback and self.breaker.closed and not self._lock.locked():
+        if self.in_fallback and self.breaker.closed:
             await self.resync()
         if not self.in_fallback and self.breaker.closed:
             try:
@@ -332,8 +332,10 @@ class Admission:
             self._enter_fallback("cannot read the ledger to rebuild a budget", None)
             return False
         await self.redis_budgets.raise_floor(item, floor)
-        self.stats.rebuilds["redis_empty"] += 1
-        log.warning("budgets: rebuilt %s in Redis from the ledger (%d)", item.id, floor)
+        # A new period's first request lands here too; after a Redis restart every live
+        # budget does.
+        self.stats.rebuilds["counter_missing"] += 1
+        log.info("budgets: %s counted in Redis from the ledger (%d)", item.id, floor)
         return True
 
     async def _ledger_floor(self, item: BudgetItem) -> int | None:
@@ -430,11 +432,16 @@ class Admission:
         if self.redis is None:
             return True
         async with self._lock:
+            if not self.in_fallback and self.breaker.closed and await self._same_epoch():
+                return True  # another caller resynchronised while this one waited
             try:
                 return await self._resync()
             except REDIS_ERRORS as exc:
                 self._enter_fallback("Redis unavailable", exc)
                 return False
+
+    async def _same_epoch(self) -> bool:
+        return self.epoch is not None and not self._replay
 
     async def _resync(self) -> bool:
         assert self.redis_budgets is not None
@@ -463,7 +470,7 @@ class Admission:
             joined = await r.scard(f"{self._k_epoch}:{self.epoch}:members")
             if joined < self.replicas():
                 return False  # the others have not registered theirs yet
-        if self.in_fallback:
+        if self.in_fallback and self.stats.fallback:
             log.warning("limits: Redis is back; deciding in Redis again")
         self.in_fallback = False
         self.stats.fallback = False

@@ -27,9 +27,12 @@ _COLUMN = {"user": "user_id", "team": "team", "feature": "feature",
            "model": "COALESCE(model, requested_model)", "key": "key_id"}
 _AGGREGATES = ("COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
                "SUM(saved_usd), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-               "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)")
+               "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END), "
+               # a settled cost above its budget reservation (still charged)
+               "SUM(CASE WHEN reserved_usd IS NOT NULL AND cost_usd > reserved_usd "
+               "THEN cost_usd - reserved_usd ELSE 0 END)")
 _FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "errors",
-           "cache_hits")
+           "cache_hits", "overrun_usd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ def _row(values: Sequence[Any]) -> dict[str, Any]:
     d = {k: (v or 0) for k, v in zip(_FIELDS, values)}
     d["cost_usd"] = round(float(d["cost_usd"]), 8)
     d["saved_usd"] = round(float(d["saved_usd"]), 8)
+    d["overrun_usd"] = round(float(d["overrun_usd"]), 8)
     for k in ("requests", "prompt_tokens", "completion_tokens", "errors", "cache_hits"):
         d[k] = int(d[k])
     return d

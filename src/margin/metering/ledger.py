@@ -31,7 +31,7 @@ COLUMNS: tuple[str, ...] = (
     "completion_tokens", "cached_tokens", "cost_usd", "saved_usd", "estimated", "streamed",
     "cache", "cache_similarity", "latency_ms", "upstream_ms", "ttft_ms", "overhead_ms",
     "stage_ms", "attempts", "prompt_hash", "tokens_before_compression",
-    "tokens_after_compression", "notes", "prompt", "response",
+    "tokens_after_compression", "notes", "prompt", "response", "reserved_usd",
 )
 
 
