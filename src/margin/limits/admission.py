@@ -220,7 +220,8 @@ class Admission:
         self.budgets = LocalBudgets()
         self.redis = redis
         self.redis_windows = RedisWindows(redis, cfg.redis_prefix) if redis is not None else None
-        self.redis_budgets = RedisBudgets(redis, cfg.redis_prefix) if redis is not None else None
+        self.redis_budgets = (RedisBudgets(redis, cfg.redis_prefix, cfg.ledger_lag_s)
+                              if redis is not None else None)
         self._admit = redis.register_script(ADMIT_LUA) if redis is not None else None
         self.breaker = Breaker("limits", cfg.redis_retry_after_s)
         self.tasks = TaskSet("limits")
@@ -393,9 +394,16 @@ class Admission:
                 self._share.raise_floor(dataclasses.replace(
                     it, limit_nusd=limit, baseline_nusd=start), start)
                 self._share_limit[it.id] = limit
+                log.info("budgets: %s without Redis: counted from %d, this replica's share "
+                         "up to %d (of %d, %d replicas)", it.id, start, limit, it.limit_nusd, n)
             shared.append(dataclasses.replace(it, limit_nusd=self._share_limit[it.id]))
         lims = [dataclasses.replace(lim, limit=max(1, lim.limit // n)) for lim in limits]
         out = self._admit_local(rid, lims, shared, self._share_windows, self._share)
+        if out.budget is not None and out.budget.denied is not None:
+            # Report the budget as the caller knows it (the share is this replica's view).
+            denied = items[shared.index(out.budget.denied)]
+            out = dataclasses.replace(out, budget=dataclasses.replace(out.budget,
+                                                                      denied=denied))
         if out.admitted and items:
             self._held[rid] = _Held(items, False)
         return out
@@ -528,8 +536,10 @@ class Admission:
             self._enter_fallback("Redis unavailable", exc)
             return
         epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
-        if self.clock() >= self._rejoin_until:
+        if epoch == self.epoch and self.clock() >= self._rejoin_until:
             self.replicas_seen = int(count)
+        else:  # a Redis that lost its state lost the heartbeats too: keep the count known
+            self.replicas_seen = max(self.replicas_seen, int(count))
         if epoch != self.epoch or self.in_fallback:
             await self.resync()
 
@@ -587,7 +597,8 @@ class Admission:
             self._replay.append(record)  # sent when Redis answers again
             self._enter_fallback("Redis unavailable", exc)
             return
-        then(record.items, spent)
+        if all(v >= 0 for v in spent):  # else a counter is being rebuilt: no alert yet
+            then(record.items, spent)
 
     async def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
         if self.redis_budgets is not None and self.breaker.closed and not self.in_fallback:

@@ -44,8 +44,11 @@ ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 _COLUMN = {"key": "key_id", "user": "user_id", "team": "team", "feature": "feature"}
 _KEY_PERIODS = ("day", "week", "month")
 # Ledger rows of requests that admission refused (they never counted on a budget).
-_REFUSED = ("(error_type = 'insufficient_quota' OR (notes IS NOT NULL AND "
-            "(notes LIKE '%\"rate_limited\"%' OR notes LIKE '%\"limits_unavailable\"%')))")
+# The LIKE patterns travel as parameters: a literal % would be a placeholder to psycopg.
+# COALESCE: with a NULL, NOT (...) would be NULL and drop the row.
+_REFUSED = ("(COALESCE(error_type, '') = 'insufficient_quota' OR COALESCE(notes, '') LIKE ? "
+            "OR COALESCE(notes, '') LIKE ?)")
+_REFUSED_PARAMS = ('%"rate_limited"%', '%"limits_unavailable"%')
 
 # scope, name, limit (USD, or requests), period, rule
 Applicable = tuple[str, str, float, str, "BudgetRule | None"]
@@ -257,7 +260,8 @@ class Budgets:
         db = connect(self.ledger_url)
         try:
             rows = db.query(self._spent_sql(item.unit, _COLUMN[item.scope], one=True),
-                            (b.start_s, b.end_s, item.name))
+                            (b.start_s, b.end_s, item.name)
+                            + (_REFUSED_PARAMS if item.unit == "requests" else ()))
         finally:
             db.close()
         value = rows[0][0] if rows else 0
@@ -274,8 +278,9 @@ class Budgets:
                 b = period_bounds(period, now_s, self.periods.tz)
                 col = _COLUMN[scope]
                 for unit in sorted(self._units(scope, period)):
-                    for value, total in db.query(self._spent_sql(unit, col),
-                                                 (b.start_s, b.end_s)):
+                    params = (b.start_s, b.end_s) + (_REFUSED_PARAMS if unit == "requests"
+                                                     else ())
+                    for value, total in db.query(self._spent_sql(unit, col), params):
                         fresh[(scope, str(value), period, b.start_s, unit)] = (
                             int(total or 0) if unit == "requests"
                             else to_nusd(float(total or 0.0)))

@@ -162,28 +162,37 @@ class LocalBudgets:
 # KEYS: per budget, a hash {s: spent, r: reserved, "h:<rid>": amount} and a sorted set of
 # holds scored by expiry (seconds). Reservations are made by the admission script
 # (``margin.limits.admission``), together with the rate limits.
-# KEYS as above; ARGV: rid, then per budget: actual, baseline, expire_at. A counter that is
-# gone (Redis restarted empty) starts from ``baseline``, which the caller read from the
-# ledger just now.
+# KEYS as above; ARGV: rid, lag s, then per budget: actual, expire_at. A counter that lost
+# its spend (Redis restarted empty) is not started here from a stale figure: the cost is
+# kept as a hold for ``lag`` seconds (until its ledger row is surely written), and the
+# next admission rebuilds the spend from the ledger. Replies the spend (-1: unknown).
 SETTLE_LUA = """
-local rid = ARGV[1]
+local rid, lag = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local out = {}
 for i = 1, #KEYS / 2 do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]
-  local actual = tonumber(ARGV[3 * i - 1])
-  if redis.call('HEXISTS', h, 's') == 0 then
-    redis.call('HSET', h, 's', ARGV[3 * i])
-    redis.call('HSETNX', h, 'r', 0)
-    redis.call('EXPIREAT', h, ARGV[3 * i + 1])
-  end
+  local actual = tonumber(ARGV[1 + 2 * i])
   local held = redis.call('HGET', h, 'h:' .. rid)
   if held then
     redis.call('HINCRBY', h, 'r', -tonumber(held))
     redis.call('HDEL', h, 'h:' .. rid)
     redis.call('ZREM', z, rid)
   end
-  if actual > 0 then redis.call('HINCRBY', h, 's', actual) end
-  out[i] = redis.call('HGET', h, 's')
+  if redis.call('HEXISTS', h, 's') == 1 then
+    if actual > 0 then redis.call('HINCRBY', h, 's', actual) end
+    out[i] = redis.call('HGET', h, 's')
+  else
+    if actual > 0 then
+      redis.call('HINCRBY', h, 'r', actual)
+      redis.call('HSET', h, 'h:settled:' .. rid, actual)
+      redis.call('ZADD', z, now_s + lag, 'settled:' .. rid)
+      redis.call('EXPIREAT', h, ARGV[2 + 2 * i])
+      redis.call('EXPIREAT', z, ARGV[2 + 2 * i])
+    end
+    out[i] = -1
+  end
 end
 return out
 """
@@ -220,9 +229,10 @@ return 1
 class RedisBudgets:
     """The same counters in Redis, shared by every replica."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, lag_s: float = 10.0) -> None:
         self.client = client
         self.prefix = prefix + "budget:"
+        self.lag_s = lag_s
         self._settle = client.register_script(SETTLE_LUA)
         self._floor = client.register_script(FLOOR_LUA)
         self._hold = client.register_script(HOLD_LUA)
@@ -235,9 +245,9 @@ class RedisBudgets:
 
     async def settle(self, items: Sequence[BudgetItem], rid: str,
                      actual_nusd: int) -> list[int]:
-        args: list[Any] = [rid]
+        args: list[Any] = [rid, self.lag_s]
         for it in items:
-            args += [it.charge(actual_nusd), it.baseline_nusd, int(it.expires_at_s)]
+            args += [it.charge(actual_nusd), int(it.expires_at_s)]
         reply = await self._settle(keys=self.keys(items), args=args)
         return [int(v) for v in reply]
 
