@@ -115,6 +115,7 @@ def cluster(tmp_path_factory, pg_schema_url, redis_server):  # noqa: F811
         "cache": {"exact": {"enabled": False}},
         "limits": {
             "redis_timeout_s": 2.0, "redis_retry_after_s": 1.0, "heartbeat_s": 0.5,
+            "ledger_lag_s": 1.0,  # the ledger flushes every 50 ms here
             "default_max_tokens": 300,
             "budgets": [{"scope": "feature", "name": c, "usd": budget_usd(c), "period": "day"}
                         for c in cases]
@@ -143,7 +144,8 @@ def cluster(tmp_path_factory, pg_schema_url, redis_server):  # noqa: F811
             out = gw.stop()
             print("\n".join(line for line in out.splitlines()
                             if " WARNING " in line or " ERROR " in line)[-6000:])
-            print(out[-5000:] if "Traceback" in out else "")
+            if "Traceback" in out:
+                print(out[out.index("Traceback") - 200:][:6000])
         upstream.stop()
         verbose.stop()
 
@@ -182,6 +184,8 @@ def check(cluster, case: str, responses: list[httpx.Response]) -> tuple[int, flo
     n, spent = ledger_rows(cluster["db"], "feature", case, admitted)
     assert n == admitted
     assert admitted >= 1
+    print(f"{case}: {admitted} of {len(codes)} admitted, spent {spent:.6f} of "
+          f"{budget_usd(case):.6f} USD")
     assert spent <= budget_usd(case) + 1e-12, (case, admitted, spent, budget_usd(case))
     return admitted, spent
 
@@ -226,15 +230,17 @@ def test_a_requests_budget_through_a_redis_restart(cluster):
     headers = {"x-margin-user": user, "x-margin-feature": "counting"}
     first = asyncio.run(fire([a.url, b.url], [body("plain", i) for i in range(35)],
                              concurrency=5, headers=headers))
-    assert [r.status_code for r in first].count(200) == 35
+    assert [r.status_code for r in first].count(200) == 35, [r.text[:200] for r in first if r.status_code != 200][:3]
     cluster["redis"].restart_empty()
     rest = asyncio.run(fire([a.url, b.url], [body("plain", i) for i in range(35, 85)],
                             concurrency=5, headers=headers))
     codes = [r.status_code for r in first + rest]
     admitted = codes.count(200)
-    # At most 50; a few fewer is the price of counting recent settlements twice for a while.
-    assert 40 <= admitted <= 50, codes
+    # At most 50, and more than before the restart: counting recent settlements twice
+    # for ledger_lag_s after it costs a few.
+    assert 35 < admitted <= 50, codes
     n, _ = ledger_rows(cluster["db"], "user_id", user, admitted)
+    print(f"requests budget: {admitted} of {len(codes)} admitted (limit 50)")
     assert n == admitted <= 50
     refused = [r for r in rest if r.status_code == 429]
     assert refused and refused[-1].json()["error"]["code"] == "budget_exceeded"

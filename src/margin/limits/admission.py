@@ -385,17 +385,18 @@ class Admission:
                              retry_after_s=2.0)
         shared: list[BudgetItem] = []
         for it in items:
-            if not self._share.has(it.id):
+            if it.id not in self._share_limit:
                 start = await self._fallback_start(it)
                 if start is None:
                     raise Overloaded("budgets unavailable (Redis and the ledger are down)",
                                      retry_after_s=2.0)
-                limit = start + max(it.limit_nusd - start, 0) // n
-                self._share.raise_floor(dataclasses.replace(
-                    it, limit_nusd=limit, baseline_nusd=start), start)
-                self._share_limit[it.id] = limit
-                log.info("budgets: %s without Redis: counted from %d, this replica's share "
-                         "up to %d (of %d, %d replicas)", it.id, start, limit, it.limit_nusd, n)
+                if it.id not in self._share_limit:  # no other request set it meanwhile
+                    limit = start + max(it.limit_nusd - start, 0) // n
+                    self._share.raise_floor(it, start)
+                    self._share_limit[it.id] = limit
+                    log.info("budgets: %s without Redis: counted from %d, this replica's "
+                             "share up to %d (of %d, %d replicas)", it.id, start, limit,
+                             it.limit_nusd, n)
             shared.append(dataclasses.replace(it, limit_nusd=self._share_limit[it.id]))
         lims = [dataclasses.replace(lim, limit=max(1, lim.limit // n)) for lim in limits]
         out = self._admit_local(rid, lims, shared, self._share_windows, self._share)
@@ -542,16 +543,6 @@ class Admission:
             self.replicas_seen = max(self.replicas_seen, int(count))
         if epoch != self.epoch or self.in_fallback:
             await self.resync()
-
-    async def run_heartbeat(self) -> None:
-        while True:
-            try:
-                await self.heartbeat()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive one bad beat; it is logged
-                log.exception("limits heartbeat failed")
-            await asyncio.sleep(self.cfg.heartbeat_s)
 
     # -- after the request ---------------------------------------------------------------
     def adjust(self, shared: bool, keys: Sequence[str], rid: str, delta: int) -> None:

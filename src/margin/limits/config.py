@@ -161,9 +161,10 @@ class LimitsConfig(_Strict):
     heartbeat_s: float = Field(1.0, gt=0)
     """How often each replica announces itself in Redis and checks that Redis still holds
     its reservations (a restarted, empty Redis is rebuilt from the ledger)."""
-    ledger_lag_s: float = Field(10.0, gt=0)
-    """How long after a request settles its ledger row may still be unwritten; a rebuild
-    from the ledger keeps settled costs this recent as reservations."""
+    ledger_lag_s: float = Field(2.0, gt=0)
+    """How long after a request settles its ledger row may still be unwritten (more than
+    ``ledger.flush_interval_ms`` plus one database write); a rebuild from the ledger keeps
+    settled costs this recent as reservations."""
     correction_quantile: float = Field(0.99, gt=0, le=1)
     """Quantile of reported / bounded prompt tokens that scales later reservations."""
     correction_window: int = Field(500, ge=10)
