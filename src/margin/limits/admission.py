@@ -232,6 +232,7 @@ class Admission:
         self.replicas_seen = 0                # live replicas in the last heartbeat read
         self.in_fallback = redis is not None  # until the first resync
         self._rejoin_until = 0.0              # after a rebuild: wait for the others
+        self._rejoining = False               # Redis answers but is being rebuilt
         self._last_total: dict[str, int] = {}  # item id -> spent + reserved, last Redis reply
         self._held: dict[str, _Held] = {}
         self._recent: deque[_Settled] = deque()
@@ -296,6 +297,7 @@ class Admission:
             reply = await self._admit(keys=keys, args=args)
             code = int(reply[0])
             if code == -1:
+                self._rejoining = True
                 self._enter_fallback("Redis lost its state or was rebuilt", None)
                 self.tasks.spawn(self.resync())
                 return None
@@ -353,6 +355,10 @@ class Admission:
     def _enter_fallback(self, why: str, exc: BaseException | None) -> None:
         if exc is not None:
             self.breaker.fail(exc)
+            # Every pooled connection to a Redis that went away is stale: drop them all
+            # now rather than fail (and fall back) once per connection later.
+            if self.redis is not None and not self.in_fallback:
+                self.tasks.spawn(self._drop_connections())
         if not self.in_fallback:
             self.in_fallback = True
             self._share.clear()
@@ -361,6 +367,12 @@ class Admission:
             log.warning("limits: %s; deciding per replica (on_redis_down: %s)", why,
                         self.cfg.on_redis_down)
         self.stats.fallback = True
+
+    async def _drop_connections(self) -> None:
+        try:
+            await self.redis.connection_pool.disconnect()
+        except Exception as exc:  # nothing to drop is fine; anything else is logged
+            log.debug("could not drop Redis connections: %s", exc)
 
     def replicas(self) -> int:
         """How many replicas share the limits (0: unknown)."""
@@ -378,6 +390,11 @@ class Admission:
             if items:
                 self._held[rid] = _Held(items, False)
             return out
+        if self._rejoining:
+            # Redis answers but not every replica has registered its reservations again: a
+            # share decided here could collide with a replica already deciding in Redis.
+            raise Overloaded("limits and budgets are being rebuilt after Redis restarted; "
+                             "retry in a second", retry_after_s=1.0)
         n = self.replicas()
         if n == 0:
             raise Overloaded("limits and budgets unavailable (Redis down, and the number of "
@@ -441,16 +458,20 @@ class Admission:
         if self.redis is None:
             return True
         async with self._lock:
-            if not self.in_fallback and self.breaker.closed and await self._same_epoch():
-                return True  # another caller resynchronised while this one waited
             try:
+                if not self.in_fallback and self.breaker.closed and await self._same_epoch():
+                    return True  # another caller resynchronised while this one waited
                 return await self._resync()
             except REDIS_ERRORS as exc:
                 self._enter_fallback("Redis unavailable", exc)
                 return False
 
     async def _same_epoch(self) -> bool:
-        return self.epoch is not None and not self._replay
+        if self.epoch is None or self._replay:
+            return False
+        current = await self.redis.get(self._k_epoch)
+        current = current.decode() if isinstance(current, bytes) else current
+        return current == self.epoch
 
     async def _resync(self) -> bool:
         assert self.redis_budgets is not None
@@ -482,8 +503,10 @@ class Admission:
         if self.in_fallback and self.stats.fallback:
             log.warning("limits: Redis is back; deciding in Redis again")
         self.in_fallback = False
+        self._rejoining = False
         self.stats.fallback = False
         self._share.clear()
+        self._share_limit.clear()
         return True
 
     async def _replay_missed(self) -> None:
@@ -537,6 +560,8 @@ class Admission:
             self._enter_fallback("Redis unavailable", exc)
             return
         epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if epoch != self.epoch and self.epoch is not None:
+            self._rejoining = True
         if epoch == self.epoch and self.clock() >= self._rejoin_until:
             self.replicas_seen = int(count)
         else:  # a Redis that lost its state lost the heartbeats too: keep the count known
