@@ -134,6 +134,8 @@ class LimitsConfig(_Strict):
             - {scope: user, name: "*", usd: 5, period: day}     # every user, separately
             - {scope: feature, name: support-chat, usd: 50, period: day,
                on_exhausted: downgrade, downgrade_to: small}
+            - {scope: user, name: "*", requests: 500, period: day}   # requests, not USD
+          on_redis_down: share          # each replica admits its share of what is left
           alerts: {thresholds_pct: [50, 80, 100], webhook_url: "https://hooks.example/margin"}
         models:
           - {name: small, provider: openai, api_base: "http://127.0.0.1:8001/v1"}
