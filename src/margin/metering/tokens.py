@@ -11,6 +11,7 @@ learned from what providers report (``margin.limits.correction``).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -82,6 +83,17 @@ def text_token_bound(text: str) -> int:
     """An upper bound on the BPE tokens of ``text`` (see ``_BOUND_PIECES``)."""
     if not text:
         return 0
+    if len(text) >= 256:  # tool lists and schemas repeat request after request
+        return _long_text_bound(text)
+    return _text_bound(text)
+
+
+@functools.lru_cache(maxsize=2048)
+def _long_text_bound(text: str) -> int:
+    return _text_bound(text)
+
+
+def _text_bound(text: str) -> int:
     n = 0
     for piece in _BOUND_PIECES.findall(text):
         c = piece[0]
