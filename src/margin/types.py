@@ -167,7 +167,8 @@ class RequestContext:
     response_text: str | None = None
     # the parsed inputs of an embeddings request (a list even for one input)
     inputs: list[Any] | None = None
-    # estimated prompt tokens, computed once by whoever needs it first (limits, budgets)
+    # an upper bound on the prompt tokens (metering.tokens.prompt_token_bound), computed
+    # once by whoever needs it first (limits, budgets)
     prompt_tokens_est: int | None = None
     # True while the router tries a model that has another after it in the fallback chain
     more_fallbacks: bool = False

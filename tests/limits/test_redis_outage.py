@@ -79,3 +79,9 @@ def test_reject_mode_answers_503(proxied_redis):
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_old_on_redis_error_setting_still_reads_as_it_meant():
+    assert LimitsConfig(on_redis_error="reject").on_redis_down == "refuse"
+    assert LimitsConfig(on_redis_error="local").on_redis_down == "share"
+    assert LimitsConfig().on_redis_down == "share"  # the default never overspends

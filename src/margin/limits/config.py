@@ -5,7 +5,7 @@ Imports only pydantic and the standard library: ``margin.config`` imports this m
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -200,6 +200,16 @@ class LimitsConfig(_Strict):
     """Budget and anomaly alerts."""
     anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
     """The hourly cost-anomaly check."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_redis_setting(cls, data: Any) -> Any:
+        # ``on_redis_error: local|reject`` (before on_redis_down) still reads as it meant.
+        if isinstance(data, dict) and "on_redis_error" in data and "on_redis_down" not in data:
+            data = dict(data)
+            old = data.pop("on_redis_error")
+            data["on_redis_down"] = {"local": "share", "reject": "refuse"}.get(old, old)
+        return data
 
     @field_validator("timezone")
     @classmethod

@@ -186,6 +186,7 @@ class AdmissionStage(Stage):
         before = ctx.model.name if ctx.model is not None else (ctx.route or ctx.requested_model)
         ctx.model, ctx.served_model, ctx.provider, ctx.route = (target, target.name,
                                                                 target.provider, None)
+        self.budgets.enforce_cap(ctx)
         amount = self.budgets.worst_nusd(ctx)
         # The downgrade is the remedy for the exhausted budgets that ask for it; every
         # other budget still has to accept the (smaller) reservation.
