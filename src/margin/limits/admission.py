@@ -81,6 +81,8 @@ class _Settled:
 
 
 LedgerSpent = Callable[[BudgetItem], int]
+MAX_REPLAY = 200_000      # settlements kept for Redis during an outage (then: ledger floors)
+MAX_TOTALS = 100_000      # budgets whose last Redis total is remembered
 
 
 class Admission:
@@ -110,6 +112,7 @@ class Admission:
         self._held: dict[str, _Held] = {}
         self._recent: deque[_Settled] = deque()
         self._replay: list[_Settled] = []
+        self._floor_after: dict[str, BudgetItem] = {}  # replay overflowed: floor from ledger
         self._share = LocalBudgets(clock)     # fallback counters (share mode)
         self._share_windows = LocalWindows()
         self._share_limit: dict[str, int] = {}  # item id -> this replica's share's limit
@@ -195,6 +198,8 @@ class Admission:
             held = tuple(int(float(reply[base + 1 + 2 * j])) for j in range(len(items)))
             budget = ReserveResult(bdenied == 0, items[bdenied - 1] if bdenied else None,
                                    spent, held)
+            if len(self._last_total) > MAX_TOTALS:
+                self._last_total.clear()
             for it, s_, r_ in zip(items, spent, held):
                 self._last_total[it.id] = s_ + r_
         return Outcome(rate, budget, True)
@@ -340,7 +345,7 @@ class Admission:
                 return False
 
     async def _same_epoch(self) -> bool:
-        if self.epoch is None or self._replay:
+        if self.epoch is None or self._replay or self._floor_after:
             return False
         current = await self.redis.get(self._k_epoch)
         current = current.decode() if isinstance(current, bytes) else current
@@ -390,6 +395,11 @@ class Admission:
             s = self._replay[0]
             await self.redis_budgets.settle(s.items, s.rid, s.actual_nusd)
             self._replay.pop(0)
+        for item_id, item in list(self._floor_after.items()):
+            floor = await self._ledger_floor(item)
+            if floor is not None:
+                await self.redis_budgets.raise_floor(item, floor)
+                del self._floor_after[item_id]
         for rid, h in list(self._held.items()):
             if not h.in_redis:
                 for it in h.items:
@@ -404,6 +414,7 @@ class Admission:
         now = self.clock()
         self._trim_recent(now)
         self._replay.clear()  # older settlements are in the ledger the rebuild reads
+        self._floor_after.clear()
         for rid, h in list(self._held.items()):
             for it in h.items:
                 await self.redis_budgets.hold(it, rid, it.amount_nusd,
@@ -472,7 +483,7 @@ class Admission:
         if not shared and self.in_fallback:  # decided in fallback: its counters first
             self._share.settle(items, rid, actual_nusd)
         if self.in_fallback or not self.breaker.closed:
-            self._replay.append(record)
+            self._keep_for_replay(record)
             return
         self.tasks.spawn(self._settle_redis(record, held, then))
 
@@ -483,11 +494,21 @@ class Admission:
             spent = await self.redis_budgets.settle(record.items, record.rid,
                                                     record.actual_nusd)
         except REDIS_ERRORS as exc:
-            self._replay.append(record)  # sent when Redis answers again
+            self._keep_for_replay(record)  # sent when Redis answers again
             self._enter_fallback("Redis unavailable", exc)
             return
         if all(v >= 0 for v in spent):  # else a counter is being rebuilt: no alert yet
             then(record.items, spent)
+
+    def _keep_for_replay(self, record: _Settled) -> None:
+        self._replay.append(record)
+        if len(self._replay) > MAX_REPLAY:
+            # A long outage: the oldest are in the ledger by now; their budgets are raised
+            # to the ledger's figure on recovery instead.
+            for old in self._replay[:MAX_REPLAY // 10]:
+                for it in old.items:
+                    self._floor_after[it.id] = it
+            del self._replay[:MAX_REPLAY // 10]
 
     async def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
         if self.redis_budgets is not None and self.breaker.closed and not self.in_fallback:
