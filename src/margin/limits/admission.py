@@ -336,6 +336,8 @@ class Admission:
         if self.redis is None:
             return True
         async with self._lock:
+            if not self.breaker.closed:
+                return False  # it failed while this caller waited: not again right away
             try:
                 if not self.in_fallback and self.breaker.closed and await self._same_epoch():
                     return True  # another caller resynchronised while this one waited
