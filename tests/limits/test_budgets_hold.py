@@ -206,8 +206,20 @@ def test_50_concurrent_requests_never_spend_past_the_budget(cluster, case):
         assert len(ok.json()["choices"]) == 3
 
 
+def wait_redis_mode(cluster, timeout_s: float = 15.0) -> None:
+    """Until both replicas decide in Redis again (after an earlier test's fault)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all("margin_limits_fallback 0.0" in httpx.get(gw.url + "/metrics", timeout=10).text
+               for gw in cluster["gws"]):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the replicas did not return to Redis")
+
+
 def _waves(cluster, case: str, fault) -> tuple[int, float]:
     """50 requests, a few in flight at a time, with ``fault`` after the 20th."""
+    wait_redis_mode(cluster)
     a, b = cluster["gws"]
     headers = {"x-margin-feature": case}
     first = asyncio.run(fire([a.url, b.url], [body("plain", i) for i in range(20)],
@@ -225,6 +237,7 @@ def test_redis_restarted_empty_midway(cluster):
 
 
 def test_a_requests_budget_through_a_redis_restart(cluster):
+    wait_redis_mode(cluster)
     a, b = cluster["gws"]
     user = "u-" + uuid.uuid4().hex[:8]
     headers = {"x-margin-user": user, "x-margin-feature": "counting"}
