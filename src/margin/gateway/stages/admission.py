@@ -53,6 +53,7 @@ from margin.types import RequestContext, Response
 log = logging.getLogger("margin.limits")
 
 _FREE = ("exact", "semantic")  # cache hits consume no upstream tokens
+CORRECTION_SYNC_S = 10.0
 
 
 @dataclass(slots=True)
@@ -93,11 +94,16 @@ class AdmissionStage(Stage):
         self._tasks.append(loop.create_task(self._beat()))
 
     async def _beat(self) -> None:
+        # The correction's samples travel less often than the heartbeat: they change slowly.
+        every_n = max(1, round(CORRECTION_SYNC_S / self.cfg.heartbeat_s))
+        beats = 0
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
+            beats += 1
             try:
                 await self.admission.heartbeat()
-                await self._share_correction()
+                if beats % every_n == 0:
+                    await self._share_correction()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must outlive one bad beat; it is logged
