@@ -111,7 +111,7 @@ class Admission:
         self._last_total: dict[str, int] = {}  # item id -> spent + reserved, last Redis reply
         self._held: dict[str, _Held] = {}
         self._recent: deque[_Settled] = deque()
-        self._replay: list[_Settled] = []
+        self._replay: deque[_Settled] = deque()
         self._floor_after: dict[str, BudgetItem] = {}  # replay overflowed: floor from ledger
         self._share = LocalBudgets(clock)     # fallback counters (share mode)
         self._share_windows = LocalWindows()
@@ -125,7 +125,10 @@ class Admission:
                     items: Sequence[BudgetItem]) -> Outcome:
         if self._admit is None:
             return self._admit_local(rid, limits, items)
-        if self.in_fallback and self.breaker.closed:
+        # At start-up every request waits for the first join; later, one resync at a time
+        # (replaying an outage's settlements can take a while) and the rest fall back.
+        if self.in_fallback and self.breaker.closed and (self.epoch is None
+                                                          or not self._lock.locked()):
             await self.resync()
         if not self.in_fallback and self.breaker.closed:
             try:
@@ -396,7 +399,7 @@ class Admission:
         while self._replay:
             s = self._replay[0]
             await self.redis_budgets.settle(s.items, s.rid, s.actual_nusd)
-            self._replay.pop(0)
+            self._replay.popleft()
         for item_id, item in list(self._floor_after.items()):
             floor = await self._ledger_floor(item)
             if floor is not None:
@@ -507,10 +510,9 @@ class Admission:
         if len(self._replay) > MAX_REPLAY:
             # A long outage: the oldest are in the ledger by now; their budgets are raised
             # to the ledger's figure on recovery instead.
-            for old in self._replay[:MAX_REPLAY // 10]:
-                for it in old.items:
+            for _ in range(MAX_REPLAY // 10):
+                for it in self._replay.popleft().items:
                     self._floor_after[it.id] = it
-            del self._replay[:MAX_REPLAY // 10]
 
     async def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
         if self.redis_budgets is not None and self.breaker.closed and not self.in_fallback:
