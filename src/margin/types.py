@@ -168,12 +168,15 @@ class RequestContext:
     response_text: str | None = None
     # the parsed inputs of an embeddings request (a list even for one input)
     inputs: list[Any] | None = None
-    # estimated prompt tokens, computed once by whoever needs it first (limits, budgets)
+    # an upper bound on the prompt tokens (metering.tokens.prompt_token_bound), computed
+    # once by whoever needs it first (limits, budgets)
     prompt_tokens_est: int | None = None
     # True while the router tries a model that has another after it in the fallback chain
     more_fallbacks: bool = False
     # the admission stage's state for this request (rate-limit and budget outcome)
     admission: Any = None
+    # what the admission stage reserved on its budgets (USD); a cost above it is an overrun
+    reserved_usd: float | None = None
     # headers a stage adds to the answer (x-ratelimit-*, x-margin-budget …)
     response_headers: dict[str, str] = field(default_factory=dict)
     # extra payload for the ledger row's ``notes`` column (small, JSON-serialisable)

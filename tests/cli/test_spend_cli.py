@@ -109,3 +109,20 @@ def test_bad_input_exits_2(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(spend, ["--db", str(tmp_path / "none.db"), "--tz", "Mars/Base"])
     assert result.exit_code == 2
+
+
+def test_overrun_above_reservations_is_shown(ledger_url):
+    db = connect(ledger_url)
+    # Reserved 0.01, billed 0.013: 0.003 over; one under its reservation; one with none.
+    db.executemany("INSERT INTO requests (id, ts, endpoint, status, team, cost_usd, "
+                   "reserved_usd) VALUES (?, ?, 'chat', 200, 'agents', ?, ?)",
+                   [(uuid.uuid4().hex, time.time() - 60, 0.013, 0.01),
+                    (uuid.uuid4().hex, time.time() - 60, 0.004, 0.01),
+                    (uuid.uuid4().hex, time.time() - 60, 0.02, None)])
+    db.commit()
+    db.close()
+    out = run("--db", ledger_url, "--by", "team", "--json")
+    agents = next(g for g in json.loads(out)["groups"] if g["team"] == "agents")
+    assert agents["overrun_usd"] == pytest.approx(0.003)
+    text = run("--db", ledger_url, "--by", "team")
+    assert "overrun: 0.003000 USD" in text and "overrun_usd" in text

@@ -35,8 +35,8 @@ def make_stage(tmp_path, budgets, **limits):
     cfg = settings.limits
     budgets = Budgets(cfg, prices, models, settings.ledger.url,
                       Alerter(cfg.alerts, MemoryLatch()), keys_have_budgets=False)
-    return AdmissionStage(cfg, Admission(cfg), RateLimits(cfg), budgets, prices,
-                          models), settings
+    return AdmissionStage(cfg, Admission(cfg), RateLimits(cfg, budgets.worst_tokens), budgets,
+                          prices, models), settings
 
 
 def ledger_spend(url, team, usd, ts=None):
@@ -80,9 +80,9 @@ def test_named_budget_overrides_wildcard_and_worst_case_uses_the_cap(tmp_path):
     assert found == {("team", "research", "day"): 5.0, ("team", "research", "month"): 50.0}
     other = ctx_for(team="ops")
     assert [(usd, p) for _, _, usd, p, _ in stage.budgets.applicable(other)] == [(1.0, "day")]
-    # prompt "hi": 1 + 4 + 3 framing tokens; no max_tokens: the 100-token default cap
-    assert stage.budgets.worst_nusd(ctx) == to_nusd(8 * 1e-6 + 100 * 2e-6)
-    assert stage.budgets.worst_nusd(ctx_for(max_tokens=10)) == to_nusd(8e-6 + 10 * 2e-6)
+    # prompt "hi": 1 + 6 framing + 3 priming tokens; no max_tokens: the 100-token default cap
+    assert stage.budgets.worst_nusd(ctx) == to_nusd(10 * 1e-6 + 100 * 2e-6)
+    assert stage.budgets.worst_nusd(ctx_for(max_tokens=10)) == to_nusd(10e-6 + 10 * 2e-6)
 
 
 def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
@@ -96,7 +96,7 @@ def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
         ctx = ctx_for(max_tokens=10)
         ctx.model = settings.models[0]
         with pytest.raises(UpstreamError):
-            await stage(ctx, fail)  # reserved 28e-6, released on the error
+            await stage(ctx, fail)  # reserved 30e-6, released on the error
         ok = ctx_for(max_tokens=10)
         ok.model = settings.models[0]
         await stage(ok, answer)  # 60 + 30 (10 prompt + 10 completion tokens) = 90e-6
@@ -118,3 +118,52 @@ def test_spend_in_the_ledger_counts_and_errors_release(tmp_path):
     spent, after_sync = asyncio.run(main())
     assert spent == to_nusd(90e-6)
     assert after_sync == to_nusd(60e-6 + 25e-6 + 30e-6)
+
+
+def test_a_cost_above_its_reservation_is_charged_counted_and_reported(tmp_path):
+    from margin.limits.spend import spend_by
+    from margin.types import Usage
+
+    stage, settings = make_stage(
+        tmp_path, [{"scope": "team", "name": "research", "usd": 1.0, "period": "day"}],
+        users={"u1": {"tpm": 100_000}})
+
+    async def billed_more(ctx):
+        # A provider counting far more prompt than any bound (a hidden system prompt).
+        ctx.usage = Usage(prompt_tokens=5000, completion_tokens=10)
+        ctx.served_model = "small"
+        ctx.attempts.append(Attempt("small", "x", 200, 1.0, prompt_tokens=5000,
+                                    completion_tokens=10))
+        return Response(200, payload={})
+
+    async def main():
+        await stage.start()
+        ctx = ctx_for(max_tokens=10)
+        ctx.model = settings.models[0]
+        await stage(ctx, billed_more)
+        item = stage.budgets.items(ctx, stage.budgets.applicable(ctx), time.time())[0]
+        await stage.aclose()
+        return ctx, stage.admission.budgets.spent(item.id), stage.admission.stats
+
+    ctx, spent, stats = asyncio.run(main())
+    cost = 5000 * 1e-6 + 10 * 2e-6
+    assert ctx.reserved_usd == pytest.approx(10e-6 + 10 * 2e-6)
+    assert spent == to_nusd(cost)  # charged in full
+    assert stats.overrun_requests == 1
+    assert stats.overrun_usd == pytest.approx(cost - ctx.reserved_usd)
+    assert stats.tpm_overrun_tokens == 5010 - (10 + 10)
+    metrics = b"".join(m.name.encode() for m in stats.collect())
+    assert b"margin_budget_overrun_usd" in metrics
+    # The ledger row keeps the reservation, and margin spend sums what went over.
+    from margin.gateway.record import ledger_row
+    from margin.metering.db import connect as db_connect
+    from margin.metering.ledger import COLUMNS
+    row = ledger_row(ctx, log_content=False)
+    db = db_connect(settings.ledger.url)
+    migrate(db)
+    db.execute(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
+               f"({', '.join('?' for _ in COLUMNS)})", tuple(row.get(c) for c in COLUMNS))
+    db.commit()
+    report = spend_by(db, "team")
+    db.close()
+    assert report["total"]["overrun_usd"] == pytest.approx(cost - ctx.reserved_usd, abs=1e-8)

@@ -18,7 +18,7 @@ import pytest
 
 from margin.bench.fake_upstream import FakeUpstream
 from margin.metering.db import connect
-from margin.metering.tokens import estimate_prompt_tokens
+from margin.metering.tokens import prompt_token_bound
 from tests.conftest import PG_URL, REDIS_URL, GatewayProcess, ThreadServer, fake_model
 
 MASTER = "master-" + uuid.uuid4().hex
@@ -80,7 +80,7 @@ def pg_schema_url():
 
 
 def worst_case_usd(prompt: str, max_tokens: int = ANSWER_TOKENS) -> float:
-    est = estimate_prompt_tokens({"messages": [{"role": "user", "content": prompt}]})
+    est = prompt_token_bound({"messages": [{"role": "user", "content": prompt}]})
     return est * USD_PER_PROMPT_TOKEN + max_tokens * USD_PER_COMPLETION_TOKEN
 
 

@@ -33,7 +33,7 @@ def rpm(n: int) -> list[Limit]:
 def test_falls_back_to_local_windows(proxied_redis):
     proxy, url = proxied_redis
     cfg = LimitsConfig(redis_prefix=f"margin-test-{uuid.uuid4().hex[:8]}:",
-                       redis_timeout_s=0.2, redis_retry_after_s=30)
+                       redis_timeout_s=0.2, redis_retry_after_s=30, replicas=1)
 
     async def main() -> list:
         client = make_client(url, cfg.redis_timeout_s)
@@ -65,7 +65,7 @@ def test_breaker_closes_again_after_the_retry_time():
 def test_reject_mode_answers_503(proxied_redis):
     proxy, url = proxied_redis
     cfg = LimitsConfig(redis_prefix=f"margin-test-{uuid.uuid4().hex[:8]}:",
-                       redis_timeout_s=0.2, on_redis_error="reject")
+                       redis_timeout_s=0.2, on_redis_down="refuse")
 
     async def main() -> None:
         client = make_client(url, cfg.redis_timeout_s)
@@ -79,3 +79,9 @@ def test_reject_mode_answers_503(proxied_redis):
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_old_on_redis_error_setting_still_reads_as_it_meant():
+    assert LimitsConfig(on_redis_error="reject").on_redis_down == "refuse"
+    assert LimitsConfig(on_redis_error="local").on_redis_down == "share"
+    assert LimitsConfig().on_redis_down == "share"  # the default never overspends

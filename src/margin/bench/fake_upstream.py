@@ -6,6 +6,10 @@ The last user message steers it, so tests can ask for failures over real HTTP:
 ``!status=503`` answers with that status, ``!sleep=1500`` waits that many ms first,
 ``!text=...`` answers exactly that text, ``!nousage`` leaves out usage. ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
+
+It returns ``n`` choices and stops each at ``max_tokens`` / ``max_completion_tokens``. With
+``billing=True`` (``--billing``) it bills like a provider: usage counted by a real BPE
+tokenizer over everything a provider bills (``margin.bench.billing``); else tokens are words.
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ def _tokens(text: str) -> int:
 
 class FakeUpstream:
     def __init__(self, delay_ms: float = 0.0, answer_words: int = 12, name: str = "fake",
-                 stream_usage: bool = True) -> None:
+                 stream_usage: bool = True, billing: bool = False) -> None:
         self.delay_s = delay_ms / 1000
+        self.billing = billing
+        if billing:
+            from margin.bench import billing as _billing
+
+            _billing.tokenizer()  # load it now, not on the first request
         self.answer_words = answer_words
         self.name = name
         self.stream_usage = stream_usage
@@ -111,35 +120,67 @@ class FakeUpstream:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
+    @staticmethod
+    def _cap(req: dict[str, Any]) -> int | None:
+        for name in ("max_completion_tokens", "max_tokens"):
+            v = req.get(name)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
     def _answer(self, req: dict[str, Any], directive: dict[str, str]) -> str:
+        cap = self._cap(req)
         if "text" in directive:
-            return directive["text"]
-        n = min(int(req.get("max_tokens") or self.answer_words), self.answer_words)
-        return " ".join(WORDS[i % len(WORDS)] for i in range(n))
+            text = directive["text"]
+        else:
+            words = self.answer_words if cap is None or self.billing else min(cap,
+                                                                            self.answer_words)
+            text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
+        if self.billing and cap is not None:
+            from margin.bench import billing
+
+            text = billing.truncate(text, cap)
+        return text
+
+    def _usage(self, req: dict[str, Any], chat: bool, answers: list[str]) -> dict[str, Any]:
+        if self.billing:
+            from margin.bench import billing
+
+            prompt = billing.prompt_tokens(req)
+            completion = sum(billing.completion_tokens(a) for a in answers)
+        else:
+            if chat:
+                text = " ".join(str(m.get("content") or "") for m in req.get("messages", []))
+            else:
+                p = req.get("prompt")
+                if isinstance(p, list) and p and isinstance(p[0], int):  # one prompt as ids
+                    p = [p]
+                text = " ".join(map(str, p)) if isinstance(p, list) else str(p)
+            prompt, completion = _tokens(text), sum(_tokens(a) for a in answers)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
 
     async def _complete(self, send: Any, req: dict[str, Any], chat: bool,
                         directive: dict[str, str]) -> None:
-        if chat:
-            prompt_text = " ".join(str(m.get("content") or "") for m in req.get("messages", []))
-        else:
-            p = req.get("prompt")
-            if isinstance(p, list) and p and isinstance(p[0], int):  # one prompt as token ids
-                p = [p]
-            prompt_text = " ".join(map(str, p)) if isinstance(p, list) else str(p)
         answer = self._answer(req, directive)
-        usage = {"prompt_tokens": _tokens(prompt_text), "completion_tokens": _tokens(answer),
-                 "total_tokens": _tokens(prompt_text) + _tokens(answer)}
+        n = req.get("n")
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+        prompts = req.get("prompt") if not chat and isinstance(req.get("prompt"), list) \
+            and not all(isinstance(x, int) for x in req["prompt"]) else [None]
+        # Word-count mode keeps its old usage (one answer's words per choice), which
+        # the batching tests split across prompts.
+        usage = self._usage(req, chat, [answer] * (n * (len(prompts) if self.billing else 1)))
         rid = "cmpl-" + hashlib.md5(orjson.dumps(req)).hexdigest()[:12]
         model = req.get("model", self.name)
         created = int(time.time())
         if not req.get("stream"):
             if chat:
-                choices = [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                            "message": {"role": "assistant", "content": answer}}]
+                choices = [{"index": i, "finish_reason": "stop", "logprobs": None,
+                            "message": {"role": "assistant", "content": answer,
+                                        "refusal": None}} for i in range(n)]
             else:
-                prompts = p if isinstance(p, list) else [None]
                 choices = [{"index": i, "text": answer, "finish_reason": "stop",
-                            "logprobs": None} for i in range(len(prompts))]
+                            "logprobs": None} for i in range(n * len(prompts))]
             payload = {"id": rid, "object": "chat.completion" if chat else "text_completion",
                        "created": created, "model": model, "choices": choices}
             if "nousage" not in directive:
@@ -149,19 +190,21 @@ class FakeUpstream:
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
         pieces = answer.split(" ")
-        for i, word in enumerate(pieces):
-            piece = word if i == 0 else " " + word
-            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                      if chat else {"index": 0, "text": piece, "finish_reason": None})
-            chunk = {"id": rid, "object": obj, "created": created, "model": model,
-                     "choices": [choice]}
+        for idx in range(n):
+            for i, word in enumerate(pieces):
+                piece = word if i == 0 else " " + word
+                choice = ({"index": idx, "delta": {"content": piece}, "finish_reason": None}
+                          if chat else {"index": idx, "text": piece, "finish_reason": None})
+                chunk = {"id": rid, "object": obj, "created": created, "model": model,
+                         "choices": [choice]}
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
+            last = ({"index": idx, "delta": {}, "finish_reason": "stop"} if chat
+                    else {"index": idx, "text": "", "finish_reason": "stop"})
             await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
-        last = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
-                else {"index": 0, "text": "", "finish_reason": "stop"})
-        await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
-            {"id": rid, "object": obj, "created": created, "model": model, "choices": [last]})
-            + b"\n\n"})
+                        "body": b"data: " + orjson.dumps(
+                            {"id": rid, "object": obj, "created": created, "model": model,
+                             "choices": [last]}) + b"\n\n"})
         wants_usage = (req.get("stream_options") or {}).get("include_usage")
         if wants_usage and self.stream_usage and "nousage" not in directive:
             await send({"type": "http.response.body", "more_body": True, "body": b"data: " +
@@ -193,10 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--answer-words", type=int, default=12)
     ap.add_argument("--name", default="fake")
     ap.add_argument("--no-stream-usage", action="store_true")
+    ap.add_argument("--billing", action="store_true",
+                    help="Count usage with a real BPE tokenizer, the way a provider bills.")
     args = ap.parse_args(argv)
     import uvicorn
 
-    app = FakeUpstream(args.delay_ms, args.answer_words, args.name, not args.no_stream_usage)
+    app = FakeUpstream(args.delay_ms, args.answer_words, args.name, not args.no_stream_usage,
+                       args.billing)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", lifespan="on")
 

@@ -102,10 +102,11 @@ async def _run_limits(mode: str, scenario: str, settings: Settings, key: Any,
     models = {m.name: m for m in settings.models}
     prices = PriceBook(settings.models, settings.pricing)
     redis = make_client(settings.redis_url, cfg.redis_timeout_s) if settings.redis_url else None
-    admission = Admission(cfg, redis)
     budgets = Budgets(cfg, prices, models, settings.ledger.url, Alerter(cfg.alerts, MemoryLatch()),
                       keys_have_budgets=True)
-    stage = AdmissionStage(cfg, admission, RateLimits(cfg), budgets, prices, models)
+    admission = Admission(cfg, redis, budgets.ledger_spent)
+    stage = AdmissionStage(cfg, admission, RateLimits(cfg, budgets.worst_tokens), budgets,
+                           prices, models)
     model = models["small"]
     handler = pipeline.build([stage], _terminal)
     samples = []

@@ -126,9 +126,12 @@ def spend(db_url: str, by: str, since: str, until: str | None, tz: str, top_user
     click.echo(f"{t['requests']} requests, {t['cost_usd']:.6f} USD, "
                f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens, "
                f"{t['saved_usd']:.6f} USD saved by the cache {window}")
+    if t["overrun_usd"]:
+        click.echo(f"overrun: {t['overrun_usd']:.6f} USD settled above what budgets had "
+                   f"reserved (charged all the same; see docs/budgets.md)")
     click.echo(table(result["groups"], [by, "requests", "prompt_tokens", "completion_tokens",
                                         "cost_usd", "share", "saved_usd", "cache_hits",
-                                        "errors"]))
+                                        "errors", "overrun_usd"]))
 
 
 def _window(since_s: float | None, until_s: float | None) -> str:

@@ -64,6 +64,8 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "notes": orjson.dumps(ctx.notes).decode() if ctx.notes else None,
         "prompt": None,
         "response": None,
+        "reserved_usd": (round(ctx.reserved_usd, 12) if ctx.reserved_usd is not None
+                         else None),
     }
     if log_content:
         subject = (ctx.body.get("messages") if ctx.endpoint == "chat"

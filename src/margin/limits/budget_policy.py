@@ -3,14 +3,18 @@ is spent.
 
 The budgets of a request: its key's own budget, and the configured budgets of its user,
 team and feature tag (a named budget overrides a ``"*"`` one for the same period). Its
-worst case = estimated prompt tokens + ``max_tokens`` (or ``default_max_tokens``) at the
-model's prices; for a route, whose model is not chosen yet, at the dearest model's. A
-self-hosted model is priced by compute time, unknown beforehand: it reserves nothing and
-is refused only once the budget is spent.
+worst case = a bound on its prompt tokens over everything a provider bills
+(``margin.limits.tokens``) times the model's learned correction, plus its completion cap
+(``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens``, else the catalogue's
+``max_output_tokens``, else ``default_max_tokens``, which is then sent upstream) times its
+choices, at the model's prices; for a route, whose model is not chosen yet, at the dearest
+model's. A self-hosted model is priced by compute time, unknown beforehand: it reserves
+nothing and is refused only once the budget is spent. A budget of requests reserves one.
 
 Counters start from the ledger's spend for the current period (read at start-up and every
-``ledger_sync_s``), so a restart forgets nothing. Crossing a threshold (50/80/100 %) fires
-an alert once per period, through the gateway's ``Alerter``.
+``ledger_sync_s``, and read again for one budget whenever its counter has to be rebuilt),
+so a restart forgets nothing. Crossing a threshold (50/80/100 %) fires an alert once per
+period, through the gateway's ``Alerter``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -25,8 +30,9 @@ from margin.errors import BudgetExceeded
 from margin.limits.alerts import Alerter
 from margin.limits.budgets import GRACE_S, NANO, BudgetItem, ReserveResult, to_nusd
 from margin.limits.config import BudgetRule, LimitsConfig
+from margin.limits.correction import PromptCorrection
 from margin.limits.periods import PeriodClock, period_bounds
-from margin.limits.tokens import max_completion_tokens, prompt_tokens
+from margin.limits.tokens import choices, prompt_tokens, requested_cap
 from margin.metering import queries
 from margin.metering.db import connect
 from margin.metering.migrations import migrate
@@ -38,7 +44,8 @@ log = logging.getLogger("margin.limits")
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 _KEY_PERIODS = ("day", "week", "month")
 
-Applicable = tuple[str, str, float, str, "BudgetRule | None"]  # scope, name, usd, period, rule
+# scope, name, limit (USD, or requests), period, rule
+Applicable = tuple[str, str, float, str, "BudgetRule | None"]
 
 
 def usd_text(value: float) -> str:
@@ -57,12 +64,16 @@ class Budgets:
         self.keys_have_budgets = keys_have_budgets
         self.clock = clock
         self.periods = PeriodClock(cfg.timezone)
-        # scope -> name ("*" for every value) -> period -> rule
-        self.rules: dict[str, dict[str, dict[str, BudgetRule]]] = {}
+        # scope -> name ("*" for every value) -> period -> unit -> rule
+        self.rules: dict[str, dict[str, dict[str, dict[str, BudgetRule]]]] = {}
         for rule in cfg.budgets:
-            self.rules.setdefault(rule.scope, {}).setdefault(rule.name, {})[rule.period] = rule
-        self.baseline: dict[tuple[str, str, str, float], int] = {}
+            unit = "usd" if rule.usd is not None else "requests"
+            (self.rules.setdefault(rule.scope, {}).setdefault(rule.name, {})
+             .setdefault(rule.period, {})[unit]) = rule
+        self.baseline: dict[tuple[str, str, str, float, str], int] = {}
         self.active: dict[str, BudgetItem] = {}
+        self.correction = PromptCorrection(cfg.correction_quantile, cfg.correction_window,
+                                           cfg.correction_min_samples)
         self.alerted: set[tuple[str, float]] = set()
         # A route's model is unknown yet: its worst case is that of the dearest model.
         self._route_models = [m.name for m in models.values() if m.kind != "embeddings"]
@@ -84,36 +95,66 @@ class Budgets:
                 continue
             specific = names.get(value)
             wildcard = names.get("*")
-            chosen = ({**wildcard, **specific} if wildcard and specific
+            chosen = ({p: {**wildcard.get(p, {}), **specific.get(p, {})}
+                       for p in {*wildcard, *specific}} if wildcard and specific
                       else specific or wildcard or {})
-            for period, rule in chosen.items():
-                out.append((scope, value, rule.usd, period, rule))
+            for period, rules in chosen.items():
+                for rule in rules.values():
+                    limit = rule.usd if rule.usd is not None else float(rule.requests or 0)
+                    out.append((scope, value, limit, period, rule))
         return out
 
-    def item(self, scope: str, name: str, usd: float, period: str, amount: int, now: float,
+    def item(self, scope: str, name: str, limit: float, period: str, amount: int, now: float,
              rule: BudgetRule | None) -> BudgetItem:
         b = self.periods.bounds(period, now)
+        requests = rule is not None and rule.requests is not None
+        unit = "requests" if requests else "usd"
         return BudgetItem(
-            id=f"{scope}:{name}:{period}:{b.label}", scope=scope, name=name, period=period,
-            limit_nusd=to_nusd(usd), amount_nusd=amount,
-            baseline_nusd=self.baseline.get((scope, name, period, b.start_s), 0),
+            id=f"{scope}:{name}:{period}:{b.label}" + (":requests" if requests else ""),
+            scope=scope, name=name, period=period,
+            limit_nusd=int(limit) if requests else to_nusd(limit),
+            amount_nusd=1 if requests else amount,
+            baseline_nusd=self.baseline.get((scope, name, period, b.start_s, unit), 0),
             expires_at_s=b.end_s + GRACE_S,
             action=rule.on_exhausted if rule else "reject",
-            downgrade_to=rule.downgrade_to if rule else None, period_end_s=b.end_s)
+            downgrade_to=rule.downgrade_to if rule else None, period_end_s=b.end_s,
+            unit=unit)
 
     def items(self, ctx: RequestContext, budgets: Iterable[Applicable], now: float
               ) -> list[BudgetItem]:
         amount = self.worst_nusd(ctx)
-        return [self.item(scope, name, usd, period, amount, now, rule)
-                for scope, name, usd, period, rule in budgets]
+        return [self.item(scope, name, limit, period, amount, now, rule)
+                for scope, name, limit, period, rule in budgets]
+
+    def completion_cap(self, ctx: RequestContext, model: str) -> int:
+        """Completion tokens per choice a request to ``model`` may produce."""
+        return (requested_cap(ctx.body) or self.prices.max_output_tokens(model)
+                or self.cfg.default_max_tokens)
+
+    def worst_tokens(self, ctx: RequestContext, model: str) -> tuple[int, int]:
+        """(prompt, completion) tokens of the request's worst case on ``model``."""
+        p = math.ceil(prompt_tokens(ctx) * self.correction.factor(model))
+        if ctx.endpoint == "embeddings":
+            return p, 0
+        return p, self.completion_cap(ctx, model) * choices(ctx.body)
 
     def worst_nusd(self, ctx: RequestContext) -> int:
         """The most this request can cost, in nano-dollars, rounded up."""
-        p = prompt_tokens(ctx)
-        c = max_completion_tokens(ctx, self.cfg.default_max_tokens)
         names = [ctx.model.name] if ctx.model is not None else self._route_models
-        return max((to_nusd(self.prices.price(n).cost_usd(p, c), round_up=True) for n in names),
-                   default=0)
+        best = 0
+        for n in names:
+            p, c = self.worst_tokens(ctx, n)
+            best = max(best, to_nusd(self.prices.price(n).cost_usd(p, c), round_up=True))
+        return best
+
+    def enforce_cap(self, ctx: RequestContext) -> None:
+        """A request without a cap, to a model the catalogue knows no maximum for, is sent
+        with ``default_max_tokens``: the reservation assumed it, so it must hold."""
+        if ctx.endpoint == "embeddings" or requested_cap(ctx.body) is not None:
+            return
+        names = [ctx.model.name] if ctx.model is not None else self._route_models
+        if any(self.prices.max_output_tokens(n) is None for n in names):
+            ctx.body["max_tokens"] = self.cfg.default_max_tokens
 
     # -- after settlement: alerts --------------------------------------------------------
     def after_settle(self, items: Sequence[BudgetItem], spent: list[int]) -> None:
@@ -131,6 +172,17 @@ class Budgets:
         if len(self.alerted) > 100_000:
             self.alerted.clear()
         self.alerted.add((item.id, threshold))
+        if item.unit == "requests":
+            event = {"type": "budget_threshold", "budget": item.id, "scope": item.scope,
+                     "name": item.name, "period": item.period, "threshold_pct": threshold,
+                     "limit_requests": item.limit_nusd, "requests": spent_nusd,
+                     "exhausted": exhausted,
+                     "message": (f"{item.scope} '{item.name}' has made {spent_nusd} of its "
+                                 f"{ADJECTIVE[item.period]} {item.limit_nusd} requests "
+                                 f"(threshold {threshold:g} %)")}
+            self.alerter.fire(f"budget:{item.id}:{threshold:g}",
+                              max(item.expires_at_s - self.clock(), 3600.0), event)
+            return
         limit_usd = item.limit_nusd / NANO
         spent_usd = spent_nusd / NANO
         event = {"type": "budget_threshold", "budget": item.id, "scope": item.scope,
@@ -155,8 +207,15 @@ class Budgets:
         spent, reserved = result.spent_nusd[i], result.reserved_nusd[i]
         self.alert_exhausted(item, spent)
         ctx.notes["budget_exceeded"] = item.id
-        left = max(item.limit_nusd - spent - reserved, 0) / NANO
         resets = dt.datetime.fromtimestamp(item.period_end_s, self.periods.tz).isoformat()
+        if item.unit == "requests":
+            return BudgetExceeded(
+                f"Budget exceeded: {item.scope} '{item.name}' has made its "
+                f"{item.limit_nusd} requests this {item.period} (including those in "
+                f"progress). It resets at {resets}.",
+                retry_after_s=max(item.period_end_s - now, 1.0),
+                extra_headers={"x-margin-budget": item.id})
+        left = max(item.limit_nusd - spent - reserved, 0) / NANO
         return BudgetExceeded(
             f"Budget exceeded: the {ADJECTIVE[item.period]} budget of {item.scope} "
             f"'{item.name}' ({usd_text(item.limit_nusd / NANO)}) has {usd_text(left)} left and "
@@ -172,25 +231,51 @@ class Budgets:
             out |= {("key", p) for p in _KEY_PERIODS}
         return out
 
+    def _units(self, scope: str, period: str) -> set[str]:
+        if scope == "key":
+            return {"usd"}
+        return {unit for names in [self.rules.get(scope, {})] for periods in names.values()
+                for unit in periods.get(period, {})}
+
+    @staticmethod
+    def _spent(db: Any, scope: str, unit: str, window: "queries.Filters") -> dict[str, int]:
+        """Spend (nano-USD) or admitted requests per value of ``scope`` in ``window``."""
+        if unit == "requests":
+            return queries.admitted_by(db, scope, window)
+        return {v: to_nusd(cost) for v, cost in queries.cost_by(db, scope, window).items()}
+
+    def ledger_spent(self, item: BudgetItem) -> int:
+        """One budget's spend (or requests) in its period, read from the ledger now (worker
+        thread), to rebuild a counter that was lost."""
+        b = period_bounds(item.period, item.period_end_s - 1, self.periods.tz)
+        db = connect(self.ledger_url)
+        try:
+            spent = self._spent(db, item.scope, item.unit, queries.Filters(
+                b.start_s, b.end_s, **{item.scope: item.name}))
+        finally:
+            db.close()
+        return spent.get(item.name, 0)
+
     def load_baselines(self, now_s: float, first: bool = False) -> None:
         """This period's spend per key/user/team/feature, from the ledger (worker thread)."""
         db = connect(self.ledger_url)
         try:
             if first:  # the ledger writer may not have created the tables yet
                 migrate(db)
-            fresh: dict[tuple[str, str, str, float], int] = {}
+            fresh: dict[tuple[str, str, str, float, str], int] = {}
             for scope, period in sorted(self.scopes_periods()):
                 b = period_bounds(period, now_s, self.periods.tz)
                 window = queries.Filters(b.start_s, b.end_s)
-                for value, cost in queries.cost_by(db, scope, window).items():
-                    fresh[(scope, value, period, b.start_s)] = to_nusd(cost)
+                for unit in sorted(self._units(scope, period)):
+                    for value, total in self._spent(db, scope, unit, window).items():
+                        fresh[(scope, value, period, b.start_s, unit)] = total
             self.baseline = fresh
         finally:
             db.close()
 
     def baseline_of(self, item: BudgetItem) -> int:
         start = period_bounds(item.period, item.period_end_s - 1, self.periods.tz).start_s
-        return self.baseline.get((item.scope, item.name, item.period, start), 0)
+        return self.baseline.get((item.scope, item.name, item.period, start, item.unit), 0)
 
     async def load_at_start(self) -> None:
         if not self.scopes_periods():

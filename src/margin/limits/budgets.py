@@ -12,7 +12,8 @@ expiry: if its replica dies mid-request, the next reservation on that budget dro
 
 A budget instance is one period of one budget (``team:research:month:2025-03-01``). Its
 counter starts from the spend already in the ledger for that period (``baseline``), and
-in Redis it expires some time after its period ends.
+in Redis it expires some time after its period ends. A budget of requests
+(``user:bob:day:2025-03-01:requests``) is the same counter in units of one request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class BudgetItem:
     action: str = "reject"  # what exhaustion means: "reject" or "downgrade"
     downgrade_to: str | None = None
     period_end_s: float = 0.0
+    unit: str = "usd"      # "usd" (amounts in nano-dollars) or "requests" (amounts in requests)
+
+    def charge(self, actual_nusd: int) -> int:
+        """What a settled request adds to this budget."""
+        return 1 if self.unit == "requests" else max(actual_nusd, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +124,7 @@ class LocalBudgets:
             held = c.holds.pop(rid, None)
             if held is not None:
                 c.reserved -= held[0]
-            c.spent += max(actual_nusd, 0)
+            c.spent += it.charge(actual_nusd)
             out.append(c.spent)
         return out
 
@@ -126,6 +132,23 @@ class LocalBudgets:
         """Never report less than the ledger shows (spend by other processes, restarts)."""
         c = self._counter(item)
         c.spent = max(c.spent, floor_nusd)
+
+    def has(self, item_id: str) -> bool:
+        return item_id in self._counters
+
+    def hold(self, item: BudgetItem, rid: str, amount: int, ttl_s: float) -> None:
+        """Count ``amount`` as reserved by ``rid`` (a reservation made elsewhere)."""
+        c = self._counter(item)
+        now = self.clock()
+        old = c.holds.pop(rid, None)
+        if old is not None:
+            c.reserved -= old[0]
+        c.reserved += amount
+        c.holds[rid] = (amount, now + ttl_s)
+        c.next_expiry = min(c.next_expiry, now + ttl_s)
+
+    def clear(self) -> None:
+        self._counters.clear()
 
     def spent(self, item_id: str) -> int | None:
         c = self._counters.get(item_id)
@@ -139,32 +162,46 @@ class LocalBudgets:
 # KEYS: per budget, a hash {s: spent, r: reserved, "h:<rid>": amount} and a sorted set of
 # holds scored by expiry (seconds). Reservations are made by the admission script
 # (``margin.limits.admission``), together with the rate limits.
-# KEYS as above; ARGV: rid, actual, then per budget: baseline, expire_at.
+# KEYS as above; ARGV: rid, lag s, then per budget: actual, expire_at. A counter that lost
+# its spend (Redis restarted empty) is not started here from a stale figure: the cost is
+# kept as a hold for ``lag`` seconds (until its ledger row is surely written), and the
+# next admission rebuilds the spend from the ledger. Replies the spend (-1: unknown).
 SETTLE_LUA = """
-local rid, actual = ARGV[1], tonumber(ARGV[2])
+local rid, lag = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local out = {}
 for i = 1, #KEYS / 2 do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('EXISTS', h) == 0 then
-    redis.call('HSET', h, 's', ARGV[1 + 2 * i], 'r', 0)
-    redis.call('EXPIREAT', h, ARGV[2 + 2 * i])
-  end
+  local actual = tonumber(ARGV[1 + 2 * i])
   local held = redis.call('HGET', h, 'h:' .. rid)
   if held then
     redis.call('HINCRBY', h, 'r', -tonumber(held))
     redis.call('HDEL', h, 'h:' .. rid)
     redis.call('ZREM', z, rid)
   end
-  if actual > 0 then redis.call('HINCRBY', h, 's', actual) end
-  out[i] = redis.call('HGET', h, 's')
+  if redis.call('HEXISTS', h, 's') == 1 then
+    if actual > 0 then redis.call('HINCRBY', h, 's', actual) end
+    out[i] = redis.call('HGET', h, 's')
+  else
+    if actual > 0 then
+      redis.call('HINCRBY', h, 'r', actual)
+      redis.call('HSET', h, 'h:settled:' .. rid, actual)
+      redis.call('ZADD', z, now_s + lag, 'settled:' .. rid)
+      redis.call('EXPIREAT', h, ARGV[2 + 2 * i])
+      redis.call('EXPIREAT', z, ARGV[2 + 2 * i])
+    end
+    out[i] = -1
+  end
 end
 return out
 """
 
 # KEYS: hash; ARGV: floor, expire_at.
 FLOOR_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 's', ARGV[1], 'r', 0)
+if redis.call('HEXISTS', KEYS[1], 's') == 0 then
+  redis.call('HSET', KEYS[1], 's', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'r', 0)
   redis.call('EXPIREAT', KEYS[1], ARGV[2])
   return 1
 end
@@ -174,14 +211,31 @@ return 0
 """
 
 
+# KEYS: hash, holds; ARGV: rid, amount, ttl s, expire_at. Idempotent per rid.
+HOLD_LUA = """
+local t = redis.call('TIME')
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local old = redis.call('HGET', KEYS[1], 'h:' .. ARGV[1])
+if old then redis.call('HINCRBY', KEYS[1], 'r', -tonumber(old)) end
+redis.call('HINCRBY', KEYS[1], 'r', ARGV[2])
+redis.call('HSET', KEYS[1], 'h:' .. ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now_s + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('EXPIREAT', KEYS[2], ARGV[4])
+return 1
+"""
+
+
 class RedisBudgets:
     """The same counters in Redis, shared by every replica."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, lag_s: float = 10.0) -> None:
         self.client = client
         self.prefix = prefix + "budget:"
+        self.lag_s = lag_s
         self._settle = client.register_script(SETTLE_LUA)
         self._floor = client.register_script(FLOOR_LUA)
+        self._hold = client.register_script(HOLD_LUA)
 
     def keys(self, items: Sequence[BudgetItem]) -> list[str]:
         out = []
@@ -191,15 +245,20 @@ class RedisBudgets:
 
     async def settle(self, items: Sequence[BudgetItem], rid: str,
                      actual_nusd: int) -> list[int]:
-        args: list[Any] = [rid, max(actual_nusd, 0)]
+        args: list[Any] = [rid, self.lag_s]
         for it in items:
-            args += [it.baseline_nusd, int(it.expires_at_s)]
+            args += [it.charge(actual_nusd), int(it.expires_at_s)]
         reply = await self._settle(keys=self.keys(items), args=args)
         return [int(v) for v in reply]
 
     async def raise_floor(self, item: BudgetItem, floor_nusd: int) -> None:
         await self._floor(keys=[f"{self.prefix}{item.id}"],
                           args=[floor_nusd, int(item.expires_at_s)])
+
+    async def hold(self, item: BudgetItem, rid: str, amount: int, ttl_s: float) -> None:
+        """Re-register a reservation (``rid`` holds ``amount``) after Redis lost it."""
+        await self._hold(keys=[f"{self.prefix}{item.id}", f"{self.prefix}{item.id}:holds"],
+                         args=[rid, amount, ttl_s, int(item.expires_at_s)])
 
     async def spent(self, item_id: str) -> int | None:
         v = await self.client.hget(f"{self.prefix}{item_id}", "s")

@@ -5,7 +5,7 @@ Imports only pydantic and the standard library: ``margin.config`` imports this m
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -29,18 +29,22 @@ class RateLimit(_Strict):
 
 
 class BudgetRule(_Strict):
-    """One budget: how much a user, a team or a feature tag may spend per day, week or month.
-    Before a request its worst case (estimated prompt + its ``max_tokens`` at the model's
-    prices) is reserved on every budget it belongs to, atomically; it is refused (429) or
-    downgraded when that would overrun one. Afterwards the reservation becomes the real
-    cost. A key's own budget is set on the key (``margin keys create --budget-usd``)."""
+    """One budget: how much a user, a team or a feature tag may spend (``usd``) or how many
+    requests it may make (``requests``) per day, week or month. Before a request its worst
+    case (a bound on its prompt tokens over everything a provider bills, times the learned
+    correction, plus its completion cap, at the model's prices) is reserved on every budget
+    it belongs to, atomically; it is refused (429) or downgraded when that would overrun
+    one. Afterwards the reservation becomes the real cost. A key's own budget is set on the
+    key (``margin keys create --budget-usd``). See docs/budgets.md for what is guaranteed."""
 
     scope: BudgetScope
     """What the budget is per: user, team or feature."""
     name: str = "*"
     """One user/team/feature, or ``*`` for each of them separately."""
-    usd: float = Field(gt=0)
-    """The budget per period."""
+    usd: float | None = Field(None, gt=0)
+    """The budget per period, in USD."""
+    requests: int | None = Field(None, ge=1)
+    """Or: the most requests per period (each admitted request counts one)."""
     period: Period = "month"
     """Calendar day, week (from Monday) or month, in ``limits.timezone``."""
     on_exhausted: Literal["reject", "downgrade"] = "reject"
@@ -50,6 +54,11 @@ class BudgetRule(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "BudgetRule":
+        if (self.usd is None) == (self.requests is None):
+            raise ValueError("a budget sets either usd or requests")
+        if self.on_exhausted == "downgrade" and self.requests is not None:
+            raise ValueError("a requests budget cannot downgrade (a cheaper model is still "
+                             "a request)")
         if self.on_exhausted == "downgrade" and not self.downgrade_to:
             raise ValueError("on_exhausted: downgrade needs downgrade_to (a cheaper model)")
         return self
@@ -125,6 +134,8 @@ class LimitsConfig(_Strict):
             - {scope: user, name: "*", usd: 5, period: day}     # every user, separately
             - {scope: feature, name: support-chat, usd: 50, period: day,
                on_exhausted: downgrade, downgrade_to: small}
+            - {scope: user, name: "*", requests: 500, period: day}   # requests, not USD
+          on_redis_down: share          # each replica admits its share of what is left
           alerts: {thresholds_pct: [50, 80, 100], webhook_url: "https://hooks.example/margin"}
         models:
           - {name: small, provider: openai, api_base: "http://127.0.0.1:8001/v1"}
@@ -140,8 +151,28 @@ class LimitsConfig(_Strict):
     """Longest wait for Redis before it counts as down."""
     redis_retry_after_s: float = Field(5.0, gt=0)
     """After a Redis failure, how long before it is tried again."""
-    on_redis_error: Literal["local", "reject"] = "local"
-    """When Redis fails: keep enforcing per replica ("local") or refuse with 503 ("reject")."""
+    on_redis_down: Literal["share", "refuse", "open"] = "share"
+    """When Redis is down (or came back empty and not every replica has re-registered its
+    reservations): "share" — each replica admits only its share (1 / ``replicas``) of what
+    was left, counting from the ledger and its own reservations; "refuse" — 503 for every
+    request with a limit or budget; "open" — admit without budgets and with each replica's
+    own rate limits (can overspend). Logged and counted (``margin_limits_redis_down``)."""
+    replicas: int | None = Field(None, ge=1)
+    """How many gateways share these limits; unset: counted from the replicas' heartbeats
+    in Redis (seen before the outage). With neither, "share" refuses."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """How often each replica announces itself in Redis and checks that Redis still holds
+    its reservations (a restarted, empty Redis is rebuilt from the ledger)."""
+    ledger_lag_s: float = Field(2.0, gt=0)
+    """How long after a request settles its ledger row may still be unwritten (more than
+    ``ledger.flush_interval_ms`` plus one database write); a rebuild from the ledger keeps
+    settled costs this recent as reservations."""
+    correction_quantile: float = Field(0.99, gt=0, le=1)
+    """Quantile of reported / bounded prompt tokens that scales later reservations."""
+    correction_window: int = Field(500, ge=10)
+    """Settled requests per model the correction is learned from (the most recent)."""
+    correction_min_samples: int = Field(20, ge=1)
+    """Settled requests before a model's correction applies."""
     default_key: RateLimit | None = None
     """Limits of keys that have no ``rpm``/``tpm`` of their own."""
     default_user: RateLimit | None = None
@@ -157,7 +188,8 @@ class LimitsConfig(_Strict):
     timezone: str = "UTC"
     """Where budget days, weeks and months start (an IANA name like Europe/Paris)."""
     default_max_tokens: int = Field(4096, ge=1)
-    """Completion tokens reserved for a request that sets no ``max_tokens``."""
+    """Completion cap of a request that sets none, for a model whose catalogue entry has no
+    ``max_output_tokens``: reserved, and sent upstream as ``max_tokens`` so it holds."""
     reservation_ttl_s: float = Field(900.0, gt=0)
     """A reservation whose request never settles (its replica died) expires after this."""
     ledger_sync_s: float = Field(300.0, gt=0)
@@ -168,6 +200,16 @@ class LimitsConfig(_Strict):
     """Budget and anomaly alerts."""
     anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
     """The hourly cost-anomaly check."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_redis_setting(cls, data: Any) -> Any:
+        # ``on_redis_error: local|reject`` (before on_redis_down) still reads as it meant.
+        if isinstance(data, dict) and "on_redis_error" in data and "on_redis_down" not in data:
+            data = dict(data)
+            old = data.pop("on_redis_error")
+            data["on_redis_down"] = {"local": "share", "reject": "refuse"}.get(old, old)
+        return data
 
     @field_validator("timezone")
     @classmethod

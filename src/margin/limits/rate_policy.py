@@ -4,11 +4,14 @@ key, its user, its team and the model it asked for.
 A key's own ``rpm``/``tpm`` (set with ``margin keys create --rpm``) wins over
 ``limits.default_key``; a named user or team over the ``default_user``/``default_team``;
 model limits are global (every caller together). Token limits are charged the request's
-estimated prompt tokens when it is admitted; the admission stage corrects the charge to the
-real usage afterwards.
+worst case when it is admitted (its prompt bound times the learned correction, plus its
+completion cap, as ``Budgets.worst_tokens`` computes it; the prompt bound alone without
+it); the admission stage corrects the charge to the real usage afterwards.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from margin.limits.config import LimitsConfig
 from margin.limits.ratelimit import Limit
@@ -16,9 +19,20 @@ from margin.limits.tokens import prompt_tokens
 from margin.types import RequestContext
 
 
+WorstTokens = Callable[[RequestContext, str], tuple[int, int]]
+
+
 class RateLimits:
-    def __init__(self, cfg: LimitsConfig) -> None:
+    def __init__(self, cfg: LimitsConfig, worst: WorstTokens | None = None) -> None:
         self.cfg = cfg
+        self.worst = worst
+
+    def token_cost(self, ctx: RequestContext) -> int:
+        """What a token limit is charged up front."""
+        model = ctx.model.name if ctx.model is not None else (ctx.route or ctx.requested_model)
+        if self.worst is None or not model:
+            return prompt_tokens(ctx)
+        return sum(self.worst(ctx, model))
 
     def _rules(self, ctx: RequestContext) -> list[tuple[str, str, int | None, int | None]]:
         """(key, who, rpm, tpm) of every limit holder the request belongs to."""
@@ -52,6 +66,6 @@ class RateLimits:
                 limits.append(Limit(key + ":r", rpm, 1, "requests",
                                     who + ", requests per minute"))
             if tpm:
-                limits.append(Limit(key + ":t", tpm, prompt_tokens(ctx), "tokens",
+                limits.append(Limit(key + ":t", tpm, self.token_cost(ctx), "tokens",
                                     who + ", tokens per minute"))
         return limits

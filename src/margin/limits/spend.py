@@ -40,6 +40,7 @@ def _row(t: Totals) -> dict[str, Any]:
     d: dict[str, Any] = {k: getattr(t, k) for k in _FIELDS}
     d["cost_usd"] = round(d["cost_usd"], 8)
     d["saved_usd"] = round(d["saved_usd"], 8)
+    d["overrun_usd"] = round(d["overrun_usd"], 8)
     return d
 
 

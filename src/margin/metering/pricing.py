@@ -66,6 +66,7 @@ class PriceBook:
     def __init__(self, models: list[ModelConfig], cfg: PricingConfig | None = None) -> None:
         self.catalogue = load_catalogue(cfg.catalogue_path if cfg else None)
         self._prices = {m.name: self._resolve(m) for m in models}
+        self._max_output = {m.name: self._max_output_of(m) for m in models}
 
     def _lookup(self, name: str) -> dict | None:
         if name in self.catalogue:
@@ -103,6 +104,18 @@ class PriceBook:
                         "input_cost_per_mtok/output_cost_per_mtok", m.name)
             return UNKNOWN
         return Price(hour_usd=0.0)
+
+    def _max_output_of(self, m: ModelConfig) -> int | None:
+        for name in m.catalogue_names():
+            entry = self._lookup(name)
+            v = entry.get("max_output_tokens") if entry else None
+            if isinstance(v, (int, float)) and v > 0:
+                return int(v)
+        return None
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """The catalogue's most completion tokens per choice for ``model`` (None: unknown)."""
+        return self._max_output.get(model)
 
     def price(self, model: str) -> Price:
         return self._prices.get(model, UNKNOWN)

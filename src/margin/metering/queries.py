@@ -84,22 +84,26 @@ class Totals:
     saved_usd: float
     errors: int       # status 400 and above
     cache_hits: int   # exact or semantic
+    overrun_usd: float = 0.0  # settled cost above what admission reserved (still charged)
 
     @classmethod
     def of(cls, values: Sequence[Any]) -> "Totals":
-        n, p, c, cost, saved, errors, hits = values
+        n, p, c, cost, saved, errors, hits, overrun = values
         return cls(int(n or 0), int(p or 0), int(c or 0), float(cost or 0.0),
-                   float(saved or 0.0), int(errors or 0), int(hits or 0))
+                   float(saved or 0.0), int(errors or 0), int(hits or 0),
+                   float(overrun or 0.0))
 
     def __add__(self, other: "Totals") -> "Totals":
         return Totals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 TOTALS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Totals))
-ZERO = Totals(0, 0, 0, 0.0, 0.0, 0, 0)
+ZERO = Totals(0, 0, 0, 0.0, 0.0, 0, 0, 0.0)
 _TOTALS = ("COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
            "SUM(saved_usd), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-           "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)")
+           "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END), "
+           "SUM(CASE WHEN reserved_usd IS NOT NULL AND cost_usd > reserved_usd "
+           "THEN cost_usd - reserved_usd ELSE 0 END)")
 
 
 def totals_by(db: Database, by: str, filters: Filters = Filters(), *,
@@ -127,6 +131,24 @@ def cost_by(db: Database, by: str, filters: Filters = Filters()) -> dict[str, fl
     where, params = filters.where(f"{col} IS NOT NULL")
     rows = db.query(f"SELECT {col}, SUM(cost_usd) FROM requests{where} GROUP BY {col}", params)
     return {str(v): float(cost or 0.0) for v, cost in rows}
+
+
+# Rows of requests that admission refused: they never counted on a request budget.
+# The LIKE patterns travel as parameters (a literal % would be a placeholder to psycopg);
+# COALESCE because with a NULL, NOT (...) would be NULL and drop the row.
+_REFUSED = ("(COALESCE(error_type, '') = 'insufficient_quota' OR COALESCE(notes, '') LIKE ? "
+            "OR COALESCE(notes, '') LIKE ?)")
+_REFUSED_PARAMS = ('%"rate_limited"%', '%"limits_unavailable"%')
+
+
+def admitted_by(db: Database, by: str, filters: Filters = Filters()) -> dict[str, int]:
+    """Requests admission let through per value of ``by`` (refused ones left out): what
+    request-count budgets start from for a period."""
+    col = _group(by)
+    where, params = filters.where(f"{col} IS NOT NULL", f"NOT {_REFUSED}")
+    rows = db.query(f"SELECT {col}, COUNT(*) FROM requests{where} GROUP BY {col}",
+                    [*params, *_REFUSED_PARAMS])
+    return {str(v): int(n or 0) for v, n in rows}
 
 
 # --------------------------------------------------------------------------- anomalies

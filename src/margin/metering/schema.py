@@ -48,8 +48,8 @@ class Column:
         return " ".join(parts)
 
 
-def _c(name: str, py: type, default: Any = None, *, null: bool = True) -> Column:
-    return Column(name, py, nullable=null and default is None, default=default)
+def _c(name: str, py: type, default: Any = None, *, null: bool = True, since: int = 1) -> Column:
+    return Column(name, py, nullable=null and default is None, default=default, since=since)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -87,6 +87,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("notes", str),                            # JSON: the row's extra payload
     _c("prompt", str),                           # only with ledger.log_content
     _c("response", str),
+    # what admission reserved on the request's budgets: a cost above it is an overrun
+    _c("reserved_usd", float, since=3),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

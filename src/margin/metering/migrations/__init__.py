@@ -83,6 +83,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS requests_team_ts ON requests (team, ts)",
         "CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts)",
     ],
+    # What the admission stage reserved on the request's budgets: a cost above it is an
+    # overrun (``margin spend`` shows their sum).
+    3: schema.added_in(3),
 }
 
 
