@@ -136,7 +136,7 @@ def cluster(tmp_path_factory, pg_schema_url, redis_server):  # noqa: F811
             stderr=subprocess.STDOUT)
     try:
         for gw in gws:
-            wait_http(gw.url + "/healthz", 120, gw.proc)
+            wait_http(gw.url + "/healthz", gw.proc, 120, output_lines=60)
         time.sleep(1.5)  # a few heartbeats: each replica has seen the other
         yield {"gws": gws, "db": pg_schema_url, "redis": redis_server}
     finally:
