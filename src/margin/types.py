@@ -42,8 +42,10 @@ class KeyRef(Protocol):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     estimated: bool = False
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's prompt cache
+    reasoning_tokens: int = 0  # completion tokens the model spent thinking (a part of them)
 
 
 @dataclass(slots=True)
@@ -87,8 +89,10 @@ class CallResult:
     notes: dict[str, Any] = field(default_factory=dict)  # for the ledger row's notes
 
     def set_usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                  estimated: bool = False) -> None:
-        self.usage = Usage(prompt_tokens, completion_tokens, cached_tokens, estimated)
+                  estimated: bool = False, cache_write_tokens: int = 0,
+                  reasoning_tokens: int = 0) -> None:
+        self.usage = Usage(prompt_tokens, completion_tokens, cached_tokens, estimated,
+                           cache_write_tokens, reasoning_tokens)
         self.usage_reported = True
 
     def add_compute(self, seconds: float) -> None:
@@ -139,6 +143,10 @@ class RequestContext:
     provider: str | None = None
     route: str | None = None
     stream: bool = False
+    # the API the client spoke: openai (chat, completions, embeddings), messages, responses
+    dialect: str = "openai"
+    # the body as the client sent it, when a dialect translated it into ``body`` (chat)
+    client_body: dict[str, Any] | None = None
     # outcome
     status: int = 200
     error_type: str | None = None

@@ -4,7 +4,9 @@ provider, never for our own parts).
 It answers chat/completions (streaming too), embeddings and models after ``--delay-ms``.
 The last user message steers it, so tests can ask for failures over real HTTP:
 ``!status=503`` answers with that status, ``!sleep=1500`` waits that many ms first,
-``!text=...`` answers exactly that text, ``!nousage`` leaves out usage. ``GET /_stats``
+``!text=...`` answers exactly that text, ``!nousage`` leaves out usage, ``!tool=NAME`` calls
+that tool (arguments ``{"city": "Paris"}``), ``!cached=N`` / ``!reasoning=N`` report that
+many cached prompt / reasoning tokens in the usage details. ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 """
 
@@ -93,7 +95,9 @@ class FakeUpstream:
     def _directive(req: dict[str, Any]) -> dict[str, str]:
         text = ""
         if isinstance(req.get("messages"), list) and req["messages"]:
-            text = str(req["messages"][-1].get("content") or "")
+            last = req["messages"][-1].get("content")
+            text = str(last if isinstance(last, str) else " ".join(
+                p.get("text", "") for p in last or [] if isinstance(p, dict)))
         elif isinstance(req.get("prompt"), str):
             text = req["prompt"]
         out: dict[str, str] = {}
@@ -125,15 +129,30 @@ class FakeUpstream:
             p = req.get("prompt")
             prompt_text = " ".join(p) if isinstance(p, list) else str(p)
         answer = self._answer(req, directive)
-        usage = {"prompt_tokens": _tokens(prompt_text), "completion_tokens": _tokens(answer),
-                 "total_tokens": _tokens(prompt_text) + _tokens(answer)}
+        tool = directive.get("tool") if chat else None
+        if tool:
+            answer = ""
+        completion = _tokens(answer) if answer else 5
+        usage: dict[str, Any] = {"prompt_tokens": _tokens(prompt_text),
+                                 "completion_tokens": completion,
+                                 "total_tokens": _tokens(prompt_text) + completion}
+        if "cached" in directive:
+            usage["prompt_tokens_details"] = {"cached_tokens": int(directive["cached"])}
+        if "reasoning" in directive:
+            usage["completion_tokens_details"] = {"reasoning_tokens": int(directive["reasoning"])}
+        call = {"id": "call_" + hashlib.md5(str(tool).encode()).hexdigest()[:8],
+                "type": "function",
+                "function": {"name": tool, "arguments": '{"city": "Paris"}'}}
         rid = "cmpl-" + hashlib.md5(orjson.dumps(req)).hexdigest()[:12]
         model = req.get("model", self.name)
         created = int(time.time())
         if not req.get("stream"):
             if chat:
-                choices = [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                            "message": {"role": "assistant", "content": answer}}]
+                message: dict[str, Any] = {"role": "assistant", "content": answer or None}
+                if tool:
+                    message["tool_calls"] = [call]
+                choices = [{"index": 0, "finish_reason": "tool_calls" if tool else "stop",
+                            "logprobs": None, "message": message}]
             else:
                 prompts = req.get("prompt") if isinstance(req.get("prompt"), list) else [None]
                 choices = [{"index": i, "text": answer, "finish_reason": "stop",
@@ -146,7 +165,18 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
-        pieces = answer.split(" ")
+        pieces = answer.split(" ") if answer else []
+        if tool:
+            fn = call["function"]
+            for delta in ({"role": "assistant", "tool_calls": [
+                    {"index": 0, "id": call["id"], "type": "function",
+                     "function": {"name": fn["name"], "arguments": ""}}]},
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}):
+                chunk = {"id": rid, "object": obj, "created": created, "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
         for i, word in enumerate(pieces):
             piece = word if i == 0 else " " + word
             choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None}
@@ -155,7 +185,8 @@ class FakeUpstream:
                      "choices": [choice]}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
-        last = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
+        last = ({"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool else "stop"}
+                if chat
                 else {"index": 0, "text": "", "finish_reason": "stop"})
         await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
             {"id": rid, "object": obj, "created": created, "model": model, "choices": [last]})

@@ -14,6 +14,7 @@ from typing import Any
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
 from margin.gateway import validate
 from margin.gateway.admin import Admin
+from margin.gateway.dialects.edge import DialectRoutes
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, request_headers,
                                  send_json)
 from margin.gateway.proxy import Proxy, new_request_id
@@ -37,13 +38,14 @@ class GatewayApp:
         self.gw = gateway
         self.proxy = Proxy(gateway)
         self.admin = Admin(gateway)
+        self.dialects = DialectRoutes(gateway)
 
     # -- ASGI entry ------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            endpoint = _ENDPOINTS.get(path)
+            endpoint = _ENDPOINTS.get(path) or self.dialects.endpoints.get(path)
             if endpoint is not None and scope["method"] == "POST":
                 await self.proxy.handle(scope, receive, send, *endpoint)
             else:
@@ -96,9 +98,11 @@ class GatewayApp:
                     (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
                     (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
+            elif self.dialects.serves(method, path):
+                await self.dialects.serve(scope, receive, send, path)
             elif path.startswith("/admin/"):
                 await self.admin.handle(scope, receive, send, path[len("/admin/"):])
-            elif path in _ENDPOINTS:
+            elif path in _ENDPOINTS or path in self.dialects.endpoints:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
             else:
                 raise NotFound(f"no such endpoint: {method} {path}", code="unknown_url")

@@ -32,6 +32,7 @@ COLUMNS: tuple[str, ...] = (
     "cache", "cache_similarity", "latency_ms", "upstream_ms", "ttft_ms", "overhead_ms",
     "stage_ms", "attempts", "prompt_hash", "tokens_before_compression",
     "tokens_after_compression", "notes", "prompt", "response",
+    "cache_write_tokens", "reasoning_tokens", "dialect",
 )
 
 
@@ -44,6 +45,7 @@ def _insert_sql(dialect: str) -> str:
 
 # NOT NULL columns and what an absent value means.
 _DEFAULTS: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
+                             "cache_write_tokens": 0, "reasoning_tokens": 0, "dialect": "openai",
                              "cost_usd": 0.0, "saved_usd": 0.0, "estimated": 0, "streamed": 0,
                              "cache": "miss", "status": 0, "endpoint": "unknown"}
 

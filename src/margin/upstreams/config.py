@@ -72,6 +72,12 @@ class ModelConfig(_Strict):
     """USD per million completion tokens; unset: from the pricing catalogue."""
     cached_input_cost_per_mtok: float | None = Field(None, ge=0)
     """USD per million prompt tokens read from the provider's prompt cache."""
+    cache_write_input_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million prompt tokens written to the provider's prompt cache (Anthropic,
+    Bedrock); unset: the catalogue's, else the input price."""
+    reasoning_output_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million reasoning (thinking) tokens; unset: the catalogue's, else the output
+    price."""
     gpu_hour_usd: float | None = Field(None, ge=0)
     """Self-hosted: cost = busy time x this hourly price."""
     cpu_hour_usd: float | None = Field(None, ge=0)

@@ -294,9 +294,12 @@ class OpenAIHTTPUpstream(Upstream):
     def _record_usage(self, call: Call, usage: Any, payload: dict | None) -> None:
         if isinstance(usage, dict) and "prompt_tokens" in usage:
             details = usage.get("prompt_tokens_details") or {}
+            thinking = usage.get("completion_tokens_details") or {}
             call.result.set_usage(int(usage.get("prompt_tokens") or 0),
                                   int(usage.get("completion_tokens") or 0),
-                                  int(details.get("cached_tokens") or 0))
+                                  int(details.get("cached_tokens") or 0),
+                                  cache_write_tokens=int(details.get("cache_write_tokens") or 0),
+                                  reasoning_tokens=int(thinking.get("reasoning_tokens") or 0))
             return
         text = ""
         for choice in (payload or {}).get("choices") or []:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from margin.metering.db import Database
+from margin.metering.migrations import m003_dialects
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -79,6 +80,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS requests_team_ts ON requests (team, ts)",
         "CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts)",
     ],
+    3: m003_dialects.STATEMENTS,
 }
 
 
