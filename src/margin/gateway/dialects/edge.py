@@ -34,9 +34,10 @@ class MessagesDialect:
     name = messages.NAME
 
     def to_chat(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        ctx.dialect = self.name  # a refused request's row says which API it came in on
         chat = messages.to_chat(body)
         validate.validate_chat(chat)
-        ctx.dialect, ctx.client_body = self.name, body
+        ctx.client_body = body
         if ctx.user is None:
             ctx.user = messages.attribution_user(body)
         return chat
@@ -65,6 +66,7 @@ class ResponsesDialect:
         self.store = store if store is not None else ResponseStore()
 
     def to_chat(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        ctx.dialect = self.name
         history = None
         previous = body.get("previous_response_id")
         for field in ("previous_response_id", "store"):
@@ -81,7 +83,7 @@ class ResponsesDialect:
             history = [m for m in found.conversation if m["role"] != "system"]
         chat = responses.to_chat(body, history)
         validate.validate_chat(chat)
-        ctx.dialect, ctx.client_body = self.name, body
+        ctx.client_body = body
         return chat
 
     def _keep(self, ctx: RequestContext, body: dict[str, Any]) -> bool:
