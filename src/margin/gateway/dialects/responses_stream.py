@@ -41,10 +41,10 @@ class ResponsesStream:
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
 
-    def _ev(self, name: str, **data: Any) -> bytes:
-        payload = {"type": name, "sequence_number": self.seq, **data}
+    def _ev(self, kind: str, **data: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.seq, **data}
         self.seq += 1
-        return event(name, payload)
+        return event(kind, payload)
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.started = True
