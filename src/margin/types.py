@@ -69,6 +69,9 @@ class Response:
     raw: bytes | None = None
     stream: AsyncIterator[dict[str, Any]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # the answer in the client's own dialect, when the upstream speaks it natively (an
+    # anthropic model asked through /v1/messages); ``payload`` is still the chat answer
+    native: dict[str, Any] | None = None
 
     @property
     def is_stream(self) -> bool:
@@ -117,6 +120,9 @@ class Call:
     started_ns: int = field(default_factory=time.perf_counter_ns)
     last_resort: bool = True
     result: CallResult = field(default_factory=CallResult)
+    # (dialect, the client's body) when no stage rewrote the translated request: an
+    # upstream that speaks that dialect natively may send the client's body as it came
+    native: tuple[str, dict[str, Any]] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e6
@@ -147,6 +153,7 @@ class RequestContext:
     dialect: str = "openai"
     # the body as the client sent it, when a dialect translated it into ``body`` (chat)
     client_body: dict[str, Any] | None = None
+    translated_body: dict[str, Any] | None = None  # ``body`` as the dialect made it
     # outcome
     status: int = 200
     error_type: str | None = None
@@ -196,8 +203,11 @@ class RequestContext:
 
     def call(self) -> Call:
         """The upstream call this request asks for, timed from the request's start."""
+        native = None
+        if self.client_body is not None and self.body is self.translated_body:
+            native = (self.dialect, self.client_body)
         return Call(self.endpoint, self.body, self.stream, self.request_id, self.started_ns,
-                    last_resort=not self.more_fallbacks)
+                    last_resort=not self.more_fallbacks, native=native)
 
     def absorb(self, result: CallResult) -> None:
         """Fold what one upstream call did into the request (a cascade makes several)."""

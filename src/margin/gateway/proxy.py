@@ -11,8 +11,6 @@ import os
 import time
 from typing import Any, Callable
 
-import orjson
-
 from margin.errors import MarginError, error_body
 from margin.gateway import validate
 from margin.gateway.dialects import Dialect
@@ -84,9 +82,7 @@ class Proxy:
                 h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
                 payload, raw = response.payload, response.raw
                 if dialect is not None:
-                    payload = dialect.answer(payload if payload is not None
-                                             else orjson.loads(raw or b"{}"), ctx)
-                    raw = None
+                    payload, raw = dialect.answer(response, ctx), None
                 sent = True
                 await send_json(send, response.status, payload, h, raw)
         except MarginError as exc:

@@ -186,6 +186,33 @@ class HTTPModelConfig(ModelConfig):
         return self
 
 
+class AnthropicModelConfig(HTTPModelConfig):
+    """A model behind Anthropic's Messages API (or anything speaking it). Deployments,
+    retries and cool-down work as for ``openai`` models; prices not set here come from the
+    catalogue by ``upstream_model`` (``cache_read_input_token_cost`` and
+    ``cache_creation_input_token_cost`` price the prompt cache)."""
+
+    provider_name: ClassVar[str | None] = "anthropic"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: claude
+            provider: anthropic
+            api_key_env: ANTHROPIC_API_KEY
+            upstream_model: claude-sonnet-4-5
+    """
+
+    provider: str = "anthropic"
+    """Which upstream serves it: anthropic."""
+    api_base: str | None = "https://api.anthropic.com"
+    """The API's base URL (without ``/v1``)."""
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    """The environment variable that holds the key, sent as ``x-api-key``."""
+    anthropic_version: str = "2023-06-01"
+    """The ``anthropic-version`` header."""
+    default_max_tokens: int = Field(4096, ge=1)
+    """``max_tokens`` for chat requests that set none (Anthropic requires one)."""
+
+
 class LlamaCppModelConfig(ModelConfig):
     """A GGUF model run in-process by llama.cpp (the bundled SmolLM2 unless ``path``). One
     worker thread owns the model, so requests are served one at a time, a stream holding it

@@ -120,6 +120,8 @@ class OpenAIHTTPUpstream(Upstream):
     batchable_embeddings = True
     batchable_completions = True
     model: HTTPModelConfig
+    # A native API's deployment (its own auth headers) subclasses HTTPDeployment.
+    deployment_class: type[HTTPDeployment] = HTTPDeployment
 
     def __init__(self, model: HTTPModelConfig, resilience: ResilienceConfig | None = None,
                  clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
@@ -127,8 +129,8 @@ class OpenAIHTTPUpstream(Upstream):
         self.clock = clock
         self.rng = rng or random.Random()
         self.resilience = resilience or DEFAULT_RESILIENCE
-        self.deployments = [HTTPDeployment(model, d, DeploymentHealth(self.resilience.health,
-                                                                       clock))
+        self.deployments = [self.deployment_class(model, d,
+                                                  DeploymentHealth(self.resilience.health, clock))
                             for d in model.deployments]
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from margin.errors import MarginError
-from margin.types import RequestContext
+from margin.types import RequestContext, Response
 
 
 class StreamEncoder(Protocol):
@@ -34,8 +34,9 @@ class Dialect(Protocol):
         """The chat body this request means (raises ``BadRequest`` for a bad one)."""
         ...
 
-    def answer(self, payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-        """The dialect's answer for a chat completion."""
+    def answer(self, response: Response, ctx: RequestContext) -> dict[str, Any]:
+        """The dialect's answer for a chat completion (or the upstream's own, when it
+        speaks the dialect natively: ``response.native``)."""
         ...
 
     def encoder(self, ctx: RequestContext) -> StreamEncoder: ...

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import orjson
+
 from margin.auth.admin import presented_key
 from margin.errors import BadRequest, MarginError, NotFound, error_body
 from margin.gateway import validate
@@ -17,11 +19,18 @@ from margin.gateway.dialects.usage import usage_from_chat
 from margin.gateway.http import read_body, request_headers, send_json
 from margin.gateway.stages.auth import authorize
 from margin.metering.tokens import estimate_prompt_tokens
-from margin.types import RequestContext
+from margin.types import RequestContext, Response
 
 
 def accept_any(body: dict[str, Any]) -> None:
     """The dialect checks its own body in ``to_chat``."""
+
+
+def chat_answer(response: Response) -> dict[str, Any]:
+    """The chat completion of a non-streamed answer (a cache hit has only its bytes)."""
+    if response.payload is not None:
+        return response.payload
+    return orjson.loads(response.raw or b"{}")
 
 
 def owner(headers: dict[str, str]) -> str:
@@ -37,13 +46,15 @@ class MessagesDialect:
         ctx.dialect = self.name  # a refused request's row says which API it came in on
         chat = messages.to_chat(body)
         validate.validate_chat(chat)
-        ctx.client_body = body
+        ctx.client_body, ctx.translated_body = body, chat
         if ctx.user is None:
             ctx.user = messages.attribution_user(body)
         return chat
 
-    def answer(self, payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-        return messages.answer(payload, ctx)
+    def answer(self, response: Response, ctx: RequestContext) -> dict[str, Any]:
+        if response.native is not None:
+            return response.native  # an anthropic upstream's answer, as it sent it
+        return messages.answer(chat_answer(response), ctx)
 
     def encoder(self, ctx: RequestContext) -> MessagesStream:
         return MessagesStream(ctx)
@@ -83,7 +94,7 @@ class ResponsesDialect:
             history = [m for m in found.conversation if m["role"] != "system"]
         chat = responses.to_chat(body, history)
         validate.validate_chat(chat)
-        ctx.client_body = body
+        ctx.client_body, ctx.translated_body = body, chat
         return chat
 
     def _keep(self, ctx: RequestContext, body: dict[str, Any]) -> bool:
@@ -93,7 +104,8 @@ class ResponsesDialect:
                   answer: dict[str, Any]) -> None:
         self.store.put(owner(ctx.headers), response, [*ctx.body["messages"], answer])
 
-    def answer(self, payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    def answer(self, response: Response, ctx: RequestContext) -> dict[str, Any]:
+        payload = chat_answer(response)
         request = ctx.client_body or {}
         choice = (payload.get("choices") or [{}])[0]
         usage = usage_from_chat(payload["usage"]) if payload.get("usage") else ctx.usage

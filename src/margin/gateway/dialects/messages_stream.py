@@ -31,6 +31,7 @@ class MessagesStream:
         self.tool_blocks: dict[int, int] = {}  # chat tool-call index -> block index
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.native = False  # the upstream speaks Messages: its events go out as they came
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.started = True
@@ -58,6 +59,11 @@ class MessagesStream:
                                                     "content_block": block})
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
+        native = chunk.get("_native")
+        if native is not None:
+            # An anthropic upstream's own event, passed on as it came.
+            self.started = self.native = True
+            return native
         out = b"" if self.started else self._start(chunk)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
@@ -95,6 +101,8 @@ class MessagesStream:
         return out
 
     def end(self) -> bytes:
+        if self.native:
+            return b""
         out = b"" if self.started else self._start({})
         out += self._close()
         usage = (messages.usage_from_chat(self.usage) if self.usage is not None
