@@ -6,7 +6,8 @@ The last user message steers it, so tests can ask for failures over real HTTP:
 ``!status=503`` answers with that status, ``!sleep=1500`` waits that many ms first,
 ``!text=...`` answers exactly that text, ``!nousage`` leaves out usage, ``!tool=NAME`` calls
 that tool (arguments ``{"city": "Paris"}``), ``!cached=N`` / ``!reasoning=N`` report that
-many cached prompt / reasoning tokens in the usage details. ``GET /_stats``
+many cached prompt / reasoning tokens in the usage details, ``!chunk_ms=N`` waits N ms
+between streamed chunks. ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 """
 
@@ -185,6 +186,8 @@ class FakeUpstream:
                      "choices": [choice]}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
+            if "chunk_ms" in directive:
+                await asyncio.sleep(float(directive["chunk_ms"]) / 1000)
         last = ({"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool else "stop"}
                 if chat
                 else {"index": 0, "text": "", "finish_reason": "stop"})

@@ -31,7 +31,7 @@ NAME = "messages"
 
 _KNOWN = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences", "stream",
                     "temperature", "top_p", "top_k", "tools", "tool_choice", "metadata",
-                    "thinking", "service_tier"})
+                    "thinking", "service_tier", "cache_control"})
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                  "function_call": "tool_use", "content_filter": "refusal"}
 # Anthropic names its error types after what went wrong, not after the status code.
