@@ -213,6 +213,41 @@ class AnthropicModelConfig(HTTPModelConfig):
     """``max_tokens`` for chat requests that set none (Anthropic requires one)."""
 
 
+class AzureModelConfig(HTTPModelConfig):
+    """A deployment on Azure OpenAI. ``route: deployments`` calls
+    ``{api_base}/openai/deployments/{deployment}/chat/completions?api-version=…``;
+    ``route: v1`` calls the v1 API, ``{api_base}/openai/v1/chat/completions``, with the model
+    in the body. The key goes in the ``api-key`` header, or a Microsoft Entra token from
+    ``azure_ad_token_env`` as a bearer token. Prices come from the catalogue by
+    ``upstream_model`` (the OpenAI model the deployment runs)."""
+
+    provider_name: ClassVar[str | None] = "azure"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: gpt4o
+            provider: azure
+            api_base: https://my-resource.openai.azure.com
+            deployment: gpt-4o-prod
+            api_key_env: AZURE_OPENAI_API_KEY
+            upstream_model: gpt-4o
+    """
+
+    provider: str = "azure"
+    """Which upstream serves it: azure."""
+    api_base: str | None = None
+    """The resource's endpoint, ``https://<resource>.openai.azure.com``."""
+    api_key_env: str | None = "AZURE_OPENAI_API_KEY"
+    """The environment variable holding the key, sent as ``api-key``."""
+    azure_ad_token_env: str | None = None
+    """The environment variable holding an Entra ID token, sent as a bearer token instead."""
+    deployment: str | None = None
+    """The deployment name (default: ``upstream_model``, else ``name``)."""
+    api_version: str = "2024-10-21"
+    """The ``api-version`` query parameter of the deployments route."""
+    route: Literal["deployments", "v1"] = "deployments"
+    """deployments: the classic per-deployment URLs; v1: the v1 API (model in the body)."""
+
+
 class LlamaCppModelConfig(ModelConfig):
     """A GGUF model run in-process by llama.cpp (the bundled SmolLM2 unless ``path``). One
     worker thread owns the model, so requests are served one at a time, a stream holding it
