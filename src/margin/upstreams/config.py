@@ -248,6 +248,31 @@ class AzureModelConfig(HTTPModelConfig):
     """deployments: the classic per-deployment URLs; v1: the v1 API (model in the body)."""
 
 
+class GeminiModelConfig(HTTPModelConfig):
+    """A model behind Google's Gemini API (``generateContent`` /
+    ``streamGenerateContent``), with an API key. Usage comes from ``usageMetadata``: cached
+    prompt tokens are priced at ``cache_read_input_token_cost``, thinking tokens as output
+    (``output_cost_per_reasoning_token`` where the catalogue has one)."""
+
+    provider_name: ClassVar[str | None] = "gemini"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: flash
+            provider: gemini
+            api_key_env: GEMINI_API_KEY
+            upstream_model: gemini-2.5-flash
+    """
+
+    provider: str = "gemini"
+    """Which upstream serves it: gemini."""
+    api_base: str | None = "https://generativelanguage.googleapis.com"
+    """The API's base URL (without the version)."""
+    api_key_env: str | None = "GEMINI_API_KEY"
+    """The environment variable holding the API key, sent as ``x-goog-api-key``."""
+    api_version: str = "v1beta"
+    """The API version in the path."""
+
+
 class LlamaCppModelConfig(ModelConfig):
     """A GGUF model run in-process by llama.cpp (the bundled SmolLM2 unless ``path``). One
     worker thread owns the model, so requests are served one at a time, a stream holding it

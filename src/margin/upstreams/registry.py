@@ -21,8 +21,8 @@ from importlib.metadata import entry_points
 
 from margin.errors import ConfigError
 from margin.upstreams.base import Upstream
-from margin.upstreams.config import (AnthropicModelConfig, AzureModelConfig, HTTPModelConfig,
-                                     LlamaCppModelConfig,
+from margin.upstreams.config import (AnthropicModelConfig, AzureModelConfig, GeminiModelConfig,
+                                     HTTPModelConfig, LlamaCppModelConfig,
                                      LocalEmbeddingsModelConfig, ModelConfig, ResilienceConfig)
 
 ENTRY_POINT_GROUP = "margin.upstreams"
@@ -49,6 +49,7 @@ _BUILTIN: dict[str, Provider] = {p.name: p for p in (
     Provider("openai", HTTPModelConfig, "margin.upstreams.openai_http:OpenAIHTTPUpstream"),
     Provider("anthropic", AnthropicModelConfig, "margin.upstreams.anthropic:AnthropicUpstream"),
     Provider("azure", AzureModelConfig, "margin.upstreams.azure:AzureUpstream"),
+    Provider("gemini", GeminiModelConfig, "margin.upstreams.gemini:GeminiUpstream"),
     Provider("llamacpp", LlamaCppModelConfig, "margin.upstreams.llamacpp:LlamaCppUpstream"),
     Provider("sentence-transformers", LocalEmbeddingsModelConfig,
              "margin.upstreams.sentence_transformers:SentenceTransformersUpstream"),
