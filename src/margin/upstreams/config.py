@@ -273,6 +273,37 @@ class GeminiModelConfig(HTTPModelConfig):
     """The API version in the path."""
 
 
+class BedrockModelConfig(HTTPModelConfig):
+    """A model on Amazon Bedrock, through the Converse / ConverseStream API. Requests are
+    SigV4-signed by botocore with the standard AWS credentials (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, profiles, roles); needs the ``aws``
+    extra (botocore). ``upstream_model`` is the model id or inference profile; prompt-cache
+    reads and writes are priced at the catalogue's cache rates."""
+
+    provider_name: ClassVar[str | None] = "bedrock"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: sonnet
+            provider: bedrock
+            region: us-east-1
+            upstream_model: anthropic.claude-3-5-sonnet-20241022-v2:0
+    """
+
+    provider: str = "bedrock"
+    """Which upstream serves it: bedrock."""
+    region: str = "us-east-1"
+    """The AWS region; the endpoint is ``https://bedrock-runtime.<region>.amazonaws.com``
+    unless ``api_base`` says otherwise."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regional_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("api_base") and not data.get("deployments"):
+            region = data.get("region") or "us-east-1"
+            data = {**data, "api_base": f"https://bedrock-runtime.{region}.amazonaws.com"}
+        return data
+
+
 class LlamaCppModelConfig(ModelConfig):
     """A GGUF model run in-process by llama.cpp (the bundled SmolLM2 unless ``path``). One
     worker thread owns the model, so requests are served one at a time, a stream holding it

@@ -21,7 +21,8 @@ from importlib.metadata import entry_points
 
 from margin.errors import ConfigError
 from margin.upstreams.base import Upstream
-from margin.upstreams.config import (AnthropicModelConfig, AzureModelConfig, GeminiModelConfig,
+from margin.upstreams.config import (AnthropicModelConfig, AzureModelConfig, BedrockModelConfig,
+                                     GeminiModelConfig,
                                      HTTPModelConfig, LlamaCppModelConfig,
                                      LocalEmbeddingsModelConfig, ModelConfig, ResilienceConfig)
 
@@ -50,6 +51,7 @@ _BUILTIN: dict[str, Provider] = {p.name: p for p in (
     Provider("anthropic", AnthropicModelConfig, "margin.upstreams.anthropic:AnthropicUpstream"),
     Provider("azure", AzureModelConfig, "margin.upstreams.azure:AzureUpstream"),
     Provider("gemini", GeminiModelConfig, "margin.upstreams.gemini:GeminiUpstream"),
+    Provider("bedrock", BedrockModelConfig, "margin.upstreams.bedrock:BedrockUpstream"),
     Provider("llamacpp", LlamaCppModelConfig, "margin.upstreams.llamacpp:LlamaCppUpstream"),
     Provider("sentence-transformers", LocalEmbeddingsModelConfig,
              "margin.upstreams.sentence_transformers:SentenceTransformersUpstream"),
