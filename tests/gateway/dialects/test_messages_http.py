@@ -147,3 +147,27 @@ def test_upstream_failure_is_an_anthropic_error(gw):
                                messages=[{"role": "user", "content": "!status=500"}])
     assert failed.value.status_code == 502
     assert failed.value.body["error"]["type"] == "api_error"
+
+
+def test_margin_keys_as_x_api_key_or_bearer(fake_upstream, gateway_factory, tmp_path):
+    db = str(tmp_path / "ledger.db")
+    gateway = gateway_factory({"models": [fake_model("small", fake_upstream.url)],
+                               "ledger": {"url": db, "flush_interval_ms": 50}},
+                              env={"MARGIN_MASTER_KEY": "master-secret"})
+    body = {"model": "small", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    url = gateway.url + "/v1/messages"
+    assert httpx.post(url, json=body, headers={"x-api-key": "master-secret"}).status_code == 200
+    assert httpx.post(url, json=body, headers={
+        "authorization": "Bearer master-secret"}).status_code == 200
+    for headers in ({}, {"x-api-key": "wrong"}):
+        r = httpx.post(url, json=body, headers=headers)
+        assert r.status_code == 401
+        assert r.json()["type"] == "error"
+        assert r.json()["error"]["type"] == "authentication_error"
+    counted = httpx.post(url + "/count_tokens", json=body)
+    assert counted.status_code == 401 and counted.json()["error"]["type"] == "authentication_error"
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="master-secret", max_retries=0)
+    assert client.messages.count_tokens(**{k: v for k, v in body.items()
+                                          if k != "max_tokens"}).input_tokens > 0
+    rows = wait_rows(db, 4)
+    assert sorted(r["status"] for r in rows) == [200, 200, 401, 401]
