@@ -117,6 +117,9 @@ def test_count_tokens(gw):
         model="small", tools=[WEATHER], system="You are a helpful assistant.",
         messages=[{"role": "user", "content": "what is the weather like in Paris today?"}])
     assert 0 < short.input_tokens < longer.input_tokens
+    with_tools = client.messages.count_tokens(
+        model="small", tools=[WEATHER], messages=[{"role": "user", "content": "hi"}])
+    assert with_tools.input_tokens > short.input_tokens  # tool definitions are prompt too
 
 
 def test_errors_in_anthropic_shape(gw):

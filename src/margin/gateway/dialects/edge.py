@@ -18,7 +18,7 @@ from margin.gateway.dialects.store import ResponseStore
 from margin.gateway.dialects.usage import usage_from_chat
 from margin.gateway.http import read_body, request_headers, send_json
 from margin.gateway.stages.auth import authorize
-from margin.metering.tokens import estimate_prompt_tokens
+from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
 from margin.types import RequestContext, Response
 
 
@@ -63,10 +63,11 @@ class MessagesDialect:
         return messages.error_body(exc)
 
     def count_tokens(self, body: dict[str, Any]) -> dict[str, int]:
-        """``/v1/messages/count_tokens``: margin's estimate of the prompt (max_tokens is not
-        needed here, as with Anthropic)."""
+        """``/v1/messages/count_tokens``: margin's estimate of the prompt and the tool
+        definitions (max_tokens is not needed here, as with Anthropic)."""
         chat = messages.to_chat({"max_tokens": 1, **body})
-        return {"input_tokens": estimate_prompt_tokens(chat)}
+        tools = estimate_tokens(orjson.dumps(chat["tools"]).decode()) if chat.get("tools") else 0
+        return {"input_tokens": estimate_prompt_tokens(chat) + tools}
 
 
 class ResponsesDialect:
