@@ -174,3 +174,14 @@ def test_margin_keys_as_x_api_key_or_bearer(fake_upstream, gateway_factory, tmp_
                                           if k != "max_tokens"}).input_tokens > 0
     rows = wait_rows(db, 4)
     assert sorted(r["status"] for r in rows) == [200, 200, 401, 401]
+
+
+def test_dialect_and_token_columns_in_postgresql(fake_upstream, gateway_factory, pg_url):
+    gateway = gateway_factory({"models": [fake_model("small", fake_upstream.url)],
+                               "ledger": {"url": pg_url, "flush_interval_ms": 50}})
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+    client.messages.create(model="small", max_tokens=20, messages=[
+        {"role": "user", "content": "a b c !cached=2 !reasoning=3"}])
+    (row,) = wait_rows(pg_url, 1)
+    assert (row["dialect"], row["prompt_tokens"], row["cached_tokens"],
+            row["reasoning_tokens"], row["cache_write_tokens"]) == ("messages", 5, 2, 3, 0)
