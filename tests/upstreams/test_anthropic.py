@@ -194,3 +194,21 @@ def test_upstream_error_status_passes_through(gw):
         client.chat.completions.create(model="claude",
                                        messages=[{"role": "user", "content": "!status=400"}])
     assert "fake anthropic failure 400" in bad.value.message
+
+
+def test_responses_client_to_anthropic_model(gw, fake):
+    gateway, db = gw
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    tools = [{"type": "function", "name": "get_weather",
+              "parameters": WEATHER["function"]["parameters"]}]
+    resp = client.responses.create(model="claude", input="weather? !tool=get_weather",
+                                   tools=tools)
+    (call,) = resp.output
+    assert call.type == "function_call" and call.arguments == '{"city":"Paris"}'
+    with client.responses.stream(model="claude", input="hello !cache_read=9") as s:
+        final = s.get_final_response()
+    assert final.output_text.startswith("the quick brown")
+    assert final.usage.input_tokens_details.cached_tokens == 9
+    rows = wait_rows(db, 2)
+    assert [r["dialect"] for r in rows] == ["responses", "responses"]
+    assert rows[1]["cached_tokens"] == 9 and rows[1]["estimated"] == 0

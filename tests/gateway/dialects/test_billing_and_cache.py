@@ -99,7 +99,17 @@ def test_one_question_three_dialects_one_cache_entry(fake_upstream, gateway_fact
     answer = chat.parse().choices[0].message.content
     assert resp.parse().output_text == answer
     assert msg.parse().content[0].text == answer
-    rows = wait_rows(db, 3)
-    assert [r["cache"] for r in rows] == ["miss", "exact", "exact"]
+    # streamed, the cached chat answer is replayed as each dialect's events
+    with anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0
+                             ).messages.stream(model="small", max_tokens=50, system="Be brief.",
+                                               extra_body={"temperature": 0}, messages=[
+                                                   {"role": "user", "content": "What is 2+2?"}]
+                                               ) as s:
+        assert s.get_final_message().content[0].text == answer
+    with oa.responses.stream(model="small", max_output_tokens=50, temperature=0,
+                             instructions="Be brief.", input="What is 2+2?") as s:
+        assert s.get_final_response().output_text == answer
+    rows = wait_rows(db, 5)
+    assert [r["cache"] for r in rows] == ["miss", "exact", "exact", "exact", "exact"]
     assert len({r["prompt_hash"] for r in rows}) == 1
     assert httpx.get(fake_upstream.url + "/_stats").json()["calls"] == {"/chat/completions": 1}
