@@ -42,8 +42,10 @@ class KeyRef(Protocol):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     estimated: bool = False
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's prompt cache
+    reasoning_tokens: int = 0  # completion tokens the model spent thinking (a part of them)
 
 
 @dataclass(slots=True)
@@ -67,6 +69,9 @@ class Response:
     raw: bytes | None = None
     stream: AsyncIterator[dict[str, Any]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # the answer in the client's own dialect, when the upstream speaks it natively (an
+    # anthropic model asked through /v1/messages); ``payload`` is still the chat answer
+    native: dict[str, Any] | None = None
 
     @property
     def is_stream(self) -> bool:
@@ -87,8 +92,10 @@ class CallResult:
     notes: dict[str, Any] = field(default_factory=dict)  # for the ledger row's notes
 
     def set_usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                  estimated: bool = False) -> None:
-        self.usage = Usage(prompt_tokens, completion_tokens, cached_tokens, estimated)
+                  estimated: bool = False, cache_write_tokens: int = 0,
+                  reasoning_tokens: int = 0) -> None:
+        self.usage = Usage(prompt_tokens, completion_tokens, cached_tokens, estimated,
+                           cache_write_tokens, reasoning_tokens)
         self.usage_reported = True
 
     def add_compute(self, seconds: float) -> None:
@@ -113,6 +120,9 @@ class Call:
     started_ns: int = field(default_factory=time.perf_counter_ns)
     last_resort: bool = True
     result: CallResult = field(default_factory=CallResult)
+    # (dialect, the client's body) when no stage rewrote the translated request: an
+    # upstream that speaks that dialect natively may send the client's body as it came
+    native: tuple[str, dict[str, Any]] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e6
@@ -140,6 +150,11 @@ class RequestContext:
     provider: str | None = None
     route: str | None = None
     stream: bool = False
+    # the API the client spoke: openai (chat, completions, embeddings), messages, responses
+    dialect: str = "openai"
+    # the body as the client sent it, when a dialect translated it into ``body`` (chat)
+    client_body: dict[str, Any] | None = None
+    translated_body: dict[str, Any] | None = None  # ``body`` as the dialect made it
     # outcome
     status: int = 200
     error_type: str | None = None
@@ -192,8 +207,11 @@ class RequestContext:
 
     def call(self) -> Call:
         """The upstream call this request asks for, timed from the request's start."""
+        native = None
+        if self.client_body is not None and self.body is self.translated_body:
+            native = (self.dialect, self.client_body)
         return Call(self.endpoint, self.body, self.stream, self.request_id, self.started_ns,
-                    last_resort=not self.more_fallbacks)
+                    last_resort=not self.more_fallbacks, native=native)
 
     def absorb(self, result: CallResult) -> None:
         """Fold what one upstream call did into the request (a cascade makes several)."""

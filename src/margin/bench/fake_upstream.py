@@ -4,7 +4,10 @@ provider, never for our own parts).
 It answers chat/completions (streaming too), embeddings and models after ``--delay-ms``.
 The last user message steers it, so tests can ask for failures over real HTTP:
 ``!status=503`` answers with that status, ``!sleep=1500`` waits that many ms first,
-``!text=...`` answers exactly that text, ``!nousage`` leaves out usage. ``GET /_stats``
+``!text=...`` answers exactly that text, ``!nousage`` leaves out usage, ``!tool=NAME`` calls
+that tool (arguments ``{"city": "Paris"}``), ``!cached=N`` / ``!reasoning=N`` report that
+many cached prompt / reasoning tokens in the usage details, ``!chunk_ms=N`` waits N ms
+between streamed chunks. ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 
 It returns ``n`` choices and stops each at ``max_tokens`` / ``max_completion_tokens``. With
@@ -102,7 +105,9 @@ class FakeUpstream:
     def _directive(req: dict[str, Any]) -> dict[str, str]:
         text = ""
         if isinstance(req.get("messages"), list) and req["messages"]:
-            text = str(req["messages"][-1].get("content") or "")
+            last = req["messages"][-1].get("content")
+            text = str(last if isinstance(last, str) else " ".join(
+                p.get("text", "") for p in last or [] if isinstance(p, dict)))
         elif isinstance(req.get("prompt"), str):
             text = req["prompt"]
         out: dict[str, str] = {}
@@ -163,6 +168,9 @@ class FakeUpstream:
     async def _complete(self, send: Any, req: dict[str, Any], chat: bool,
                         directive: dict[str, str]) -> None:
         answer = self._answer(req, directive)
+        tool = directive.get("tool") if chat else None
+        if tool:
+            answer = ""
         n = req.get("n")
         n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
         prompts = req.get("prompt") if not chat and isinstance(req.get("prompt"), list) \
@@ -170,14 +178,30 @@ class FakeUpstream:
         # Word-count mode keeps its old usage (one answer's words per choice), which
         # the batching tests split across prompts.
         usage = self._usage(req, chat, [answer] * (n * (len(prompts) if self.billing else 1)))
+        if tool and not self.billing:
+            usage["completion_tokens"] = 5  # the tool call's own tokens
+            usage["total_tokens"] = usage["prompt_tokens"] + 5
+        if "cached" in directive:
+            usage["prompt_tokens_details"] = {"cached_tokens": int(directive["cached"])}
+        if "reasoning" in directive:
+            usage["completion_tokens_details"] = {"reasoning_tokens": int(directive["reasoning"])}
+        call = {"id": "call_" + hashlib.md5(str(tool).encode()).hexdigest()[:8],
+                "type": "function",
+                "function": {"name": tool, "arguments": '{"city": "Paris"}'}}
         rid = "cmpl-" + hashlib.md5(orjson.dumps(req)).hexdigest()[:12]
         model = req.get("model", self.name)
         created = int(time.time())
+        finish = "tool_calls" if tool else "stop"
         if not req.get("stream"):
             if chat:
-                choices = [{"index": i, "finish_reason": "stop", "logprobs": None,
-                            "message": {"role": "assistant", "content": answer,
-                                        "refusal": None}} for i in range(n)]
+                choices = []
+                for i in range(n):
+                    message: dict[str, Any] = {"role": "assistant", "content": answer or None,
+                                               "refusal": None}
+                    if tool:
+                        message["tool_calls"] = [call]
+                    choices.append({"index": i, "finish_reason": finish, "logprobs": None,
+                                    "message": message})
             else:
                 choices = [{"index": i, "text": answer, "finish_reason": "stop",
                             "logprobs": None} for i in range(n * len(prompts))]
@@ -189,22 +213,31 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
-        pieces = answer.split(" ")
+
+        async def chunk(choice: dict[str, Any]) -> None:
+            body = {"id": rid, "object": obj, "created": created, "model": model,
+                    "choices": [choice]}
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": b"data: " + orjson.dumps(body) + b"\n\n"})
+
+        pieces = answer.split(" ") if answer else []
         for idx in range(n):
+            if tool:
+                fn = call["function"]
+                for delta in ({"role": "assistant", "tool_calls": [
+                        {"index": 0, "id": call["id"], "type": "function",
+                         "function": {"name": fn["name"], "arguments": ""}}]},
+                        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}):
+                    await chunk({"index": idx, "delta": delta, "finish_reason": None})
             for i, word in enumerate(pieces):
                 piece = word if i == 0 else " " + word
-                choice = ({"index": idx, "delta": {"content": piece}, "finish_reason": None}
-                          if chat else {"index": idx, "text": piece, "finish_reason": None})
-                chunk = {"id": rid, "object": obj, "created": created, "model": model,
-                         "choices": [choice]}
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
-            last = ({"index": idx, "delta": {}, "finish_reason": "stop"} if chat
-                    else {"index": idx, "text": "", "finish_reason": "stop"})
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + orjson.dumps(
-                            {"id": rid, "object": obj, "created": created, "model": model,
-                             "choices": [last]}) + b"\n\n"})
+                await chunk({"index": idx, "delta": {"content": piece}, "finish_reason": None}
+                            if chat else {"index": idx, "text": piece, "finish_reason": None})
+                if "chunk_ms" in directive:
+                    await asyncio.sleep(float(directive["chunk_ms"]) / 1000)
+            await chunk({"index": idx, "delta": {}, "finish_reason": finish} if chat
+                        else {"index": idx, "text": "", "finish_reason": "stop"})
         wants_usage = (req.get("stream_options") or {}).get("include_usage")
         if wants_usage and self.stream_usage and "nousage" not in directive:
             await send({"type": "http.response.body", "more_body": True, "body": b"data: " +

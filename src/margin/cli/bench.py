@@ -9,6 +9,7 @@ import click
 
 BENCHES: dict[str, str] = {
     "gateway": "margin.bench.gateway:gateway_bench",
+    "dialects": "margin.bench.dialects:dialects",
     "semantic-cache": "margin.bench.semantic_cache:semantic_cache",
     "routing": "margin.bench.routing:routing",
     "batching": "margin.bench.batching:batching",

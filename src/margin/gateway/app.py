@@ -19,6 +19,7 @@ from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
 from margin.gateway import openapi, validate
 from margin.gateway.admin import Admin
+from margin.gateway.dialects.edge import DialectRoutes
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
 from margin.gateway.proxy import Proxy, new_request_id
@@ -45,13 +46,14 @@ class GatewayApp:
         self.metrics_guard = _metrics_guard(gateway)
         self._metrics_lock = asyncio.Lock()
         self._openapi_raw: bytes | None = None
+        self.dialects = DialectRoutes(gateway)
 
     # -- ASGI entry ------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            endpoint = _ENDPOINTS.get(path)
+            endpoint = _ENDPOINTS.get(path) or self.dialects.endpoints.get(path)
             if endpoint is not None and scope["method"] == "POST":
                 await self.proxy.handle(scope, receive, send, *endpoint)
             else:
@@ -79,12 +81,15 @@ class GatewayApp:
     async def _other(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         method = scope["method"]
         try:
+            if self.dialects.serves(method, path):
+                await self.dialects.serve(scope, receive, send, path)
+                return
             if path.startswith("/admin/"):
                 await self.admin.handle(scope, receive, send, path[len("/admin/"):])
                 return
             route = self._route(path)
             if route is None:
-                if path in _ENDPOINTS:
+                if path in _ENDPOINTS or path in self.dialects.endpoints:
                     raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST",
                                            allow="POST")
                 raise NotFound(f"no such endpoint: {method[:20]} {path[:200]}",

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from margin.errors import MarginError, error_body
 from margin.gateway import validate
+from margin.gateway.dialects import Dialect
 from margin.gateway.http import (Receive, Scope, Send, client_address, read_body,
                                  request_headers, send_json)
 from margin.gateway.record import ledger_row, prompt_hash
@@ -48,7 +49,9 @@ class Proxy:
         self.log_content = gateway.settings.ledger.log_content
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: str,
-                     check: Callable[[dict[str, Any]], Any]) -> None:
+                     check: Callable[[dict[str, Any]], Any],
+                     dialect: Dialect | None = None) -> None:
+        # ``dialect``: a client API translated onto chat at this edge (gateway/dialects)
         headers = request_headers(scope)
         ctx = RequestContext(request_id=new_request_id(), endpoint=endpoint, body={},
                              headers=headers, client=client_address(scope))
@@ -66,6 +69,8 @@ class Proxy:
                                    and len(model) <= validate.MAX_ATTRIBUTION_CHARS else None)
             ctx.stream = body.get("stream") is True
             inputs = check(body)
+            if dialect is not None:
+                ctx.body = dialect.to_chat(body, ctx)
             if endpoint == "embeddings":
                 ctx.inputs = inputs
             if ctx.user is None and isinstance(body.get("user"), str):
@@ -77,7 +82,7 @@ class Proxy:
                 return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
-                await self._send_stream(ctx, response, send, receive)
+                await self._send_stream(ctx, response, send, receive, dialect)
             else:
                 finalize_cost(ctx, self.gw.prices)
                 ctx.status = response.status
@@ -85,8 +90,11 @@ class Proxy:
                     ctx.response_text = text_of(response.payload)
                 h = self._margin_headers(ctx, with_cost=True)
                 h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
+                payload, raw = response.payload, response.raw
+                if dialect is not None:
+                    payload, raw = dialect.answer(response, ctx), None
                 sent = True
-                await send_json(send, response.status, response.payload, h, response.raw)
+                await send_json(send, response.status, payload, h, raw)
         except MarginError as exc:
             ctx.fail(exc.status_code, exc.error_type, exc.message)
             if not sent:
@@ -94,7 +102,8 @@ class Proxy:
                 finalize_cost(ctx, self.gw.prices)
                 h = self._margin_headers(ctx, with_cost=True)
                 h.extend((k.encode(), v.encode()) for k, v in exc.headers().items())
-                await send_json(send, exc.status_code, error_body(exc), h)
+                await send_json(send, exc.status_code,
+                                error_body(exc) if dialect is None else dialect.error_body(exc), h)
         except Exception as exc:  # never a stack trace to the client
             log.exception("unexpected error in request %s", ctx.request_id)
             ctx.fail(500, "server_error", f"{type(exc).__name__}: {exc}")
@@ -102,6 +111,8 @@ class Proxy:
                 sent = True
                 body_err = {"error": {"message": f"internal error (request {ctx.request_id})",
                                       "type": "server_error", "code": None, "param": None}}
+                if dialect is not None:
+                    body_err = dialect.error_body(MarginError(body_err["error"]["message"]))
                 await send_json(send, 500, body_err,
                                       [(b"x-margin-request-id", ctx.request_id.encode())])
         finally:
@@ -152,7 +163,7 @@ class Proxy:
         return response
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
-                           receive: Receive) -> None:
+                           receive: Receive, dialect: Dialect | None = None) -> None:
         assert response.stream is not None
         stream = response.stream
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
@@ -167,6 +178,7 @@ class Proxy:
                     return
 
         watcher = asyncio.create_task(watch())
+        encode = dialect.encoder(ctx) if dialect is not None else None
         texts: list[str] = []
         try:
             await send({"type": "http.response.start", "status": 200, "headers": h})
@@ -180,21 +192,27 @@ class Proxy:
                             piece = (ch.get("delta") or {}).get("content") or ch.get("text")
                             if piece:
                                 texts.append(piece)
-                    await send({"type": "http.response.body", "body": sse(chunk),
-                                "more_body": True})
+                    data = sse(chunk) if encode is None else encode.chunk(chunk)
+                    if data:
+                        await send({"type": "http.response.body", "body": data,
+                                    "more_body": True})
             except MarginError as exc:
                 ctx.fail(exc.status_code, exc.error_type, exc.message)
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": sse_error(exc.message, exc.error_type, exc.code)})
+                            "body": (sse_error if encode is None else encode.error)(
+                                exc.message, exc.error_type, exc.code)})
             except Exception as exc:
                 log.exception("stream failed in request %s", ctx.request_id)
                 ctx.fail(502, "upstream_error", f"{type(exc).__name__}: {exc}")
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": sse_error("the stream failed", "server_error", None)})
+                            "body": (sse_error if encode is None else encode.error)(
+                                "the stream failed", "server_error", None)})
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
             if not disconnected.is_set():
-                await send({"type": "http.response.body", "body": DONE, "more_body": False})
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": DONE if encode is None
+                            else encode.end() if ctx.status == 200 else b""})
         except OSError:
             ctx.fail(499, "client_closed", "client went away")
         finally:

@@ -18,8 +18,7 @@ def finalize_cost(ctx: RequestContext, prices: PriceBook) -> None:
     if len(ctx.attempts) <= 1:
         model = ctx.served_model or ctx.requested_model or ""
         p = prices.price(model)
-        u = ctx.usage
-        total = p.cost_usd(u.prompt_tokens, u.completion_tokens, u.cached_tokens, ctx.compute_s)
+        total = p.cost_of(ctx.usage, ctx.compute_s)
     else:
         for a in ctx.attempts:
             p = prices.price(a.model)

@@ -89,6 +89,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("response", str),
     # what admission reserved on the request's budgets: a cost above it is an overrun
     _c("reserved_usd", float, since=3),
+    # prompt tokens written to the provider's prompt cache (Anthropic's
+    # cache_creation_input_tokens, Bedrock's cacheWriteInputTokens), billed above input price
+    _c("cache_write_tokens", int, 0, since=4),
+    _c("reasoning_tokens", int, 0, since=4),     # completion tokens spent thinking (a part)
+    _c("dialect", str, "openai", since=4),       # openai | messages | responses
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -72,6 +72,12 @@ class ModelConfig(_Strict):
     """USD per million completion tokens; unset: from the pricing catalogue."""
     cached_input_cost_per_mtok: float | None = Field(None, ge=0)
     """USD per million prompt tokens read from the provider's prompt cache."""
+    cache_write_input_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million prompt tokens written to the provider's prompt cache (Anthropic,
+    Bedrock); unset: the catalogue's, else the input price."""
+    reasoning_output_cost_per_mtok: float | None = Field(None, ge=0)
+    """USD per million reasoning (thinking) tokens; unset: the catalogue's, else the output
+    price."""
     gpu_hour_usd: float | None = Field(None, ge=0)
     """Self-hosted: cost = busy time x this hourly price."""
     cpu_hour_usd: float | None = Field(None, ge=0)
@@ -178,6 +184,124 @@ class HTTPModelConfig(ModelConfig):
                                                  api_key_env=self.api_key_env,
                                                  upstream_model=self.upstream_model)]
         return self
+
+
+class AnthropicModelConfig(HTTPModelConfig):
+    """A model behind Anthropic's Messages API (or anything speaking it). Deployments,
+    retries and cool-down work as for ``openai`` models; prices not set here come from the
+    catalogue by ``upstream_model`` (``cache_read_input_token_cost`` and
+    ``cache_creation_input_token_cost`` price the prompt cache)."""
+
+    provider_name: ClassVar[str | None] = "anthropic"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: claude
+            provider: anthropic
+            api_key_env: ANTHROPIC_API_KEY
+            upstream_model: claude-sonnet-4-5
+    """
+
+    provider: str = "anthropic"
+    """Which upstream serves it: anthropic."""
+    api_base: str | None = "https://api.anthropic.com"
+    """The API's base URL (without ``/v1``)."""
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    """The environment variable that holds the key, sent as ``x-api-key``."""
+    anthropic_version: str = "2023-06-01"
+    """The ``anthropic-version`` header."""
+    default_max_tokens: int = Field(4096, ge=1)
+    """``max_tokens`` for chat requests that set none (Anthropic requires one)."""
+
+
+class AzureModelConfig(HTTPModelConfig):
+    """A deployment on Azure OpenAI. ``route: deployments`` calls
+    ``{api_base}/openai/deployments/{deployment}/chat/completions?api-version=…``;
+    ``route: v1`` calls the v1 API, ``{api_base}/openai/v1/chat/completions``, with the model
+    in the body. The key goes in the ``api-key`` header, or a Microsoft Entra token from
+    ``azure_ad_token_env`` as a bearer token. Prices come from the catalogue by
+    ``upstream_model`` (the OpenAI model the deployment runs)."""
+
+    provider_name: ClassVar[str | None] = "azure"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: gpt4o
+            provider: azure
+            api_base: https://my-resource.openai.azure.com
+            deployment: gpt-4o-prod
+            api_key_env: AZURE_OPENAI_API_KEY
+            upstream_model: gpt-4o
+    """
+
+    provider: str = "azure"
+    """Which upstream serves it: azure."""
+    api_base: str | None = None
+    """The resource's endpoint, ``https://<resource>.openai.azure.com``."""
+    api_key_env: str | None = "AZURE_OPENAI_API_KEY"
+    """The environment variable holding the key, sent as ``api-key``."""
+    azure_ad_token_env: str | None = None
+    """The environment variable holding an Entra ID token, sent as a bearer token instead."""
+    deployment: str | None = None
+    """The deployment name (default: ``upstream_model``, else ``name``)."""
+    api_version: str = "2024-10-21"
+    """The ``api-version`` query parameter of the deployments route."""
+    route: Literal["deployments", "v1"] = "deployments"
+    """deployments: the classic per-deployment URLs; v1: the v1 API (model in the body)."""
+
+
+class GeminiModelConfig(HTTPModelConfig):
+    """A model behind Google's Gemini API (``generateContent`` /
+    ``streamGenerateContent``), with an API key. Usage comes from ``usageMetadata``: cached
+    prompt tokens are priced at ``cache_read_input_token_cost``, thinking tokens as output
+    (``output_cost_per_reasoning_token`` where the catalogue has one)."""
+
+    provider_name: ClassVar[str | None] = "gemini"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: flash
+            provider: gemini
+            api_key_env: GEMINI_API_KEY
+            upstream_model: gemini-2.5-flash
+    """
+
+    provider: str = "gemini"
+    """Which upstream serves it: gemini."""
+    api_base: str | None = "https://generativelanguage.googleapis.com"
+    """The API's base URL (without the version)."""
+    api_key_env: str | None = "GEMINI_API_KEY"
+    """The environment variable holding the API key, sent as ``x-goog-api-key``."""
+    api_version: str = "v1beta"
+    """The API version in the path."""
+
+
+class BedrockModelConfig(HTTPModelConfig):
+    """A model on Amazon Bedrock, through the Converse / ConverseStream API. Requests are
+    SigV4-signed by botocore with the standard AWS credentials (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, profiles, roles); needs the ``aws``
+    extra (botocore). ``upstream_model`` is the model id or inference profile; prompt-cache
+    reads and writes are priced at the catalogue's cache rates."""
+
+    provider_name: ClassVar[str | None] = "bedrock"
+    yaml_example: ClassVar[str] = """
+        models:
+          - name: sonnet
+            provider: bedrock
+            region: us-east-1
+            upstream_model: anthropic.claude-3-5-sonnet-20241022-v2:0
+    """
+
+    provider: str = "bedrock"
+    """Which upstream serves it: bedrock."""
+    region: str = "us-east-1"
+    """The AWS region; the endpoint is ``https://bedrock-runtime.<region>.amazonaws.com``
+    unless ``api_base`` says otherwise."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regional_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("api_base") and not data.get("deployments"):
+            region = data.get("region") or "us-east-1"
+            data = {**data, "api_base": f"https://bedrock-runtime.{region}.amazonaws.com"}
+        return data
 
 
 class LlamaCppModelConfig(ModelConfig):

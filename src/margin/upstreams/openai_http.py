@@ -172,6 +172,8 @@ class OpenAIHTTPUpstream(Upstream):
     batchable_embeddings = True
     batchable_completions = True
     model: HTTPModelConfig
+    # A native API's deployment (its own auth headers) subclasses HTTPDeployment.
+    deployment_class: type[HTTPDeployment] = HTTPDeployment
 
     def __init__(self, model: HTTPModelConfig, resilience: ResilienceConfig | None = None,
                  clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
@@ -179,8 +181,8 @@ class OpenAIHTTPUpstream(Upstream):
         self.clock = clock
         self.rng = rng or random.Random()
         self.resilience = resilience or DEFAULT_RESILIENCE
-        self.deployments = [HTTPDeployment(model, d, DeploymentHealth(self.resilience.health,
-                                                                       clock))
+        self.deployments = [self.deployment_class(model, d,
+                                                  DeploymentHealth(self.resilience.health, clock))
                             for d in model.deployments]
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -349,12 +351,15 @@ class OpenAIHTTPUpstream(Upstream):
     def _record_usage(self, call: Call, usage: Any, payload: dict | None) -> None:
         if isinstance(usage, dict) and "prompt_tokens" in usage:
             details = usage.get("prompt_tokens_details") or {}
-            if not isinstance(details, dict):
-                raise MalformedAnswer("a malformed body: 'usage.prompt_tokens_details' is "
-                                      "not an object")
+            thinking = usage.get("completion_tokens_details") or {}
+            if not isinstance(details, dict) or not isinstance(thinking, dict):
+                raise MalformedAnswer("a malformed body: 'usage.prompt_tokens_details' or "
+                                      "'usage.completion_tokens_details' is not an object")
             call.result.set_usage(_count(usage, "prompt_tokens"),
                                   _count(usage, "completion_tokens"),
-                                  _count(details, "cached_tokens"))
+                                  _count(details, "cached_tokens"),
+                                  cache_write_tokens=_count(details, "cache_write_tokens"),
+                                  reasoning_tokens=_count(thinking, "reasoning_tokens"))
             return
         text = ""
         for choice in (payload or {}).get("choices") or []:

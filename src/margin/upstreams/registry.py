@@ -21,7 +21,9 @@ from importlib.metadata import entry_points
 
 from margin.errors import ConfigError
 from margin.upstreams.base import Upstream
-from margin.upstreams.config import (HTTPModelConfig, LlamaCppModelConfig,
+from margin.upstreams.config import (AnthropicModelConfig, AzureModelConfig, BedrockModelConfig,
+                                     GeminiModelConfig,
+                                     HTTPModelConfig, LlamaCppModelConfig,
                                      LocalEmbeddingsModelConfig, ModelConfig, ResilienceConfig)
 
 ENTRY_POINT_GROUP = "margin.upstreams"
@@ -46,6 +48,10 @@ class Provider:
 
 _BUILTIN: dict[str, Provider] = {p.name: p for p in (
     Provider("openai", HTTPModelConfig, "margin.upstreams.openai_http:OpenAIHTTPUpstream"),
+    Provider("anthropic", AnthropicModelConfig, "margin.upstreams.anthropic:AnthropicUpstream"),
+    Provider("azure", AzureModelConfig, "margin.upstreams.azure:AzureUpstream"),
+    Provider("gemini", GeminiModelConfig, "margin.upstreams.gemini:GeminiUpstream"),
+    Provider("bedrock", BedrockModelConfig, "margin.upstreams.bedrock:BedrockUpstream"),
     Provider("llamacpp", LlamaCppModelConfig, "margin.upstreams.llamacpp:LlamaCppUpstream"),
     Provider("sentence-transformers", LocalEmbeddingsModelConfig,
              "margin.upstreams.sentence_transformers:SentenceTransformersUpstream"),

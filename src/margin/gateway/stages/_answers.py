@@ -56,8 +56,7 @@ class AnswerStore:
 
     def meta(self, ctx: RequestContext) -> dict[str, Any]:
         u = ctx.usage
-        cost = self.prices.price(ctx.served_model or "").cost_usd(
-            u.prompt_tokens, u.completion_tokens, u.cached_tokens, ctx.compute_s)
+        cost = self.prices.price(ctx.served_model or "").cost_of(u, ctx.compute_s)
         return {"model": ctx.served_model, "provider": ctx.provider, "cost_usd": cost,
                 "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as copy_of
 from typing import Any
 
 import numpy as np
@@ -286,7 +286,7 @@ class RouterStage(Stage):
                           "reason": reason})
             u = ctx.usage
             best = (payload, tier, ctx.served_model or name,
-                    Usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.estimated))
+                    copy_of(u))
             if reason is None or top:
                 return payload, tier
         assert best is not None

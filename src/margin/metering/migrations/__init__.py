@@ -86,6 +86,9 @@ MIGRATIONS: dict[int, list[str]] = {
     # What the admission stage reserved on the request's budgets: a cost above it is an
     # overrun (``margin spend`` shows their sum).
     3: schema.added_in(3),
+    # Every kind of token a provider bills, and the API the client spoke (``dialect``:
+    # openai | messages | responses).
+    4: schema.added_in(4),
 }
 
 

@@ -1,0 +1,156 @@
+"""Amazon Bedrock's Converse API as an upstream (``provider: bedrock``).
+
+``POST {endpoint}/model/{modelId}/converse`` (and ``/converse-stream``), each request signed
+with SigV4 by botocore from the standard AWS credential chain (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, profiles, instance roles); the stream is
+AWS's binary event-stream framing, read with botocore's decoder. Nothing about signing or
+framing is written here. Deployments, retries, cool-down and timeouts are the
+OpenAI-compatible upstream's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.eventstream import EventStreamBuffer, ParserError
+from botocore.session import Session
+
+from margin.errors import ConfigError, UpstreamError, UpstreamTimeout
+from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
+from margin.types import Attempt, Call, Response
+from margin.upstreams.bedrock_wire import StreamEvents, chat_payload, chat_usage, converse_body
+from margin.upstreams.config import BedrockModelConfig, DeploymentConfig, HTTPModelConfig
+from margin.upstreams.openai_http import HTTPDeployment, OpenAIHTTPUpstream
+from margin.upstreams.resilience import DeploymentHealth
+
+_STREAM = "__margin_stream"  # _body -> _post: the streaming route (popped before sending)
+
+
+class BedrockDeployment(HTTPDeployment):
+    def __init__(self, model: HTTPModelConfig, dep: DeploymentConfig,
+                 health: DeploymentHealth | None = None) -> None:
+        super().__init__(model, dep, health)
+        assert isinstance(model, BedrockModelConfig)
+        self._headers.pop("authorization", None)  # SigV4 signs each request instead
+        self.region = model.region
+        self.credentials = Session().get_credentials()
+
+    def signed_headers(self, url: str, data: bytes) -> dict[str, str]:
+        if self.credentials is None:
+            raise ConfigError("bedrock: no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or a profile)")
+        request = AWSRequest(method="POST", url=url, data=data,
+                             headers={"content-type": "application/json"})
+        SigV4Auth(self.credentials.get_frozen_credentials(), "bedrock", self.region
+                  ).add_auth(request)
+        return dict(request.headers.items())
+
+
+class BedrockUpstream(OpenAIHTTPUpstream):
+    config_class = BedrockModelConfig
+    deployment_class = BedrockDeployment
+    batchable_embeddings = False
+    batchable_completions = False
+
+    def _body(self, call: Call, dep: HTTPDeployment) -> dict[str, Any]:
+        if call.endpoint != "chat":
+            raise UpstreamError(f"model {self.model.name!r} (bedrock) serves chat only")
+        return {**converse_body(call.body), _STREAM: call.stream}
+
+    async def _post(self, dep: HTTPDeployment, endpoint: str, body: dict[str, Any]
+                    ) -> aiohttp.ClientResponse:
+        assert isinstance(dep, BedrockDeployment)
+        route = "converse-stream" if body.pop(_STREAM, False) else "converse"
+        url = f"{dep.base}/model/{quote(dep.upstream_model, safe='')}/{route}"
+        data = orjson.dumps(body)
+        try:
+            # Sent exactly as signed: yarl would otherwise unquote the model id's ':'.
+            return await dep.session().post(URL(url, encoded=True), data=data,
+                                            headers=dep.signed_headers(url, data))
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream {dep.label} unreachable: {type(exc).__name__}") from None
+
+    async def _complete_once(self, call: Call, dep: HTTPDeployment) -> Response:
+        response = await super()._complete_once(call, dep)
+        if response.stream is not None or response.payload is None:
+            return response
+        return Response(200, payload=chat_payload(response.payload, dep.upstream_model,
+                                                  call.request_id))
+
+    def _record_usage(self, call: Call, usage: Any, payload: dict | None) -> None:
+        super()._record_usage(call, chat_usage(usage) if isinstance(usage, dict) else None,
+                              chat_payload(payload, "") if payload else None)
+
+    async def _stream(self, call: Call, dep: HTTPDeployment,
+                      resp: aiohttp.ClientResponse, t0: float) -> AsyncIterator[dict[str, Any]]:
+        client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+        reader = StreamEvents(dep.upstream_model)
+        frames = EventStreamBuffer()
+        status, error, sent = resp.status, None, 0
+        try:
+            async for data in resp.content.iter_any():
+                frames.add_data(data)
+                for message in frames:
+                    headers = message.headers
+                    ev = orjson.loads(message.payload) if message.payload else {}
+                    if headers.get(":message-type") != "event":
+                        status = 502
+                        kind = headers.get(":exception-type") or headers.get(":error-code")
+                        raise UpstreamError(f"upstream stream error: {kind}: "
+                                            f"{ev.get('message', ev)}")
+                    if call.result.ttft_ms is None:
+                        call.result.ttft_ms = call.elapsed_ms()
+                    chunk = reader.feed(str(headers.get(":event-type")), ev)
+                    if chunk is not None:
+                        sent += 1
+                        yield chunk
+            if reader.usage is not None and client_wants_usage:
+                yield {"id": "", "object": "chat.completion.chunk", "created": reader.created,
+                       "model": reader.model, "choices": [], "usage": chat_usage(reader.usage)}
+        except UpstreamError as exc:
+            error = exc.message
+            raise
+        except asyncio.TimeoutError:
+            status, error = 504, "stalled mid-stream"
+            raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
+        except aiohttp.ClientError as exc:
+            status, error = 502, f"stream broke: {type(exc).__name__}"
+            raise UpstreamError(f"upstream {dep.label} stream broke: "
+                                f"{type(exc).__name__}") from None
+        except (orjson.JSONDecodeError, ParserError) as exc:  # a frame botocore refuses
+            status, error = 502, f"unreadable stream frame: {type(exc).__name__}"
+            raise UpstreamError(f"upstream {dep.label} sent an unreadable stream frame") from None
+        finally:
+            dep.in_flight -= 1
+            resp.release()
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            call.result.upstream_ms += elapsed_ms
+            if error is None:
+                dep.observe(elapsed_ms)
+            elif sent:
+                dep.health.failure()
+            if reader.usage is not None:
+                u = chat_usage(reader.usage)
+                details = u["prompt_tokens_details"]
+                call.result.set_usage(u["prompt_tokens"], u["completion_tokens"],
+                                      details["cached_tokens"],
+                                      cache_write_tokens=details["cache_write_tokens"])
+            elif error is None or sent:
+                # Cut short before the metadata event: what was generated, estimated.
+                call.result.set_usage(estimate_prompt_tokens(call.body),
+                                      estimate_tokens("".join(reader.texts)), estimated=True)
+            billed = error is None or sent > 0
+            call.result.attempts.append(Attempt(
+                self.model.name, dep.label, status, elapsed_ms, error=error,
+                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
+                completion_tokens=call.result.usage.completion_tokens if billed else 0))
