@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator
 
 import aiohttp
 import orjson
@@ -26,7 +26,7 @@ from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
 from margin.types import Attempt, Call, Response
 from margin.upstreams.anthropic_wire import EventsToChunks, chat_payload, chat_usage, messages_body
 from margin.upstreams.config import AnthropicModelConfig, DeploymentConfig, HTTPModelConfig
-from margin.upstreams.openai_http import HTTPDeployment, OpenAIHTTPUpstream
+from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
 from margin.upstreams.resilience import DeploymentHealth
 
 NATIVE = "messages"  # the client dialect this provider speaks natively
@@ -55,6 +55,12 @@ class AnthropicUpstream(OpenAIHTTPUpstream):
     batchable_completions = False
     model: AnthropicModelConfig
 
+
+    def _check_payload(self, payload: Any) -> None:
+        # a native answer: not chat-shaped until translated; an object is all it must be
+        if not isinstance(payload, dict):
+            raise MalformedAnswer(f"a malformed body: a JSON {type(payload).__name__}, "
+                                  "not an object")
     def _body(self, call: Call, dep: HTTPDeployment) -> dict[str, Any]:
         native = _native(call)
         if native is not None:

@@ -28,7 +28,7 @@ from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
 from margin.types import Attempt, Call, Response
 from margin.upstreams.bedrock_wire import StreamEvents, chat_payload, chat_usage, converse_body
 from margin.upstreams.config import BedrockModelConfig, DeploymentConfig, HTTPModelConfig
-from margin.upstreams.openai_http import HTTPDeployment, OpenAIHTTPUpstream
+from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
 from margin.upstreams.resilience import DeploymentHealth
 
 _STREAM = "__margin_stream"  # _body -> _post: the streaming route (popped before sending)
@@ -60,6 +60,12 @@ class BedrockUpstream(OpenAIHTTPUpstream):
     batchable_embeddings = False
     batchable_completions = False
 
+
+    def _check_payload(self, payload: Any) -> None:
+        # a native answer: not chat-shaped until translated; an object is all it must be
+        if not isinstance(payload, dict):
+            raise MalformedAnswer(f"a malformed body: a JSON {type(payload).__name__}, "
+                                  "not an object")
     def _body(self, call: Call, dep: HTTPDeployment) -> dict[str, Any]:
         if call.endpoint != "chat":
             raise UpstreamError(f"model {self.model.name!r} (bedrock) serves chat only")

@@ -17,7 +17,7 @@ from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
 from margin.types import Attempt, Call, Response
 from margin.upstreams.config import DeploymentConfig, GeminiModelConfig, HTTPModelConfig
 from margin.upstreams.gemini_wire import candidate_message, chat_payload, chat_usage, gemini_body
-from margin.upstreams.openai_http import HTTPDeployment, OpenAIHTTPUpstream
+from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
 from margin.upstreams.resilience import DeploymentHealth
 
 # _body -> _post: whether this body goes to the streaming method (popped before sending)
@@ -41,6 +41,12 @@ class GeminiUpstream(OpenAIHTTPUpstream):
     batchable_embeddings = False
     batchable_completions = False
 
+
+    def _check_payload(self, payload: Any) -> None:
+        # a native answer: not chat-shaped until translated; an object is all it must be
+        if not isinstance(payload, dict):
+            raise MalformedAnswer(f"a malformed body: a JSON {type(payload).__name__}, "
+                                  "not an object")
     def _body(self, call: Call, dep: HTTPDeployment) -> dict[str, Any]:
         if call.endpoint != "chat":
             raise UpstreamError(f"model {self.model.name!r} (gemini) serves chat only")

@@ -324,7 +324,7 @@ class OpenAIHTTPUpstream(Upstream):
                 raise _error_from(resp.status, raw, resp.headers.get("retry-after"))
             try:
                 payload = orjson.loads(raw)
-                _check_answer(payload)
+                self._check_payload(payload)
                 dep.observe(elapsed_ms)
                 self._record_usage(call, payload.get("usage"), payload)
             except (orjson.JSONDecodeError, MalformedAnswer) as err:
@@ -340,6 +340,11 @@ class OpenAIHTTPUpstream(Upstream):
         # Wait for the first chunk here, so that a stream failing before its first byte is
         # retried like any other failed call.
         return await started_stream(self._stream(call, dep, resp, t0))
+
+    def _check_payload(self, payload: Any) -> None:
+        """What the gateway reads of the answer has the right shape (a native provider's
+        subclass checks its own wire format)."""
+        _check_answer(payload)
 
     def _failed(self, call: Call, dep: HTTPDeployment, t0: float,
                 exc: MarginError) -> None:
