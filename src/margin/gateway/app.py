@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import validate
+from margin.gateway import health, validate
 from margin.gateway.admin import Admin
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, request_headers,
                                  send_json)
@@ -90,6 +90,10 @@ class GatewayApp:
                     "ledger_db_up": self.gw.ledger.db_healthy,
                     "ledger_queue_rows": self.gw.ledger.pending,
                     "models": list(self.gw.models)})
+            elif method == "GET" and path in ("/healthz/live", "/healthz/ready"):
+                status, body = (health.live(self.gw) if path == "/healthz/live"
+                                else await health.ready(self.gw))
+                await send_json(send, status, body)
             elif method == "GET" and path == "/metrics":
                 body = self.gw.metrics.render()
                 await send({"type": "http.response.start", "status": 200, "headers": [
