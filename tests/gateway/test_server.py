@@ -146,3 +146,61 @@ def test_workers_without_redis_are_refused_naming_the_choices(tmp_path):
     assert r.returncode == 2
     assert "redis_url" in r.stderr and "--workers 1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _worker_pids(journal_dir) -> set[int]:
+    return {int(p.name.split("-")[0]) for p in journal_dir.glob("*.jsonl")}
+
+
+def _metric_sum(url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_workers_share_one_port_one_rate_limit_one_metrics_and_one_ledger(
+        upstream, tmp_path, redis_url):
+    import os
+    import uuid
+
+    db = tmp_path / "ledger.db"
+    config = {"models": [fake_model("small", upstream.url)], "ledger": {"url": str(db)},
+              "redis_url": redis_url, "server": {"workers": 2, "drain_delay_s": 0.2},
+              "limits": {"redis_prefix": f"t-{uuid.uuid4().hex[:8]}:",
+                         "models": {"small": {"rpm": 150}}}}
+    gw = GatewayProcess(tmp_path, config).start()
+    journal = tmp_path / "ledger.db.journal"
+    _wait_for(lambda: len(_worker_pids(journal)) == 2, 60, "two workers")
+    first = min(_worker_pids(journal))
+
+    load = Load(gw.url, clients=8, requests_per_client=15, stream_every=4).start()
+    _wait_for(lambda: len(load.answered()) >= 30, what="30 answers")
+    os.kill(first, signal.SIGKILL)  # one worker dies mid-load; the parent starts another
+    load.join()
+    _wait_for(lambda: len(_worker_pids(journal) - {first}) == 2, 60, "a replacement worker")
+    more = Load(gw.url, clients=4, requests_per_client=15).start().join()
+
+    outcomes = load.outcomes + more.outcomes
+    served = [o for o in outcomes if o.status == 200 and o.error is None]
+    limited = [o for o in outcomes if o.status == 429]
+    cut = [o for o in outcomes if o.status is None or o.error]
+    assert len(cut) <= 8  # at most what the killed worker had in flight
+    assert len(served) + len(limited) + len(cut) == len(outcomes)
+    # One limit for both workers: 150 a minute in all, not 150 each (requests the kill
+    # cut may have been admitted too).
+    assert 150 - len(cut) <= len(served) <= 150 and limited
+    # One /metrics for the whole server: every worker's answers counted (the killed
+    # worker's samples stay in its files, so the sum covers everything answered).
+    assert _metric_sum(gw.url, "margin_requests_total") >= len(served) + len(limited)
+
+    assert gw.proc.send_signal(signal.SIGTERM) is None and gw.proc.wait(60) == 0
+    gw.proc = None
+    ids = _ledger_ids(str(db))
+    assert len(ids) == len(set(ids)), "duplicated ledger rows"
+    answered = {o.request_id for o in outcomes if o.status is not None and o.error is None}
+    assert answered <= set(ids), f"{len(answered - set(ids))} rows lost"
+    assert len(ids) - len(answered) <= len(cut)
+    # The killed worker's segment was replayed by its replacement; the rest retired.
+    assert list(journal.glob("*.jsonl")) == []

@@ -111,17 +111,15 @@ def _uvicorn_config(app: Any, settings: Settings, workers: int, factory: bool = 
 
 def serve(settings: Settings, config_path: str | None, overrides: dict[str, Any]) -> bool:
     """Serve until drained; False when the server could not start."""
-    global _running
     workers = resolve_workers(settings)
     s = settings.server
     if workers == 1:
         gateway = Gateway(settings)
         server = DrainingServer(_uvicorn_config(create_app(gateway), settings, 1), gateway,
                                 s.drain_delay_s)
-        _running = server
         server.run()
         return server.started
-    from uvicorn.supervisors import Multiprocess
+    from margin.gateway.workers import Workers
 
     os.environ[WORKER_ARGS_ENV] = orjson.dumps({"config": config_path,
                                                 "overrides": overrides}).decode()
@@ -131,11 +129,8 @@ def serve(settings: Settings, config_path: str | None, overrides: dict[str, Any]
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="margin-metrics-")
     config = _uvicorn_config("margin.gateway.server:worker_app", settings, workers,
                              factory=True)
-    server = DrainingServer(config, None, s.drain_delay_s)
-    sock = config.bind_socket()
     log.info("%d workers on %s:%d", workers, s.host, s.port)
-    Multiprocess(config, target=server.run, sockets=[sock]).run()
-    return True
+    return Workers(config, DrainingServer(config, None, s.drain_delay_s), workers).run()
 
 
 def worker_app() -> Any:
