@@ -180,7 +180,7 @@ def test_workers_share_one_port_one_rate_limit_one_metrics_and_one_ledger(
     os.kill(first, signal.SIGKILL)  # one worker dies mid-load; the parent starts another
     load.join()
     _wait_for(lambda: len(_worker_pids(journal) - {first}) == 2, 60, "a replacement worker")
-    more = Load(gw.url, clients=4, requests_per_client=15).start().join()
+    more = Load(gw.url, clients=4, requests_per_client=45).start().join()
 
     outcomes = load.outcomes + more.outcomes
     served = [o for o in outcomes if o.status == 200 and o.error is None]
