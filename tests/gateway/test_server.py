@@ -204,3 +204,17 @@ def test_workers_share_one_port_one_rate_limit_one_metrics_and_one_ledger(
     assert len(ids) - len(answered) <= len(cut)
     # The killed worker's segment was replayed by its replacement; the rest retired.
     assert list(journal.glob("*.jsonl")) == []
+
+
+def test_auto_workers_follow_the_cgroup_cpu_quota(tmp_path):
+    import os
+
+    from margin.gateway.server import cores_available
+
+    cpu_max = tmp_path / "cpu.max"
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two workers, not the node's cores
+    assert cores_available(str(cpu_max)) == min(2, affinity)
+    cpu_max.write_text("max 100000\n")
+    assert cores_available(str(cpu_max)) == affinity
+    assert cores_available(str(tmp_path / "absent")) == affinity

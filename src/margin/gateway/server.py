@@ -11,6 +11,7 @@ A second SIGTERM, or SIGINT, skips the delay; SIGINT during a drain stops at onc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -78,11 +79,20 @@ WORKER_ARGS_ENV = "MARGIN_WORKER_ARGS"
 _running: DrainingServer | None = None
 
 
-def cores_available() -> int:
+def cores_available(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its CPU affinity, and in a container its cgroup's
+    CPU quota (a pod limited to 2 CPUs on a 64-core node gets 2, not 64)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open(cgroup_cpu_max).read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read
+    return n
 
 
 def resolve_workers(settings: Settings) -> int:
