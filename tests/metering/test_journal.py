@@ -184,3 +184,21 @@ def test_seal_takes_only_segments_with_rows(tmp_path):
     assert j.seal() is False
     j.close()
     assert list((tmp_path / "j").iterdir()) == []
+
+
+def test_a_restarted_process_with_the_same_pid_does_not_overwrite_its_predecessor(tmp_path):
+    # Containers restart a killed gateway as the same pid: its new segment must not take
+    # the name of the segment it is about to replay.
+    url = str(tmp_path / "l.db")
+    journal = Path(url + ".journal")
+    journal.mkdir()
+    rows = [_row(i) for i in range(4)]
+    pid = os.getpid()
+    (journal / f"{pid}-1.jsonl").write_bytes(  # the name it once would have reused
+        b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    (journal / f"{pid}-deadbeef-2.jsonl.new").write_bytes(b"")
+    w = LedgerWriter(LedgerConfig(url=url))
+    w.start()
+    w.close()
+    assert sorted(_ids(url)) == sorted(r["id"] for r in rows)
+    assert list(journal.iterdir()) == []

@@ -3,7 +3,7 @@ response completes, so a row survives a SIGKILL of the process while it waits in
 for the database writer's next batch.
 
 Layout: a directory of segments, one open segment per process, named
-``<pid>-<n>.jsonl`` (JSON lines). Each row is one ``write()`` to a file opened with
+``<pid>-<token>-<n>.jsonl`` (JSON lines). Each row is one ``write()`` to a file opened with
 ``O_APPEND``; once the call returns the bytes are in the kernel's page cache and outlive
 the process whatever kills it. Whether they outlive the machine is the fsync policy:
 
@@ -78,6 +78,9 @@ class Journal:
         self.fsync = fsync
         self._lock = threading.Lock()
         self._n = 0
+        # In containers a restarted process often gets its predecessor's pid: the token
+        # keeps its new segments from taking the names of the ones it must replay.
+        self._token = os.urandom(4).hex()
         self._current: _Segment | None = None
         self._sealed: list[_Segment] = []
 
@@ -98,7 +101,7 @@ class Journal:
 
     def _new_segment(self) -> _Segment:
         self._n += 1
-        return _Segment(self.directory, f"{os.getpid()}-{self._n}.jsonl")
+        return _Segment(self.directory, f"{os.getpid()}-{self._token}-{self._n}.jsonl")
 
     # -- hot path ------------------------------------------------------------------------
     def append(self, row: dict[str, Any], then: Callable[[dict[str, Any]], None]) -> None:
@@ -151,6 +154,8 @@ class Journal:
         if not self.directory.is_dir():
             return
         own = {s.path for s in [*self._sealed, *([self._current] if self._current else [])]}
+        for path in self.directory.glob("*.jsonl.new"):
+            _remove_if_unlocked(path)  # a process died between creating and naming one
         for path in sorted(self.directory.glob("*.jsonl")):
             if path in own:
                 continue
@@ -173,6 +178,20 @@ class Journal:
     @staticmethod
     def forget(path: Path) -> None:
         path.unlink(missing_ok=True)
+
+
+def _remove_if_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass  # being named by a live process right now
+    finally:
+        os.close(fd)
 
 
 def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
