@@ -104,6 +104,7 @@ def test_three_replicas_behind_haproxy_roll_and_crash_without_losing_a_row(
         haproxy_bin, fake_upstream_factory, tmp_path, redis_url, pg_url):
     upstream = fake_upstream_factory(delay_ms=20)
     budget_usd = 0.0003
+    run = uuid.uuid4().hex[:8]
     config = {
         "models": [fake_model("small", upstream.url)],
         "ledger": {"url": pg_url, "flush_interval_ms": 200},
@@ -168,8 +169,10 @@ def test_three_replicas_behind_haproxy_roll_and_crash_without_losing_a_row(
         assert statuses.count(200) == 30 and statuses.count(429) == 60, statuses
         thrifty = Load(lb.url, clients=3, requests_per_client=20,
                        headers={"x-margin-user": "thrifty"},
+                       # Unique per run: the exact cache's Redis tier outlives a test.
                        body=lambda c, i: {"model": "small", "max_tokens": 12, "messages": [
-                           {"role": "user", "content": f"budget {c} {i}"}]}).start().join()
+                           {"role": "user", "content": f"budget {run} {c} {i}"}]}
+                       ).start().join()
         t_statuses = [o.status for o in thrifty.outcomes]
         assert 429 in t_statuses and t_statuses.count(200) >= 1
 

@@ -77,11 +77,13 @@ def test_sigterm_finishes_requests_and_streams_in_flight(upstream, tmp_path):
 
     # Five streams of 12 chunks 150 ms apart (about 2 s each), five slow plain requests.
     slow = [Load(gw.url, clients=1, requests_per_client=1, stream_every=1,
-                 body=lambda c, i: {"model": "small", "messages": [
-                     {"role": "user", "content": "!chunk_ms=150 tell me"}]}) for _ in range(5)]
+                 body=lambda c, i, n=n: {"model": "small", "messages": [
+                     {"role": "user", "content": f"!chunk_ms=150 tell me {n}"}]})
+             for n in range(5)]
     slow += [Load(gw.url, clients=1, requests_per_client=1,
-                  body=lambda c, i: {"model": "small", "messages": [
-                      {"role": "user", "content": "!sleep=1500 hi"}]}) for _ in range(5)]
+                  body=lambda c, i, n=n: {"model": "small", "messages": [
+                      {"role": "user", "content": f"!sleep=1500 hi {n}"}]})
+              for n in range(5)]
     for load in slow:
         load.start()
     _wait_for(lambda: b"margin_requests_in_flight 10.0" in httpx.get(gw.url + "/metrics").content,
@@ -103,6 +105,7 @@ def test_sigterm_finishes_requests_and_streams_in_flight(upstream, tmp_path):
     assert len(outcomes) == 10
     assert all(o.status == 200 and o.error is None for o in outcomes), outcomes
     assert sum(o.stream_done for o in outcomes) == 5
+    assert upstream.app.calls["/chat/completions"] == 11  # none of them a cache hit
     ids = set(_ledger_ids(db))
     assert {o.request_id for o in outcomes} | {late.headers["x-margin-request-id"]} <= ids
     with pytest.raises(httpx.ConnectError):
