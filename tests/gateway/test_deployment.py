@@ -32,6 +32,8 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # A loaded CI machine can take longer than the check interval to answer one.
+    timeout check 2s
     retries 3
     option redispatch
     # A new connection per request to the replicas: a replica that closes its idle
@@ -44,7 +46,7 @@ backend replicas
     balance roundrobin
     option httpchk GET /healthz/ready
     http-check expect status 200
-    default-server inter 200ms fall 1 rise 2
+    default-server inter 200ms fall 2 rise 2
 {servers}
 """
 
@@ -109,7 +111,8 @@ def test_three_replicas_behind_haproxy_roll_and_crash_without_losing_a_row(
         "models": [fake_model("small", upstream.url)],
         "ledger": {"url": pg_url, "flush_interval_ms": 200},
         "redis_url": redis_url,
-        "server": {"drain_delay_s": 1.0, "drain_grace_s": 20},
+        # The delay outlasts haproxy noticing (2 failed checks 200 ms apart, each up to 2 s).
+        "server": {"drain_delay_s": 3.0, "drain_grace_s": 20},
         "limits": {"redis_prefix": f"t-{uuid.uuid4().hex[:8]}:",
                    "users": {"limited": {"rpm": 30}},
                    "budgets": [{"scope": "user", "name": "thrifty", "usd": budget_usd,
@@ -124,7 +127,7 @@ def test_three_replicas_behind_haproxy_roll_and_crash_without_losing_a_row(
     lb = Haproxy(tmp_path, [r.port for r in replicas])
     try:
         _wait_for(lambda: _ready(lb.url), what="haproxy to see a ready replica")
-        time.sleep(0.6)  # rise 2 at 200 ms: every replica in rotation
+        time.sleep(1.0)  # rise 2 at 200 ms: every replica in rotation
 
         load = Load(lb.url, clients=8, requests_per_client=10_000, stream_every=6,
                     stop_on_error=False, pause_s=0.005).start()
