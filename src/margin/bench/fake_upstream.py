@@ -4,7 +4,8 @@ provider, never for our own parts).
 It answers chat/completions (streaming too), embeddings and models after ``--delay-ms``.
 The last user message steers it, so tests can ask for failures over real HTTP:
 ``!status=503`` answers with that status, ``!sleep=1500`` waits that many ms first,
-``!text=...`` answers exactly that text, ``!nousage`` leaves out usage. ``GET /_stats``
+``!text=...`` answers exactly that text, ``!nousage`` leaves out usage, ``!chunk_ms=200``
+waits that long before each streamed chunk (a stream that stays in progress). ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 """
 
@@ -149,7 +150,10 @@ class FakeUpstream:
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
         pieces = answer.split(" ")
+        chunk_s = float(directive.get("chunk_ms") or 0) / 1000
         for i, word in enumerate(pieces):
+            if chunk_s:
+                await asyncio.sleep(chunk_s)
             piece = word if i == 0 else " " + word
             choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None}
                       if chat else {"index": 0, "text": piece, "finish_reason": None})

@@ -17,7 +17,7 @@ import orjson
 
 from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import openapi, validate
+from margin.gateway import health, openapi, validate
 from margin.gateway.admin import Admin
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
@@ -105,6 +105,8 @@ class GatewayApp:
             return self._get_models
         if path == "/healthz":
             return self._healthz
+        if path in ("/healthz/live", "/healthz/ready"):
+            return self._probe
         if path == "/metrics":
             return self._metrics
         if path == "/openapi.json":
@@ -132,6 +134,11 @@ class GatewayApp:
             "ledger_db_up": self.gw.ledger.db_healthy,
             "ledger_queue_rows": self.gw.ledger.pending,
             "models": list(self.gw.models)})
+
+    async def _probe(self, scope: Scope, send: Send, path: str) -> None:
+        status, body = (health.live(self.gw) if path == "/healthz/live"
+                        else await health.ready(self.gw))
+        await send_json(send, status, body)
 
     async def _openapi(self, scope: Scope, send: Send, path: str) -> None:
         if self._openapi_raw is None:

@@ -54,6 +54,16 @@ class Proxy:
                              headers=headers, client=client_address(scope))
         self.gw.metrics.in_flight.inc()
         sent = False
+        recorded = False
+
+        def record() -> None:
+            # The row is journaled before the answer's last bytes leave, so no client can
+            # hold an answer whose row a kill -9 could still take away.
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._finish(ctx)
+
         try:
             t0 = time.perf_counter_ns()
             # Checked before they are kept: a refused value never reaches the ledger.
@@ -77,7 +87,7 @@ class Proxy:
                 return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
-                await self._send_stream(ctx, response, send, receive)
+                await self._send_stream(ctx, response, send, receive, record)
             else:
                 finalize_cost(ctx, self.gw.prices)
                 ctx.status = response.status
@@ -86,6 +96,7 @@ class Proxy:
                 h = self._margin_headers(ctx, with_cost=True)
                 h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
                 sent = True
+                record()
                 await send_json(send, response.status, response.payload, h, response.raw)
         except MarginError as exc:
             ctx.fail(exc.status_code, exc.error_type, exc.message)
@@ -94,6 +105,7 @@ class Proxy:
                 finalize_cost(ctx, self.gw.prices)
                 h = self._margin_headers(ctx, with_cost=True)
                 h.extend((k.encode(), v.encode()) for k, v in exc.headers().items())
+                record()
                 await send_json(send, exc.status_code, error_body(exc), h)
         except Exception as exc:  # never a stack trace to the client
             log.exception("unexpected error in request %s", ctx.request_id)
@@ -102,11 +114,12 @@ class Proxy:
                 sent = True
                 body_err = {"error": {"message": f"internal error (request {ctx.request_id})",
                                       "type": "server_error", "code": None, "param": None}}
+                record()
                 await send_json(send, 500, body_err,
                                       [(b"x-margin-request-id", ctx.request_id.encode())])
         finally:
             self.gw.metrics.in_flight.dec()
-            self._finish(ctx)
+            record()
 
     async def _answer_unless_abandoned(self, ctx: RequestContext,
                                        receive: Receive) -> Response | None:
@@ -152,7 +165,7 @@ class Proxy:
         return response
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
-                           receive: Receive) -> None:
+                           receive: Receive, record: Callable[[], None]) -> None:
         assert response.stream is not None
         stream = response.stream
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
@@ -193,6 +206,10 @@ class Proxy:
                             "body": sse_error("the stream failed", "server_error", None)})
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+            if texts:
+                ctx.response_text = "".join(texts)
+            finalize_cost(ctx, self.gw.prices)
+            record()
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
         except OSError:

@@ -94,6 +94,8 @@ class Gateway:
         self.stages = build_stages(settings, self.services)
         self.handler = pipeline.build(self.stages, self.dispatch)
         self.started = False
+        # Set on SIGTERM (gateway/server.py): readiness answers 503 from then on.
+        self.draining = False
 
     @property
     def auth_enabled(self) -> bool:
@@ -135,6 +137,7 @@ class Gateway:
                              return_exceptions=True)
         await self.redis.aclose()
         await asyncio.to_thread(self.ledger.close)
+        self.metrics.close()
 
     async def dispatch(self, ctx: RequestContext) -> Response:
         """The pipeline's last step: call the upstream of ``ctx.model``."""

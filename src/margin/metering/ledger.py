@@ -22,6 +22,7 @@ import orjson
 from margin.config import LedgerConfig
 from margin.metering import schema
 from margin.metering.db import Database, connect, is_postgres
+from margin.metering.journal import Journal, journal_dir
 from margin.metering.migrations import migrate
 
 log = logging.getLogger("margin.ledger")
@@ -78,10 +79,14 @@ class LedgerWriter:
         self._spool_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
         self.db_healthy = False
+        self.journal = Journal(journal_dir(cfg), cfg.journal_fsync) if cfg.journal else None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         self._ensure_db()
+        if self.journal is not None:
+            self.journal.open()
+            self._replay_journal()
         self._thread.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -94,14 +99,21 @@ class LedgerWriter:
         rest = self._drain(len(self._queue))
         if rest:
             self._spool(rest)
+        if self.journal is not None:
+            self.journal.seal()
+            self.journal.retire()
+            self.journal.close()
         if self._db is not None:
             self._db.close()
             self._db = None
 
     # -- hot path ----------------------------------------------------------------
     def submit(self, row: dict[str, Any]) -> None:
-        """Queue one row; O(1), never blocks on I/O."""
-        self._queue.append(row)
+        """Queue one row (and journal it first: one buffered write, no fsync by default)."""
+        if self.journal is not None:
+            self.journal.append(row, self._queue.append)
+        else:
+            self._queue.append(row)
         if len(self._queue) >= self.cfg.batch_size:
             self._wake.set()
 
@@ -126,6 +138,32 @@ class LedgerWriter:
         return out
 
     def _flush_all(self) -> None:
+        sealed = self.journal is not None and self.journal.seal()
+        self._flush_queue()
+        if sealed:
+            assert self.journal is not None
+            self.journal.retire()  # every row queued before the seal is in the db or spool
+
+    def _replay_journal(self) -> None:
+        """Rows that a dead process journaled but may not have written: into the database
+        (idempotent on the id), else the spool, then the segment is deleted."""
+        assert self.journal is not None
+        for path, rows, bad in self.journal.orphans():
+            if bad:
+                with self._spool_lock, open(str(self.spool_path) + ".bad", "ab") as f:
+                    f.write(b"".join(line + b"\n" for line in bad))
+                log.error("%d unreadable lines in ledger journal %s; moved to %s.bad",
+                          len(bad), path, self.spool_path)
+            for start in range(0, len(rows), self.cfg.batch_size):
+                batch = rows[start:start + self.cfg.batch_size]
+                if self._spool_has_rows() or not self._write(batch):
+                    self._spool(batch)
+            self.journal.forget(path)
+            self.counters.replayed += len(rows)
+            if rows:
+                log.info("replayed %d ledger rows from journal %s", len(rows), path.name)
+
+    def _flush_queue(self) -> None:
         while self._queue:
             batch = self._drain(self.cfg.batch_size)
             if not batch:
