@@ -92,8 +92,15 @@ class LedgerConfig(_Strict):
     """How often the spool is retried while the database is down."""
     log_content: bool = False
     """Store prompts and answers in the ledger (off: only a hash of the prompt)."""
-    max_queue_rows: int = Field(1_000_000, ge=1)
-    """Rows waiting in memory for the writer, at most."""
+    max_queue_rows: int = Field(50_000, ge=1)
+    """Rows waiting in memory for the writer, at most; past it the oldest go straight to
+    the spool (a database that is slow to answer costs disk, not memory)."""
+    write_timeout_s: float = Field(5.0, gt=0)
+    """Longest one database call may take (PostgreSQL ``statement_timeout``, SQLite's busy
+    timeout, and a watchdog that breaks a connection whose server stops answering); past
+    it the batch goes to the spool at once."""
+    connect_timeout_s: float = Field(3.0, gt=0)
+    """Longest opening a database connection may take before the writer spools instead."""
     journal: bool = True
     """Append each row to a local journal as the response completes, so rows waiting for
     the next batch survive a kill -9 (replayed at the next start). Off: a killed process

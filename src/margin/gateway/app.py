@@ -132,7 +132,9 @@ class GatewayApp:
         await send_json(send, 200 if ok else 503, {
             "status": "ok" if ok else "starting",
             "ledger_db_up": self.gw.ledger.db_healthy,
+            "ledger": "degraded" if self.gw.ledger.degraded else "ok",
             "ledger_queue_rows": self.gw.ledger.pending,
+            "ledger_spool_bytes": self.gw.ledger.spool_bytes,
             "models": list(self.gw.models)})
 
     async def _probe(self, scope: Scope, send: Send, path: str) -> None:

@@ -4,7 +4,8 @@
 loop runs, draining or not. ``/healthz/ready`` says it should get traffic: started (its
 config loaded and every part up), not draining, the ledger able to keep rows (the
 database accepts writes, or the journal and spool are writable so rows wait safely), and
-every Redis it was configured with answering a PING. ``/healthz`` stays as it was.
+every Redis it was configured with answering a PING. While ledger rows go to the spool
+(the database down, locked or silent) it stays 200 but lists ``degraded: ["ledger"]``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ async def ready(gw: Gateway) -> tuple[int, dict[str, Any]]:
     checks["ledger"] = ("database" if ledger.db_healthy
                         else "journal" if journal_ok
                         else "spool" if os.access(spool_dir, os.W_OK) else "unwritable")
+    # Spooling keeps every row, so the replica stays in rotation, but says so: an operator
+    # (or an alert) sees the database is behind before anyone queries a missing row.
+    degraded = ledger.degraded and checks["ledger"] != "unwritable"
+    checks["ledger_state"] = "degraded" if degraded else "ok"
+    checks["ledger_spool_bytes"] = ledger.spool_bytes
     redis = {}
     for url, client in gw.redis.items():
         try:
@@ -42,7 +48,10 @@ async def ready(gw: Gateway) -> tuple[int, dict[str, Any]]:
                 or not gw.settings.server.ready_requires_redis)
     ok = gw.started and not gw.draining and checks["ledger"] != "unwritable" and redis_ok
     status = "ready" if ok else "draining" if gw.draining else "not ready"
-    return (200 if ok else 503), {"status": status, "checks": checks}
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if ok and degraded:
+        body["degraded"] = ["ledger"]
+    return (200 if ok else 503), body
 
 
 def _mask(url: str) -> str:

@@ -136,7 +136,11 @@ class Gateway:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()),
                              return_exceptions=True)
         await self.redis.aclose()
-        await asyncio.to_thread(self.ledger.close)
+        # Every database call is bounded, so the writer's last flush is too: one call, then
+        # the spool. Past that the stuck batch stays in the journal (nothing is lost).
+        cfg = self.settings.ledger
+        await asyncio.to_thread(self.ledger.close,
+                                cfg.write_timeout_s + cfg.connect_timeout_s + 2.0)
         self.metrics.close()
 
     async def dispatch(self, ctx: RequestContext) -> Response:
