@@ -17,8 +17,9 @@ import orjson
 
 from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import health, openapi, validate
+from margin.gateway import health, openapi, rejections, validate
 from margin.gateway.admin import Admin
+from margin.gateway.connections import PARSER_REJECTION_HOOK
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
 from margin.gateway.proxy import Proxy, new_request_id
@@ -57,9 +58,11 @@ class GatewayApp:
             else:
                 await self._other(scope, receive, send, path)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "state" in scope:  # the connection protocol finds it there (connections.py)
+            scope["state"][PARSER_REJECTION_HOOK] = rejections.recorder(self.gw)
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -96,6 +99,13 @@ class GatewayApp:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET",
                                        allow="GET, HEAD")
             await route(scope, send, path)
+        except (NotFound, MethodNotAllowed) as exc:
+            # A request refused before any endpoint took it still leaves its row.
+            ctx = rejections.context(scope["headers"], method, path, client_address(scope))
+            await rejections.attribute_key(self.gw, ctx)
+            rejections.record(self.gw, ctx, exc.status_code, exc.error_type, exc.message)
+            await send_json(send, exc.status_code, error_body(exc),
+                            [(k.encode(), v.encode()) for k, v in exc.headers().items()])
         except MarginError as exc:
             await send_json(send, exc.status_code, error_body(exc),
                             [(k.encode(), v.encode()) for k, v in exc.headers().items()])
