@@ -162,6 +162,13 @@ class ServerConfig(_Strict):
     """After the listener closes, how long requests and streams in flight may take to
     finish before they are cancelled. Kubernetes: keep ``terminationGracePeriodSeconds``
     above preStop + ``drain_delay_s`` + ``drain_grace_s``."""
+    malloc_arena_max: int = Field(2, ge=0)
+    """glibc malloc arenas at most (0: the allocator's default of 8 per core). Each thread
+    that allocates may otherwise get its own arena, and memory freed in one is not reused
+    by another: resident memory creeps up under load with the Python heap flat."""
+    malloc_trim_interval_s: float = Field(60.0, ge=0)
+    """How often free heap pages are handed back to the kernel (``malloc_trim``), off the
+    event loop; 0: never."""
     ready_requires_redis: bool = True
     """``/healthz/ready`` answers 503 while a configured Redis does not answer a PING
     (off: a replica stays in rotation and each part degrades as it does without Redis)."""

@@ -10,6 +10,7 @@ A second SIGTERM, or SIGINT, skips the delay; SIGINT during a drain stops at onc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 import uvicorn
 
+from margin import memory
 from margin.config import Settings, load_settings
 from margin.errors import InputError
 from margin.gateway.app import create_app
@@ -67,6 +69,10 @@ class DrainingServer(uvicorn.Server):
         super().run(sockets=sockets)
 
     async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 0.1 s.
+        trim_s = self.gateway.settings.server.malloc_trim_interval_s if self.gateway else 0
+        if trim_s > 0 and counter % max(1, int(trim_s * 10)) == 0 and counter:
+            await asyncio.to_thread(memory.trim)
         since = self._drain_since
         if since is not None and time.monotonic() - since >= self.drain_delay_s:
             self.should_exit = True
@@ -170,6 +176,7 @@ def serve(settings: Settings, config_path: str | None, overrides: dict[str, Any]
     workers = resolve_workers(settings)
     s = settings.server
     if workers == 1:
+        memory.limit_arenas(s.malloc_arena_max)
         gateway = Gateway(settings)
         server = DrainingServer(_uvicorn_config(create_app(gateway), settings, 1), gateway,
                                 s.drain_delay_s)
@@ -195,6 +202,7 @@ def worker_app() -> Any:
     settings = load_settings(args["config"], overrides=args["overrides"])
     logging.basicConfig(level=settings.server.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    memory.limit_arenas(settings.server.malloc_arena_max)
     gateway = Gateway(settings)
     if _running is not None:
         _running.attach(gateway)

@@ -72,6 +72,24 @@ class _LedgerCollector:
         yield h
 
 
+class _CacheCollector:
+    def __init__(self, source: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
+        self.source = source
+
+    def collect(self):
+        sizes = self.source()
+        e = GaugeMetricFamily("margin_cache_entries", "Entries each cache holds in this "
+                              "process", labels=["cache"])
+        b = GaugeMetricFamily("margin_cache_bytes", "Bytes of cached answers each cache "
+                              "holds in this process", labels=["cache"])
+        for name, (entries, nbytes) in sizes.items():
+            e.add_metric([name], entries)
+            if nbytes is not None:
+                b.add_metric([name], nbytes)
+        yield e
+        yield b
+
+
 UNKNOWN = "unknown"  # a model nobody declared
 OTHER = "other"  # a user or feature the operator did not list
 NONE = "-"  # no user or feature at all
@@ -125,6 +143,9 @@ class GatewayMetrics:
         if value is None:
             return NONE
         return value if value in listed else OTHER
+
+    def watch_caches(self, source: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
+        self.registry.register(_CacheCollector(source))
 
     def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LedgerCollector(source))
