@@ -13,6 +13,8 @@ class TCPProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._relaying = threading.Event()
+        self._relaying.set()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -43,10 +45,10 @@ class TCPProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._relaying.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -83,3 +85,13 @@ class TCPProxy:
 
     def restore(self) -> None:
         self.start()
+
+    def freeze(self) -> None:
+        """Keep every connection open (and accept new ones) but relay nothing: a database
+        that stops answering without closing anything, which only a client-side deadline
+        notices."""
+        self._relaying.clear()
+
+    def thaw(self) -> None:
+        """Relay again, what was held first."""
+        self._relaying.set()

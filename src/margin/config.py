@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, model_validator
@@ -92,8 +92,28 @@ class LedgerConfig(_Strict):
     """How often the spool is retried while the database is down."""
     log_content: bool = False
     """Store prompts and answers in the ledger (off: only a hash of the prompt)."""
-    max_queue_rows: int = Field(1_000_000, ge=1)
-    """Rows waiting in memory for the writer, at most."""
+    max_queue_rows: int = Field(50_000, ge=1)
+    """Rows waiting in memory for the writer, at most; past it the oldest go straight to
+    the spool (a database that is slow to answer costs disk, not memory)."""
+    write_timeout_s: float = Field(5.0, gt=0)
+    """Longest one database call may take (PostgreSQL ``statement_timeout``, SQLite's busy
+    timeout, and a watchdog that breaks a connection whose server stops answering); past
+    it the batch goes to the spool at once."""
+    connect_timeout_s: float = Field(3.0, gt=0)
+    """Longest opening a database connection may take before the writer spools instead."""
+    journal: bool = True
+    """Append each row to a local journal as the response completes, so rows waiting for
+    the next batch survive a kill -9 (replayed at the next start). Off: a killed process
+    loses up to one flush interval of rows."""
+    journal_path: str | None = None
+    """The journal's directory (one segment file per process); default ``<url>.journal``
+    beside a SQLite file, else ``./margin-ledger.journal``. Keep it on a local disk that
+    outlives the process (a pod's volume, not its tmpfs)."""
+    journal_fsync: Literal["never", "always"] = "never"
+    """``never``: rows survive the process dying however it dies, and a power loss or
+    kernel crash loses what the database has not committed (at most about one flush
+    interval); ``always``: an fsync per row on the request path, so rows survive a power
+    loss too, at the price of a disk flush per request."""
 
 
 class ServerConfig(_Strict):
@@ -131,6 +151,27 @@ class ServerConfig(_Strict):
     limit is raised to fit when it can be)."""
     max_connections_per_client: int = Field(256, ge=1)
     """Open connections from one client address; one more is answered 429 and closed."""
+    workers: int | Literal["auto"] = 1
+    """Processes serving the one port, each with its own event loop; ``auto``: one per
+    core this process may use. More than one needs ``redis_url`` (limits, budgets, key
+    revocations and the semantic cache must be one across workers)."""
+    drain_delay_s: float = Field(5.0, ge=0)
+    """After SIGTERM, how long the listener stays open (and serves) while
+    ``/healthz/ready`` answers 503, so load balancers take the replica out first."""
+    drain_grace_s: float = Field(30.0, ge=0)
+    """After the listener closes, how long requests and streams in flight may take to
+    finish before they are cancelled. Kubernetes: keep ``terminationGracePeriodSeconds``
+    above preStop + ``drain_delay_s`` + ``drain_grace_s``."""
+    malloc_arena_max: int = Field(2, ge=0)
+    """glibc malloc arenas at most (0: the allocator's default of 8 per core). Each thread
+    that allocates may otherwise get its own arena, and memory freed in one is not reused
+    by another: resident memory creeps up under load with the Python heap flat."""
+    malloc_trim_interval_s: float = Field(60.0, ge=0)
+    """How often free heap pages are handed back to the kernel (``malloc_trim``), off the
+    event loop; 0: never."""
+    ready_requires_redis: bool = True
+    """``/healthz/ready`` answers 503 while a configured Redis does not answer a PING
+    (off: a replica stays in rotation and each part degrades as it does without Redis)."""
 
 
 class PricingConfig(_Strict):

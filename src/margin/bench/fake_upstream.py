@@ -7,7 +7,7 @@ The last user message steers it, so tests can ask for failures over real HTTP:
 ``!text=...`` answers exactly that text, ``!nousage`` leaves out usage, ``!tool=NAME`` calls
 that tool (arguments ``{"city": "Paris"}``), ``!cached=N`` / ``!reasoning=N`` report that
 many cached prompt / reasoning tokens in the usage details, ``!chunk_ms=N`` waits N ms
-between streamed chunks. ``GET /_stats``
+after each streamed chunk (a stream that stays in progress). ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 
 It returns ``n`` choices and stops each at ``max_tokens`` / ``max_completion_tokens``. With

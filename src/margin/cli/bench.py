@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "models": "margin.bench.models:models",
     "limits": "margin.bench.limits:limits",
     "abuse": "margin.bench.abuse:abuse",
+    "soak": "margin.bench.soak:soak",
 }
 
 

@@ -17,8 +17,9 @@ import orjson
 
 from margin.auth.admin import token_guard
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
-from margin.gateway import openapi, validate
+from margin.gateway import health, openapi, rejections, validate
 from margin.gateway.admin import Admin
+from margin.gateway.connections import PARSER_REJECTION_HOOK
 from margin.gateway.dialects.edge import DialectRoutes
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
@@ -59,9 +60,11 @@ class GatewayApp:
             else:
                 await self._other(scope, receive, send, path)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "state" in scope:  # the connection protocol finds it there (connections.py)
+            scope["state"][PARSER_REJECTION_HOOK] = rejections.recorder(self.gw)
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -101,6 +104,13 @@ class GatewayApp:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET",
                                        allow="GET, HEAD")
             await route(scope, send, path)
+        except (NotFound, MethodNotAllowed) as exc:
+            # A request refused before any endpoint took it still leaves its row.
+            ctx = rejections.context(scope["headers"], method, path, client_address(scope))
+            await rejections.attribute_key(self.gw, ctx)
+            rejections.record(self.gw, ctx, exc.status_code, exc.error_type, exc.message)
+            await send_json(send, exc.status_code, error_body(exc),
+                            [(k.encode(), v.encode()) for k, v in exc.headers().items()])
         except MarginError as exc:
             await send_json(send, exc.status_code, error_body(exc),
                             [(k.encode(), v.encode()) for k, v in exc.headers().items()])
@@ -110,6 +120,8 @@ class GatewayApp:
             return self._get_models
         if path == "/healthz":
             return self._healthz
+        if path in ("/healthz/live", "/healthz/ready"):
+            return self._probe
         if path == "/metrics":
             return self._metrics
         if path == "/openapi.json":
@@ -135,8 +147,15 @@ class GatewayApp:
         await send_json(send, 200 if ok else 503, {
             "status": "ok" if ok else "starting",
             "ledger_db_up": self.gw.ledger.db_healthy,
+            "ledger": "degraded" if self.gw.ledger.degraded else "ok",
             "ledger_queue_rows": self.gw.ledger.pending,
+            "ledger_spool_bytes": self.gw.ledger.spool_bytes,
             "models": list(self.gw.models)})
+
+    async def _probe(self, scope: Scope, send: Send, path: str) -> None:
+        status, body = (health.live(self.gw) if path == "/healthz/live"
+                        else await health.ready(self.gw))
+        await send_json(send, status, body)
 
     async def _openapi(self, scope: Scope, send: Send, path: str) -> None:
         if self._openapi_raw is None:

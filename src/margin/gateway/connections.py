@@ -10,7 +10,8 @@ included, is refused. This subclass of its httptools protocol adds:
 - a cap on open connections, in all and per client address: one over it is answered at
   once (503 / 429, OpenAI's error shape) and closed, before any request is read;
 - requests the HTTP parser refuses (a bad Content-Length, two of them, broken chunking)
-  answered in OpenAI's error shape rather than uvicorn's plain text.
+  answered in OpenAI's error shape rather than uvicorn's plain text, each with a ledger
+  row when its request line was read (``gateway/rejections.py``).
 
 The body has its own deadline in the app (``gateway/http.read_body``): it is read there.
 """
@@ -18,11 +19,17 @@ The body has its own deadline in the app (``gateway/http.read_body``): it is rea
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+# The app puts its recorder for parser-refused requests in the lifespan state under this
+# name (the protocol is built before the gateway, and per worker).
+PARSER_REJECTION_HOOK = "margin.on_parser_rejection"
 
 
 def _raw_error(status: str, message: str, error_type: str, code: str) -> bytes:
@@ -86,10 +93,30 @@ def guarded_protocol(header_timeout_s: float, max_connections: int,
         def send_400_response(self, msg: str) -> None:
             self._awaiting_headers = False
             self._disarm()
+            self._record_rejection(msg)
             self.transport.write(_raw_error("400 Bad Request", f"{msg} (refused by the HTTP "
                                             "parser)", "invalid_request_error",
                                             "invalid_http_request"))
             self.transport.close()
+
+        def _record_rejection(self, msg: str) -> None:
+            hook = self.app_state.get(PARSER_REJECTION_HOOK)
+            url = getattr(self, "url", None)
+            if hook is None or not url:
+                return  # no request line: bytes that were never a request, nobody to bill
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                return  # the app has this request (a broken body): its row says how it ended
+            try:
+                method = self.parser.get_method().decode("ascii", "replace")
+            except Exception:
+                method = "?"
+            path = url.split(b"?", 1)[0].decode("latin-1")
+            try:
+                hook(list(self.headers or ()), method, path, self._peer, msg)
+            except Exception:  # accounting must never take the connection handling down
+                logging.getLogger("margin.gateway").exception("could not record a refused "
+                                                              "request")
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)

@@ -57,6 +57,16 @@ class Proxy:
                              headers=headers, client=client_address(scope))
         self.gw.metrics.in_flight.inc()
         sent = False
+        recorded = False
+
+        def record() -> None:
+            # The row is journaled before the answer's last bytes leave, so no client can
+            # hold an answer whose row a kill -9 could still take away.
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._finish(ctx)
+
         try:
             t0 = time.perf_counter_ns()
             # Checked before they are kept: a refused value never reaches the ledger.
@@ -82,7 +92,7 @@ class Proxy:
                 return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
-                await self._send_stream(ctx, response, send, receive, dialect)
+                await self._send_stream(ctx, response, send, receive, record, dialect)
             else:
                 finalize_cost(ctx, self.gw.prices)
                 ctx.status = response.status
@@ -94,6 +104,7 @@ class Proxy:
                 if dialect is not None:
                     payload, raw = dialect.answer(response, ctx), None
                 sent = True
+                record()
                 await send_json(send, response.status, payload, h, raw)
         except MarginError as exc:
             ctx.fail(exc.status_code, exc.error_type, exc.message)
@@ -102,6 +113,7 @@ class Proxy:
                 finalize_cost(ctx, self.gw.prices)
                 h = self._margin_headers(ctx, with_cost=True)
                 h.extend((k.encode(), v.encode()) for k, v in exc.headers().items())
+                record()
                 await send_json(send, exc.status_code,
                                 error_body(exc) if dialect is None else dialect.error_body(exc), h)
         except Exception as exc:  # never a stack trace to the client
@@ -113,11 +125,12 @@ class Proxy:
                                       "type": "server_error", "code": None, "param": None}}
                 if dialect is not None:
                     body_err = dialect.error_body(MarginError(body_err["error"]["message"]))
+                record()
                 await send_json(send, 500, body_err,
                                       [(b"x-margin-request-id", ctx.request_id.encode())])
         finally:
             self.gw.metrics.in_flight.dec()
-            self._finish(ctx)
+            record()
 
     async def _answer_unless_abandoned(self, ctx: RequestContext,
                                        receive: Receive) -> Response | None:
@@ -163,7 +176,8 @@ class Proxy:
         return response
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
-                           receive: Receive, dialect: Dialect | None = None) -> None:
+                           receive: Receive, record: Callable[[], None],
+                           dialect: Dialect | None = None) -> None:
         assert response.stream is not None
         stream = response.stream
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
@@ -209,6 +223,10 @@ class Proxy:
                                 "the stream failed", "server_error", None)})
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+            if texts:
+                ctx.response_text = "".join(texts)
+            finalize_cost(ctx, self.gw.prices)
+            record()
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "more_body": False,
                             "body": DONE if encode is None

@@ -93,7 +93,10 @@ class Gateway:
             alerter=self.alerter, keys=self.keys, master_key=self.master_key)
         self.stages = build_stages(settings, self.services)
         self.handler = pipeline.build(self.stages, self.dispatch)
+        self.metrics.watch_caches(self.cache_sizes)
         self.started = False
+        # Set on SIGTERM (gateway/server.py): readiness answers 503 from then on.
+        self.draining = False
 
     @property
     def auth_enabled(self) -> bool:
@@ -107,6 +110,15 @@ class Gateway:
         latch = (RedisLatch(self.redis.client(url, limits.redis_timeout_s), limits.redis_prefix)
                  if url else DatabaseLatch(self.settings.ledger.url))
         return Alerter(limits.alerts, latch)
+
+    def cache_sizes(self) -> dict[str, tuple[int, int | None]]:
+        """Each cache's entries and bytes in this process (bytes None where not tracked)."""
+        out: dict[str, tuple[int, int | None]] = {}
+        for stage in self.stages:
+            sizes = getattr(stage, "sizes", None)
+            if sizes is not None:
+                out.update(sizes())
+        return out
 
     def _ledger_counts(self) -> dict[str, float]:
         c = self.ledger.counters
@@ -134,7 +146,12 @@ class Gateway:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()),
                              return_exceptions=True)
         await self.redis.aclose()
-        await asyncio.to_thread(self.ledger.close)
+        # Every database call is bounded, so the writer's last flush is too: one call, then
+        # the spool. Past that the stuck batch stays in the journal (nothing is lost).
+        cfg = self.settings.ledger
+        await asyncio.to_thread(self.ledger.close,
+                                cfg.write_timeout_s + cfg.connect_timeout_s + 2.0)
+        self.metrics.close()
 
     async def dispatch(self, ctx: RequestContext) -> Response:
         """The pipeline's last step: call the upstream of ``ctx.model``."""

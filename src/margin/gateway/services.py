@@ -32,6 +32,10 @@ class RedisClients:
             self._clients[key] = make_client(url, timeout_s)
         return self._clients[key]
 
+    def items(self) -> list[tuple[str, Any]]:
+        """(url, client) for each Redis in use: what readiness pings."""
+        return [(url, c) for (url, _), c in self._clients.items()]
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()

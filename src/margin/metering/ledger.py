@@ -1,8 +1,10 @@
 """The ledger: one row per request, written in batches by a background thread.
 
 The request path only appends to an in-memory queue (``submit``); it never waits on the
-database. When the database is down or locked, rows go to an append-only spool file
-(JSON lines) and are replayed once it answers again. Inserts are idempotent on the
+database. When the database is down, locked or silent, rows go to an append-only spool
+file (JSON lines) and are replayed once it answers again. No database call can hold the
+writer longer than ``ledger.write_timeout_s`` (see ``db.connect``), and the queue is
+bounded: past ``max_queue_rows`` the oldest rows are spilled to the spool. Inserts are idempotent on the
 request id, so a replay after an unacknowledged commit cannot double-count.
 """
 
@@ -22,6 +24,7 @@ import orjson
 from margin.config import LedgerConfig
 from margin.metering import schema
 from margin.metering.db import Database, connect, is_postgres
+from margin.metering.journal import Journal, journal_dir
 from margin.metering.migrations import migrate
 
 log = logging.getLogger("margin.ledger")
@@ -60,6 +63,7 @@ class LedgerCounters:
     replayed: int = 0
     failed_batches: int = 0
     queued: int = 0
+    spilled: int = 0
 
 
 class LedgerWriter:
@@ -78,10 +82,14 @@ class LedgerWriter:
         self._spool_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
         self.db_healthy = False
+        self.journal = Journal(journal_dir(cfg), cfg.journal_fsync) if cfg.journal else None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         self._ensure_db()
+        if self.journal is not None:
+            self.journal.open()
+            self._replay_journal()
         self._thread.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -90,20 +98,45 @@ class LedgerWriter:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        stuck = self._thread.is_alive()
         # Whatever the thread could not take (it died, or timed out) goes to the spool.
         rest = self._drain(len(self._queue))
         if rest:
             self._spool(rest)
+        if self.journal is not None:
+            if stuck:
+                # The thread still holds a batch that is in neither the database nor the
+                # spool: its journal segment stays, and the next start replays it.
+                log.error("ledger writer did not finish within %.1f s; its last batch is "
+                          "kept in the journal for the next start", timeout_s)
+            else:
+                self.journal.seal()
+                self.journal.retire()
+            self.journal.close()
         if self._db is not None:
             self._db.close()
             self._db = None
 
     # -- hot path ----------------------------------------------------------------
     def submit(self, row: dict[str, Any]) -> None:
-        """Queue one row; O(1), never blocks on I/O."""
-        self._queue.append(row)
-        if len(self._queue) >= self.cfg.batch_size:
+        """Queue one row (and journal it first: one buffered write, no fsync by default)."""
+        if self.journal is not None:
+            self.journal.append(row, self._queue.append)
+        else:
+            self._queue.append(row)
+        n = len(self._queue)
+        if n >= self.cfg.batch_size:
             self._wake.set()
+            if n > self.cfg.max_queue_rows:
+                self._spill()
+
+    def _spill(self) -> None:
+        """The queue is full (the writer is behind or the database slow): its oldest rows
+        go to the spool now, so memory stays bounded; they are replayed with the rest."""
+        batch = self._drain(max(self.cfg.batch_size, len(self._queue) - self.cfg.max_queue_rows))
+        if batch:
+            self._spool(batch)
+            self.counters.spilled += len(batch)
 
     # -- writer thread -------------------------------------------------------------
     def _run(self) -> None:
@@ -114,7 +147,8 @@ class LedgerWriter:
             self._flush_all()
             self._maybe_replay()
         self._flush_all()
-        self._maybe_replay(force=True)
+        if self.db_healthy:  # a database that just failed is not retried on the way out
+            self._maybe_replay(force=True)
 
     def _drain(self, n: int) -> list[dict[str, Any]]:
         out = []
@@ -126,6 +160,32 @@ class LedgerWriter:
         return out
 
     def _flush_all(self) -> None:
+        sealed = self.journal is not None and self.journal.seal()
+        self._flush_queue()
+        if sealed:
+            assert self.journal is not None
+            self.journal.retire()  # every row queued before the seal is in the db or spool
+
+    def _replay_journal(self) -> None:
+        """Rows that a dead process journaled but may not have written: into the database
+        (idempotent on the id), else the spool, then the segment is deleted."""
+        assert self.journal is not None
+        for path, rows, bad in self.journal.orphans():
+            if bad:
+                with self._spool_lock, open(str(self.spool_path) + ".bad", "ab") as f:
+                    f.write(b"".join(line + b"\n" for line in bad))
+                log.error("%d unreadable lines in ledger journal %s; moved to %s.bad",
+                          len(bad), path, self.spool_path)
+            for start in range(0, len(rows), self.cfg.batch_size):
+                batch = rows[start:start + self.cfg.batch_size]
+                if self._spool_has_rows() or not self._write(batch):
+                    self._spool(batch)
+            self.journal.forget(path)
+            self.counters.replayed += len(rows)
+            if rows:
+                log.info("replayed %d ledger rows from journal %s", len(rows), path.name)
+
+    def _flush_queue(self) -> None:
         while self._queue:
             batch = self._drain(self.cfg.batch_size)
             if not batch:
@@ -139,7 +199,8 @@ class LedgerWriter:
         if self._db is not None:
             return True
         try:
-            db = connect(self.cfg.url)
+            db = connect(self.cfg.url, connect_timeout_s=self.cfg.connect_timeout_s,
+                         call_timeout_s=self.cfg.write_timeout_s)
             migrate(db)
         except Exception as exc:
             if self.db_healthy or self._db is None:
@@ -192,11 +253,35 @@ class LedgerWriter:
         return True
 
     # -- spool ------------------------------------------------------------------
+    @property
+    def _taken_path(self) -> Path:
+        return Path(str(self.spool_path) + ".replaying")
+
     def _spool_has_rows(self) -> bool:
-        try:
-            return self.spool_path.stat().st_size > 0
-        except FileNotFoundError:
-            return False
+        for path in (self.spool_path, self._taken_path):
+            try:
+                if path.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes of rows waiting in the spool (0: the database has everything)."""
+        total = 0
+        for path in (self.spool_path, self._taken_path):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    @property
+    def degraded(self) -> bool:
+        """Rows are going to the spool instead of the database (safe, but not queryable
+        until the database answers again)."""
+        return not self.db_healthy or self._spool_has_rows()
 
     def _spool(self, rows: list[dict[str, Any]]) -> None:
         data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
@@ -218,38 +303,54 @@ class LedgerWriter:
         self.replay_spool()
 
     def replay_spool(self) -> int:
-        """Move spooled rows into the database; returns how many were replayed."""
+        """Move spooled rows into the database; returns how many were replayed.
+
+        The spool is renamed aside first (``.replaying``) and written without holding the
+        spool lock, so a request that spills meanwhile never waits on the database; what
+        cannot be written goes back in front of whatever was spooled since."""
+        taken = self._taken_path
         with self._spool_lock:
-            if not self._spool_has_rows():
-                return 0
-            lines = self.spool_path.read_bytes().splitlines()
-            rows = []
-            for i, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    # A torn last line from a crash mid-write: keep it aside, never drop it.
-                    with open(str(self.spool_path) + ".bad", "ab") as bad:
-                        bad.write(line + b"\n")
-                    log.error("ledger spool line %d unreadable; moved to %s.bad", i,
-                              self.spool_path)
-            for start in range(0, len(rows), self.cfg.batch_size):
-                if not self._write(rows[start:start + self.cfg.batch_size]):
-                    # Rewrite the spool with what is still unwritten, in order.
-                    remaining = rows[start:]
-                    tmp = self.spool_path.with_suffix(".tmp")
-                    tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in remaining))
-                    os.replace(tmp, self.spool_path)
-                    done = start
-                    self.counters.replayed += done
-                    return done
-            self.spool_path.unlink(missing_ok=True)
-            self.counters.replayed += len(rows)
-            if rows:
-                log.info("replayed %d spooled ledger rows", len(rows))
-            return len(rows)
+            if not taken.exists():  # else: a replay a crash interrupted, taken up again
+                if not self._spool_has_rows():
+                    return 0
+                os.replace(self.spool_path, taken)
+        rows = self._read_spool(taken)
+        for start in range(0, len(rows), self.cfg.batch_size):
+            if not self._write(rows[start:start + self.cfg.batch_size]):
+                self._put_back(rows[start:], taken)
+                self.counters.replayed += start
+                return start
+        taken.unlink(missing_ok=True)
+        self.counters.replayed += len(rows)
+        if rows:
+            log.info("replayed %d spooled ledger rows", len(rows))
+        return len(rows)
+
+    def _read_spool(self, path: Path) -> list[dict[str, Any]]:
+        rows = []
+        for i, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                # A torn last line from a crash mid-write: keep it aside, never drop it.
+                with self._spool_lock, open(str(self.spool_path) + ".bad", "ab") as bad:
+                    bad.write(line + b"\n")
+                log.error("ledger spool line %d unreadable; moved to %s.bad", i,
+                          self.spool_path)
+        return rows
+
+    def _put_back(self, remaining: list[dict[str, Any]], taken: Path) -> None:
+        with self._spool_lock:
+            newer = self.spool_path.read_bytes() if self.spool_path.exists() else b""
+            tmp = self.spool_path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(b"".join(orjson.dumps(r) + b"\n" for r in remaining) + newer)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.spool_path)
+            taken.unlink(missing_ok=True)
 
     @property
     def pending(self) -> int:

@@ -6,10 +6,16 @@ fixed set of values known at start-up — ``model`` a declared model or route na
 endpoint, status, cache outcome and stage from the gateway's own vocabulary — so however
 many names clients invent, the number of series (and the memory and time ``/metrics``
 costs) stays fixed.
+
+With several workers (``margin serve --workers``) the standard metrics go through
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the server
+before the workers start): whichever worker is scraped answers for all of them. Collectors
+that read live state (the ledger's queue, the batcher's queues) report the scraped worker.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +28,29 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STAGE_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 1.0)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _AllWorkers:
+    """Every worker's samples of the standard metrics, then this worker's live collectors."""
+
+    def __init__(self, local: CollectorRegistry) -> None:
+        from prometheus_client import multiprocess
+
+        self.local = local
+        self.shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self.shared)
+
+    def collect(self):
+        seen = set()
+        for family in self.shared.collect():
+            seen.add(family.name)
+            yield family
+        for family in self.local.collect():
+            if family.name not in seen:
+                yield family
 
 
 class _LedgerCollector:
@@ -43,6 +72,24 @@ class _LedgerCollector:
         yield h
 
 
+class _CacheCollector:
+    def __init__(self, source: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
+        self.source = source
+
+    def collect(self):
+        sizes = self.source()
+        e = GaugeMetricFamily("margin_cache_entries", "Entries each cache holds in this "
+                              "process", labels=["cache"])
+        b = GaugeMetricFamily("margin_cache_bytes", "Bytes of cached answers each cache "
+                              "holds in this process", labels=["cache"])
+        for name, (entries, nbytes) in sizes.items():
+            e.add_metric([name], entries)
+            if nbytes is not None:
+                b.add_metric([name], nbytes)
+        yield e
+        yield b
+
+
 UNKNOWN = "unknown"  # a model nobody declared
 OTHER = "other"  # a user or feature the operator did not list
 NONE = "-"  # no user or feature at all
@@ -57,7 +104,8 @@ class GatewayMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("margin_requests", "Requests answered",
                                 ["endpoint", "model", "status", "cache"], registry=r)
-        self.in_flight = Gauge("margin_requests_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge("margin_requests_in_flight", "Requests being served", registry=r,
+                              multiprocess_mode="livesum")
         self.latency = Histogram("margin_request_latency_seconds", "Total request latency",
                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.upstream = Histogram("margin_upstream_latency_seconds", "Upstream latency",
@@ -78,6 +126,7 @@ class GatewayMetrics:
         # labels() costs a lock and a dict build per call; children are cached per label
         # set, which the cardinality rule bounds.
         self._children: dict[tuple, object] = {}
+        self._all: _AllWorkers | None = None
 
     def _child(self, metric, *labels: str):
         key = (id(metric), labels)
@@ -94,6 +143,9 @@ class GatewayMetrics:
         if value is None:
             return NONE
         return value if value in listed else OTHER
+
+    def watch_caches(self, source: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
+        self.registry.register(_CacheCollector(source))
 
     def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LedgerCollector(source))
@@ -126,4 +178,15 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """The exposition text; blocking (run it in a worker thread, not on the loop)."""
+        if os.environ.get(MULTIPROC_ENV):
+            if self._all is None:
+                self._all = _AllWorkers(self.registry)
+            return generate_latest(self._all)  # type: ignore[arg-type]
         return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """A worker that stops takes its live gauges (requests in flight) with it."""
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())

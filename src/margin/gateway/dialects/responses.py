@@ -18,7 +18,6 @@ than silently answering without the earlier turns.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from margin.errors import BadRequest

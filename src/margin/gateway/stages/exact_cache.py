@@ -25,6 +25,10 @@ class ExactCacheStage(Stage):
     async def start(self) -> None:
         await self.cache.start()
 
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        """Entries and value bytes this process holds (the in-memory tier)."""
+        return {"exact": (len(self.cache.l1), self.cache.l1.bytes)}
+
     async def aclose(self) -> None:
         await self.answers.tasks.aclose()
         await self.cache.aclose()

@@ -57,6 +57,9 @@ class SemanticCacheStage(Stage):
         self.answers = AnswerStore(services.prices, "semantic")
         self.embedder: Any = None
 
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        return {"semantic": (len(self.cache), None)}
+
     async def start(self) -> None:
         from margin.embedding import shared_embedder
 
