@@ -59,6 +59,7 @@ class Workers:
                     self._signal, ok = signal.SIGTERM, False
                     break
                 log.warning("worker %d exited (%s); starting another", proc.pid, proc.exitcode)
+                _forget_live_gauges(proc.pid)
                 procs[i] = self._spawn([sock])
         # SIGTERM whatever the parent got: after Ctrl-C the terminal has already sent the
         # workers SIGINT, and a second SIGINT would make them stop without finishing.
@@ -74,6 +75,14 @@ class Workers:
     def _on_signal(self, sig: int, frame: Any) -> None:
         if self._signal is None:
             self._signal = sig
+
+
+def _forget_live_gauges(pid: int) -> None:
+    """A killed worker could not take its live gauges (requests in flight) with it."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def proc_signal(proc: Any, sig: int) -> None:
