@@ -197,6 +197,8 @@ def test_workers_share_one_port_one_rate_limit_one_metrics_and_one_ledger(
     # One /metrics for the whole server: every worker's answers counted (the killed
     # worker's samples stay in its files, so the sum covers everything answered).
     assert _metric_sum(gw.url, "margin_requests_total") >= len(served) + len(limited)
+    # The killed worker's requests are not counted as in flight for ever.
+    assert _metric_sum(gw.url, "margin_requests_in_flight") == 0
 
     assert gw.proc.send_signal(signal.SIGTERM) is None and gw.proc.wait(60) == 0
     gw.proc = None

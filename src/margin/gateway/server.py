@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import tempfile
@@ -188,12 +189,17 @@ def serve(settings: Settings, config_path: str | None, overrides: dict[str, Any]
                                                 "overrides": overrides}).decode()
     # One /metrics for all workers: each writes its samples to files in this directory and
     # whichever worker is scraped adds them up (prometheus_client's multiprocess mode).
+    made_dir = None
     if not os.environ.get(MULTIPROC_ENV):
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="margin-metrics-")
+        made_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="margin-metrics-")
     config = _uvicorn_config("margin.gateway.server:worker_app", settings, workers,
                              factory=True)
     log.info("%d workers on %s:%d", workers, s.host, s.port)
-    return Workers(config, DrainingServer(config, None, s.drain_delay_s), workers).run()
+    try:
+        return Workers(config, DrainingServer(config, None, s.drain_delay_s), workers).run()
+    finally:
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
 def worker_app() -> Any:

@@ -4,8 +4,8 @@ loop and its own gateway (upstream pools, caches, ledger writer and journal segm
 The parent binds the socket once and hands it to every worker (spawned, not forked: each
 worker imports and builds everything itself), so connections wait in one accept queue
 and a worker that dies loses only the connections it had accepted. The parent restarts a
-worker that dies, forwards SIGTERM/SIGINT to all of them (each drains as one process
-would, see ``server.py``) and exits 0 when they all did.
+worker that dies, passes SIGTERM (or SIGINT) on to all of them as SIGTERM (each drains as
+one process would, see ``server.py``) and exits 0 when they all did.
 
 What must be one across workers is shared through Redis (``redis_url`` is required for
 N > 1, see ``server.resolve_workers``); the ledger is one database written by every
@@ -59,11 +59,13 @@ class Workers:
                     self._signal, ok = signal.SIGTERM, False
                     break
                 log.warning("worker %d exited (%s); starting another", proc.pid, proc.exitcode)
+                _forget_live_gauges(proc.pid)
                 procs[i] = self._spawn([sock])
-        sig = self._signal
+        # SIGTERM whatever the parent got: after Ctrl-C the terminal has already sent the
+        # workers SIGINT, and a second SIGINT would make them stop without finishing.
         for proc in procs:
             if proc.is_alive():
-                proc_signal(proc, sig)
+                proc_signal(proc, signal.SIGTERM)
         for proc in procs:
             proc.join()
             ok = ok and proc.exitcode == 0
@@ -73,6 +75,14 @@ class Workers:
     def _on_signal(self, sig: int, frame: Any) -> None:
         if self._signal is None:
             self._signal = sig
+
+
+def _forget_live_gauges(pid: int) -> None:
+    """A killed worker could not take its live gauges (requests in flight) with it."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def proc_signal(proc: Any, sig: int) -> None:
