@@ -9,13 +9,14 @@ upstream (``--same-prompt`` measures the exact-cache hit path instead).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -116,6 +117,14 @@ def _measure(gw: subprocess.Popen, port: int, connections: int, duration_s: int,
     return result, (cpu_s(gw.pid) - cpu0) * 1000 / max(result.requests, 1)
 
 
+def gateway_json(rows: list, delay_ms: float, duration_s: int, same_prompt: bool) -> dict:
+    """The measured cells: per concurrency, straight to the upstream and through the gateway."""
+    return {"bench": "gateway", "delay_ms": delay_ms, "duration_s": duration_s,
+            "same_prompt": same_prompt,
+            "rows": [{"concurrency": c, "direct": asdict(d), "gateway": asdict(v),
+                      "gateway_cpu_ms_per_request": cpu_ms} for c, d, v, cpu_ms, _ in rows]}
+
+
 @click.command("gateway")
 @click.option("--delay-ms", default=20.0, show_default=True, help="Fake upstream's answer delay.")
 @click.option("--duration-s", default=10, show_default=True, help="Seconds per wrk run.")
@@ -129,8 +138,12 @@ def _measure(gw: subprocess.Popen, port: int, connections: int, duration_s: int,
                    "side-by-side regression check.")
 @click.option("--out", default="docs/benchmarks.md", show_default=True,
               help="Markdown file to update ('-' to only print).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the measured cells as JSON here (margin plan --replica-bench "
+                   "reads it).")
 def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...],
-                  same_prompt: bool, baseline_src: Path | None, out: str) -> None:
+                  same_prompt: bool, baseline_src: Path | None, out: str,
+                  json_out: Path | None) -> None:
     """Direct vs through-the-gateway throughput and latency, measured with wrk."""
     if not shutil.which("wrk"):
         raise click.UsageError("wrk is not installed (Debian: apt-get install wrk)")
@@ -226,6 +239,9 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
               "not installed on this machine, so not measured side by side.")]
     text = "\n".join(lines)
     click.echo(text)
+    if json_out is not None:
+        json_out.write_text(json.dumps(gateway_json(rows, delay_ms, duration_s, same_prompt),
+                                       indent=1))
     if out != "-":
         section = "gateway-same-prompt" if same_prompt else "gateway"
         write_section(section + ("-vs-baseline" if baseline_src is not None else ""), text, out)
