@@ -15,8 +15,18 @@ The model (chosen by backtests on the shared NASA and ServeGen traces, see docs/
 Intervals are empirical (split-conformal): the model is re-run at earlier origins inside the
 history, the log-ratios actual/forecast are grouped by lead time (one bucket per day of lead), and
 their quantiles make the band. Leads with no past errors get the last bucket's width grown with
-sqrt(lead); with under 10 past origins the band is widened by sqrt(10/k), since k origins are k samples of
-the level, not k x 24.
+sqrt(lead).
+
+The band is then calibrated on its own record (adaptive conformal, after Gibbs & Candès 2021):
+for up to ``calibration_origins`` past origins, oldest first, the band each would have drawn is
+compared with what happened next (only actuals before the present origin: no look-ahead); each
+actual's distance from the band's middle in units of the band's half-width on its side is its
+score, and after each origin the band's scale at that day of lead moves by
+exp(aci_gain x (share of scores above the scale - (1 - coverage))). A band that kept missing
+widens, one that always covered narrows, and a shift in the traffic's volatility is followed
+within days. Past bands resting on fewer than two origins' errors are not used. Without
+calibration (``calibrate=False``) a band from k < 10 past origins is widened by sqrt(10/k)
+instead, since k origins are k samples of the level, not k x 24.
 
 Everything here is pure: arrays and the step in, arrays out; the origin is the end of the data.
 """
@@ -47,6 +57,7 @@ class ForecastConfig:
     residual_origins: int = 28          # past origins whose errors make the intervals
     calibration_origins: int = 14       # past origins whose band misses calibrate the band
     calibrate: bool = True              # rescale the band by its own past misses (see below)
+    aci_gain: float = 1.0               # log-scale step per unit of excess miss rate
 
 
 @dataclass
@@ -343,33 +354,24 @@ def band_scores(fc: PointForecasts, origin: int) -> tuple[np.ndarray, np.ndarray
             scores.append(np.abs(r[m] - mid[m]) / half[m])
             k += 1
         oo -= step
-    if not leads:
-        return np.array([], dtype=int), np.array([])
-    return np.concatenate(leads), np.concatenate(scores)
+    return leads, scores
 
 
-def calibration_factors(leads: np.ndarray, scores: np.ndarray, n_out: int, bucket: int,
-                        coverage: float) -> np.ndarray:
-    """Per lead, the factor that would have made the past bands cover ``coverage`` of their
-    actuals at that lead (the conformal quantile of the scores, per day of lead; pooled over
-    all leads so far where a day of lead has too few; 1 where nothing is known)."""
+def aci_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, bucket: int,
+                coverage: float, gain: float) -> np.ndarray:
+    """Adaptive conformal: walk the past origins oldest first; after each, grow the band's
+    scale where more than 1 - coverage of its actuals fell outside, shrink it where fewer did."""
     nb = (n_out + bucket - 1) // bucket
-    out = np.ones(nb)
-    min_n = max(8, bucket)
-
-    def q(x: np.ndarray) -> float:
-        level = min(1.0, np.ceil((len(x) + 1) * coverage) / len(x))
-        return float(np.quantile(x, level))
-
-    for b in range(nb):
-        m = (leads >= b * bucket) & (leads < (b + 1) * bucket)
-        if m.sum() >= min_n:
-            out[b] = q(scores[m])
-        elif (leads < (b + 1) * bucket).sum() >= min_n:
-            out[b] = q(scores[leads < (b + 1) * bucket])
-        elif b > 0:
-            out[b] = out[b - 1]
-    return np.repeat(out, bucket)[:n_out]
+    logf = np.zeros(nb)
+    for ld, sc in zip(reversed(leads), reversed(scores)):
+        b = ld // bucket
+        for j in np.unique(b):
+            miss = float((sc[b == j] > np.exp(logf[j])).mean())
+            logf[j] += gain * (miss - (1 - coverage))
+        for j in range(1, nb):   # uncertainty does not shrink with lead
+            if not (b == j).any():
+                logf[j] = max(logf[j], logf[j - 1])
+    return np.repeat(np.exp(logf), bucket)[:n_out]
 
 
 def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
@@ -381,7 +383,7 @@ def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
     point, lo, hi, _ = raw_band(fc, origin)
     if cfg.calibrate:
         leads, scores = band_scores(fc, origin)
-        f = calibration_factors(leads, scores, n_out, _bucket(day, n_out), cfg.coverage)
+        f = aci_factors(leads, scores, n_out, _bucket(day, n_out), cfg.coverage, cfg.aci_gain)
         mid = (lo + hi) / 2
         lo, hi = mid - (mid - lo) * f, mid + (hi - mid) * f
     eps = _eps(values)
