@@ -26,13 +26,12 @@ from margin.plan.autoscale.policies import HpaPolicy, reachable_schedule
 from margin.plan.autoscale.sim import Observation, SimConfig
 from margin.plan.capacity import replicas_for_slo
 from margin.plan.forecast import ForecastConfig, forecast_with_interval
-
-# The predictive variants (forecast, 70 %, mid or upper band) and their measured replica-hours
-# were chosen on the uncalibrated band; the calibrated one is the forecast's, not yet the policy's.
-_FORECAST = ForecastConfig(calibrate=False)
 from margin.plan.series import DAY_S
 
 HOUR_S = 3600
+# The predictive variants (forecast, 70 %, mid or upper band) and their measured replica-hours
+# were chosen on the uncalibrated band; the calibrated one is the forecast's, not yet the policy's.
+_FORECAST = ForecastConfig(calibrate=False)
 
 
 @dataclass(frozen=True)
