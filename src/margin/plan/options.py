@@ -53,7 +53,7 @@ class CapacityOptions:
     def resolve(self, tokens_per_request: float | None) -> ReplicaChoice:
         """The replica's throughput and concurrency, each with where it came from."""
         m = self.measured()
-        conc, conc_src = self.DEFAULT_CONCURRENCY, f"default ({self.DEFAULT_CONCURRENCY})"
+        conc, conc_src = self.DEFAULT_CONCURRENCY, "default"
         if self.concurrency is not None:
             conc, conc_src = self.concurrency, "--concurrency"
         elif m is not None and m.concurrency is not None:
@@ -72,8 +72,7 @@ class CapacityOptions:
             return ReplicaChoice(tps / tokens_per_request,
                                  f"{source} {tps:g} tokens/s / {tokens_per_request:.0f} tokens "
                                  "per request", conc, conc_src)
-        return ReplicaChoice(self.DEFAULT_REPLICA_RPS,
-                             f"default ({self.DEFAULT_REPLICA_RPS:g} requests/s)", conc, conc_src)
+        return ReplicaChoice(self.DEFAULT_REPLICA_RPS, "default", conc, conc_src)
 
     def model(self, tokens_per_request: float | None) -> tuple[ReplicaModel, ReplicaChoice]:
         choice = self.resolve(tokens_per_request)
