@@ -14,13 +14,14 @@ own cost per row (``LedgerWriter.submit`` with and without it) is measured in pr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -159,6 +160,15 @@ def _tree_cpu_s(pid: int) -> float:
     return total + sum(_tree_cpu_s(int(c)) for c in children)
 
 
+def gateway_json(rows: list, delay_ms: float, duration_s: int, same_prompt: bool) -> dict:
+    """The measured cells: per concurrency, straight to the upstream and through the gateway."""
+    return {"bench": "gateway", "delay_ms": delay_ms, "duration_s": duration_s,
+            "same_prompt": same_prompt,
+            "rows": [{"concurrency": c, "gateway_variant": name, "direct": asdict(d),
+                      "gateway": asdict(v), "gateway_cpu_ms_per_request": cpu_ms}
+                     for c, name, d, v, cpu_ms in rows]}
+
+
 @click.command("gateway")
 @click.option("--delay-ms", default=20.0, show_default=True, help="Fake upstream's answer delay.")
 @click.option("--duration-s", default=10, show_default=True, help="Seconds per wrk run.")
@@ -178,9 +188,13 @@ def _tree_cpu_s(pid: int) -> float:
                    "older commit): its gateway is measured too, side by side in the same run.")
 @click.option("--out", default="docs/benchmarks.md", show_default=True,
               help="Markdown file to update ('-' to only print).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the measured cells as JSON here (margin plan --replica-bench "
+                   "reads it).")
 def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...],
                   same_prompt: bool, stream: bool, workers: int, redis_url: str,
-                  compare_journal: bool, baseline_src: Path | None, out: str) -> None:
+                  compare_journal: bool, baseline_src: Path | None, out: str,
+                  json_out: Path | None) -> None:
     """Direct vs through-the-gateway throughput and latency, measured with wrk."""
     if not shutil.which("wrk"):
         raise click.UsageError("wrk is not installed (Debian: apt-get install wrk)")
@@ -213,7 +227,9 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
             variants["journal off"] = {**config, "ledger": {"url": str(tmp / "bench-nj.db"),
                                                             "journal": False}}
         if baseline_src is not None:
-            variants["baseline"] = {**config, "ledger": {"url": str(tmp / "bench-base.db")}}
+            # only settings an older checkout knows (its config is as strict as this one)
+            variants["baseline"] = {**config, "ledger": {"url": str(tmp / "bench-base.db")},
+                                    "server": {"log_level": "warning"}}
         for name, cfg in variants.items():
             port = free_port()
             gw = _start_gateway(tmp, name.replace(" ", "-"), cfg, port, gw_cpu, workers,
@@ -293,6 +309,9 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
               "not installed on this machine, so not measured side by side.")]
     text = "\n".join(lines)
     click.echo(text)
+    if json_out is not None:
+        json_out.write_text(json.dumps(gateway_json(rows, delay_ms, duration_s, same_prompt),
+                                       indent=1))
     if out != "-":
         section = "gateway" + ("-same-prompt" if same_prompt else "") + (
             "-stream" if stream else "") + (f"-workers{workers}" if workers > 1 else "") + (

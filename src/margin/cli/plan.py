@@ -77,13 +77,20 @@ price_options = _stack(
 capacity_options = _stack(
     click.option("--replica-rps", type=float,
                  help="Requests/s one replica completes when busy [default: 2, or from "
-                      "--replica-tokens-per-s / --replica-bench]."),
+                      "--replica-tokens-per-s / --replica-bench / --ledger]."),
     click.option("--replica-tokens-per-s", type=float,
                  help="Tokens/s (input+output) one replica sustains; with the trace's token mix."),
     click.option("--replica-bench", type=click.Path(exists=True, dir_okay=False),
-                 help="A JSON bench result with replica_rps or tokens_per_s."),
-    click.option("--concurrency", type=int, default=4, show_default=True,
-                 help="Requests one replica serves at once (service time = concurrency / rps)."),
+                 help="A margin bench JSON result (bench gateway --json-out, bench batching "
+                      "--json) or one with replica_rps / tokens_per_s: the best measured cell "
+                      "gives requests/s and concurrency."),
+    click.option("--ledger", "replica_ledger",
+                 help="The gateway's ledger (SQLite path or postgresql:// URL): requests/s and "
+                      "concurrency from its upstream times (Little's law, busiest minute)."),
+    click.option("--ledger-model", help="Which model's rows of --ledger [default: the busiest]."),
+    click.option("--concurrency", type=click.IntRange(1),
+                 help="Requests one replica serves at once (service time = concurrency / rps) "
+                      "[default: measured by --replica-bench / --ledger, else 4]."),
     click.option("--slo-p95-ms", type=float, default=5000, show_default=True,
                  help="Latency SLO: 95 % of requests under this."),
     click.option("--utilisation-cap", type=float, default=0.85, show_default=True,
@@ -123,7 +130,8 @@ def _capacity(kw: dict) -> CapacityOptions:
                     spot_max_share=kw.pop("spot_max_share"))
     return CapacityOptions(
         replica_rps=kw.pop("replica_rps"), replica_tokens_per_s=kw.pop("replica_tokens_per_s"),
-        replica_bench=kw.pop("replica_bench"), concurrency=kw.pop("concurrency"),
+        replica_bench=kw.pop("replica_bench"), replica_ledger=kw.pop("replica_ledger"),
+        ledger_model=kw.pop("ledger_model"), concurrency=kw.pop("concurrency"),
         slo_p95_ms=kw.pop("slo_p95_ms"), utilisation_cap=kw.pop("utilisation_cap"),
         startup_s=kw.pop("startup_s"), metric_lag_s=kw.pop("metric_lag_s"),
         min_replicas=kw.pop("min_replicas"), max_replicas=kw.pop("max_replicas"), prices=prices,

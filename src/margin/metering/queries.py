@@ -71,6 +71,13 @@ def _hour(db: Database) -> str:
     return "CAST(ts / 3600 AS INTEGER)"  # ts is positive: truncation is floor
 
 
+def _minute(db: Database) -> str:
+    """The UNIX minute of ``ts`` (``ts // 60``)."""
+    if db.dialect == "postgresql":
+        return "CAST(FLOOR(ts / 60) AS BIGINT)"
+    return "CAST(ts / 60 AS INTEGER)"
+
+
 # ------------------------------------------------------------------------------ totals
 
 @dataclass(frozen=True, slots=True)
@@ -276,3 +283,30 @@ def write_csv(db: Database, columns: Sequence[str], sink: BinaryIO) -> int:
         for chunk in copy:
             n += sink.write(chunk)
     return n
+
+
+# ------------------------------------------------------------------------------ service
+
+@dataclass(frozen=True, slots=True)
+class ServiceMinute:
+    """One minute of answered requests of one model: how many and their upstream time."""
+
+    model: str
+    minute: int           # UNIX minute (ts // 60)
+    requests: int
+    upstream_ms_sum: float
+    upstream_ms_max: float
+
+
+def service_minutes(db: Database, filters: Filters = Filters()) -> list[ServiceMinute]:
+    """Per model and minute, the answered (status < 400), upstream-served (not cached)
+    requests and the sum of their upstream time (``upstream_ms``, else ``latency_ms``):
+    by Little's law that sum / 60 000 is the requests the upstream held at once."""
+    minute, model = _minute(db), GROUPS["model"]
+    ms = "COALESCE(upstream_ms, latency_ms)"
+    where, params = filters.where("status < 400", f"{ms} IS NOT NULL", f"{model} IS NOT NULL",
+                                  "(cache IS NULL OR cache NOT IN ('exact', 'semantic'))")
+    rows = db.query(f"SELECT {model}, {minute}, COUNT(*), SUM({ms}), MAX({ms}) FROM requests"
+                    f"{where} GROUP BY {model}, {minute} ORDER BY {model}, {minute}", params)
+    return [ServiceMinute(str(m), int(t), int(n), float(s or 0.0), float(x or 0.0))
+            for m, t, n, s, x in rows]

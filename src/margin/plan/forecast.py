@@ -15,8 +15,18 @@ The model (chosen by backtests on the shared NASA and ServeGen traces, see docs/
 Intervals are empirical (split-conformal): the model is re-run at earlier origins inside the
 history, the log-ratios actual/forecast are grouped by lead time (one bucket per day of lead), and
 their quantiles make the band. Leads with no past errors get the last bucket's width grown with
-sqrt(lead); with under 10 past origins the band is widened by sqrt(10/k), since k origins are k samples of
-the level, not k x 24.
+sqrt(lead).
+
+The band is then calibrated on its own record (adaptive conformal, after Gibbs & Candès 2021):
+for up to ``calibration_origins`` past origins, oldest first, the band each would have drawn is
+compared with what happened next (only actuals before the present origin: no look-ahead); each
+actual's distance from the band's middle in units of the band's half-width on its side is its
+score, and after each origin the band's scale at that day of lead moves by
+exp(aci_gain x (share of scores above the scale - (1 - coverage))). A band that kept missing
+widens, one that always covered narrows, and a shift in the traffic's volatility is followed
+within days. Past bands resting on fewer than two origins' errors are not used. Without
+calibration (``calibrate=False``) a band from k < 10 past origins is widened by sqrt(10/k)
+instead, since k origins are k samples of the level, not k x 24.
 
 Everything here is pure: arrays and the step in, arrays out; the origin is the end of the data.
 """
@@ -31,6 +41,7 @@ import numpy as np
 from margin.plan.series import DAY_S, RateSeries, bins_per
 
 MONTH_S = 30 * DAY_S
+MIN_RESIDUAL_ORIGINS = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class ForecastConfig:
     growth_monthly: float = 0.0         # applied on top of the forecast, compounding per 30 days
     backtest_origins: int = 14          # rolling origins, one day apart, in the backtest
     residual_origins: int = 28          # past origins whose errors make the intervals
+    calibration_origins: int = 14       # past origins whose band misses calibrate the band
+    calibrate: bool = True              # rescale the band by its own past misses (see below)
+    aci_gain: float = 1.0               # log-scale step per unit of excess miss rate
 
 
 @dataclass
@@ -218,16 +232,40 @@ def _min_history(day: int | None, n: int) -> int:
     return 3 * day
 
 
+class PointForecasts:
+    """Point forecasts of one series from many origins, each made once: the intervals and their
+    calibration re-forecast the same past origins many times over.
+
+    A forecast from origin ``o`` reads only ``values[:o]`` and its first n steps do not depend
+    on how many follow, so one full-horizon forecast per origin serves every caller.
+    """
+
+    def __init__(self, values: np.ndarray, n_out: int, day: int | None,
+                 cfg: ForecastConfig) -> None:
+        self.values, self.n_out, self.day, self.cfg = values, n_out, day, cfg
+        self._cache: dict[int, np.ndarray] = {}
+        self.bands: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+
+    def at(self, origin: int, n: int) -> np.ndarray:
+        f = self._cache.get(origin)
+        if f is None:
+            f = point_forecast(self.values[:origin], self.n_out, self.day, self.cfg)
+            self._cache[origin] = f
+        return f[:n]
+
+
 def lead_residuals(values: np.ndarray, origin: int, n_out: int, day: int | None,
-                   cfg: ForecastConfig) -> tuple[np.ndarray, np.ndarray, int]:
+                   cfg: ForecastConfig, fc: PointForecasts | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """Log-ratios actual/forecast by lead, from origins before ``origin``; and how many origins."""
+    fc = fc or PointForecasts(values, n_out, day, cfg)
     step = _origin_step(day, n_out)
     eps = _eps(values[:origin])
     leads, errs, k = [], [], 0
     oo = origin - step
     while oo >= _min_history(day, origin) and k < cfg.residual_origins:
         n = min(n_out, origin - oo)
-        f = point_forecast(values[:oo], n, day, cfg)
+        f = fc.at(oo, n)
         a = values[oo:oo + n]
         m = ~np.isnan(a) & ~np.isnan(f)
         if m.any():
@@ -241,7 +279,8 @@ def lead_residuals(values: np.ndarray, origin: int, n_out: int, day: int | None,
 
 
 def interval_bands(leads: np.ndarray, errs: np.ndarray, k_origins: int, n_out: int,
-                   bucket: int, coverage: float) -> tuple[np.ndarray, np.ndarray]:
+                   bucket: int, coverage: float, widen: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Lower/upper log-ratio offsets per lead step."""
     q_lo, q_hi = (1 - coverage) / 2, 1 - (1 - coverage) / 2
     nb = (n_out + bucket - 1) // bucket
@@ -266,19 +305,87 @@ def interval_bands(leads: np.ndarray, errs: np.ndarray, k_origins: int, n_out: i
             if b > 0:   # uncertainty does not shrink with lead
                 lo[b], hi[b] = min(lo[b], lo[b - 1]), max(hi[b], hi[b - 1])
             last = b
-    if 0 < k_origins < 10:
+    if widen and 0 < k_origins < 10:
         widen = np.sqrt(10 / k_origins)
         mid = (lo + hi) / 2
         lo, hi = mid + (lo - mid) * widen, mid + (hi - mid) * widen
     return np.repeat(lo, bucket)[:n_out], np.repeat(hi, bucket)[:n_out]
 
 
+def _bucket(day: int | None, n_out: int) -> int:
+    return day if day else max(1, n_out // 4)
+
+
+def raw_band(fc: PointForecasts, origin: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Point forecast and log-ratio band from ``origin``, from the errors before it."""
+    if origin in fc.bands:
+        return fc.bands[origin]
+    values, n_out, day, cfg = fc.values, fc.n_out, fc.day, fc.cfg
+    point = np.maximum(fc.at(origin, n_out), 0.0)
+    leads, errs, k = lead_residuals(values, origin, n_out, day, cfg, fc)
+    lo, hi = interval_bands(leads, errs, k, n_out, _bucket(day, n_out), cfg.coverage,
+                            widen=not cfg.calibrate)
+    fc.bands[origin] = (point, lo, hi, k)
+    return point, lo, hi, k
+
+
+def band_scores(fc: PointForecasts, origin: int) -> tuple[np.ndarray, np.ndarray]:
+    """How far past actuals fell outside the band each past origin would have drawn, as a
+    multiple of that band's half-width on their side (<= 1: inside), by lead. Only origins
+    before ``origin`` and only actuals before it: no look-ahead."""
+    values, n_out, day, cfg = fc.values, fc.n_out, fc.day, fc.cfg
+    step = _origin_step(day, n_out)
+    eps = _eps(values[:origin])
+    leads, scores, k = [], [], 0
+    oo = origin - step
+    while oo >= _min_history(day, origin) and k < cfg.calibration_origins:
+        n = min(n_out, origin - oo)
+        point, lo, hi, k_res = raw_band(fc, oo)
+        if k_res < MIN_RESIDUAL_ORIGINS:
+            break   # earlier bands rest on fewer past errors than any band we draw now
+        a = values[oo:oo + n]
+        r = np.log((a + eps) / (point[:n] + eps))
+        mid = (lo[:n] + hi[:n]) / 2
+        half = np.where(r >= mid, hi[:n] - mid, mid - lo[:n])
+        m = ~np.isnan(r) & (half > 1e-9)
+        if m.any():
+            leads.append(np.arange(n)[m])
+            scores.append(np.abs(r[m] - mid[m]) / half[m])
+            k += 1
+        oo -= step
+    return leads, scores
+
+
+def aci_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, bucket: int,
+                coverage: float, gain: float) -> np.ndarray:
+    """Adaptive conformal: walk the past origins oldest first; after each, grow the band's
+    scale where more than 1 - coverage of its actuals fell outside, shrink it where fewer did."""
+    nb = (n_out + bucket - 1) // bucket
+    logf = np.zeros(nb)
+    for ld, sc in zip(reversed(leads), reversed(scores)):
+        b = ld // bucket
+        for j in np.unique(b):
+            miss = float((sc[b == j] > np.exp(logf[j])).mean())
+            logf[j] += gain * (miss - (1 - coverage))
+        for j in range(1, nb):   # uncertainty does not shrink with lead
+            if not (b == j).any():
+                logf[j] = max(logf[j], logf[j - 1])
+    return np.repeat(np.exp(logf), bucket)[:n_out]
+
+
 def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
-                           cfg: ForecastConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    point = np.maximum(point_forecast(values, n_out, day, cfg), 0.0)
-    leads, errs, k = lead_residuals(values, len(values), n_out, day, cfg)
-    bucket = day if day else max(1, n_out // 4)
-    lo, hi = interval_bands(leads, errs, k, n_out, bucket, cfg.coverage)
+                           cfg: ForecastConfig, fc: PointForecasts | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point forecast and band from the end of ``values`` (or of ``fc.values[:len(values)]``)."""
+    origin = len(values)
+    fc = fc or PointForecasts(values, n_out, day, cfg)
+    point, lo, hi, _ = raw_band(fc, origin)
+    if cfg.calibrate:
+        leads, scores = band_scores(fc, origin)
+        f = aci_factors(leads, scores, n_out, _bucket(day, n_out), cfg.coverage, cfg.aci_gain)
+        mid = (lo + hi) / 2
+        lo, hi = mid - (mid - lo) * f, mid + (hi - mid) * f
     eps = _eps(values)
     lower = np.maximum((point + eps) * np.exp(lo) - eps, 0.0)
     upper = np.maximum((point + eps) * np.exp(hi) - eps, 0.0)
@@ -312,9 +419,10 @@ def backtest(values: np.ndarray, n_out: int, day: int | None,
         return None
     week = 7 * day if day else None
     acts, preds, lows, highs, nd, nw, nu, picks = [], [], [], [], [], [], [], []
+    fc = PointForecasts(values, n_out, day, cfg)
     for o in origins:
         act = values[o:o + n_out]
-        p, lo, hi = forecast_with_interval(values[:o], n_out, day, cfg)
+        p, lo, hi = forecast_with_interval(values[:o], n_out, day, cfg, fc)
         acts.append(act), preds.append(p), lows.append(lo), highs.append(hi)
         if day:
             d = seasonal_naive(values[:o], n_out, day)

@@ -9,21 +9,22 @@ Measure your own with ``margin bench`` and pass them in.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from margin.errors import InputError
 from margin.plan.capacity import Prices, ReplicaModel, SloTarget
+from margin.plan.replica_numbers import ReplicaNumbers, from_bench, from_ledger
 
 
 @dataclass(frozen=True)
 class CapacityOptions:
-    replica_rps: float | None = None          # None: from tokens or bench, else 2.0
+    replica_rps: float | None = None          # None: from tokens, bench or ledger, else 2.0
     replica_tokens_per_s: float | None = None
-    replica_bench: str | None = None          # a JSON file with replica_rps / tokens_per_s
-    concurrency: int = 4
+    replica_bench: str | None = None          # a margin bench JSON result
+    replica_ledger: str | None = None         # a ledger URL: measured upstream times
+    ledger_model: str | None = None           # which model's rows in that ledger
+    concurrency: int | None = None            # None: measured (bench/ledger), else 4
     slo_p95_ms: float = 5000.0
     utilisation_cap: float = 0.85
     startup_s: int = 60
@@ -38,49 +39,67 @@ class CapacityOptions:
     sim_days: float = 7.0
 
     DEFAULT_REPLICA_RPS = 2.0
+    DEFAULT_CONCURRENCY = 4
 
-    def resolve_replica_rps(self, tokens_per_request: float | None) -> tuple[float, str]:
-        """Requests per second one replica completes, and where that number came from."""
-        if self.replica_rps is not None:
-            return self.replica_rps, "--replica-rps"
-        tps, source = self.replica_tokens_per_s, "--replica-tokens-per-s"
+    def measured(self) -> ReplicaNumbers | None:
+        if self.replica_bench and self.replica_ledger:
+            raise InputError("pass --replica-bench or --ledger, not both")
         if self.replica_bench:
-            data = _read_bench(self.replica_bench)
-            if "replica_rps" in data or "rps" in data:
-                return float(data.get("replica_rps", data.get("rps"))), \
-                    f"bench result {self.replica_bench}"
-            tps = float(data.get("tokens_per_s", data.get("replica_tokens_per_s", 0))) or None
-            source = f"bench result {self.replica_bench}"
-            if tps is None:
-                raise InputError(f"{self.replica_bench}: expected replica_rps or tokens_per_s")
+            return from_bench(self.replica_bench)
+        if self.replica_ledger:
+            return from_ledger(self.replica_ledger, self.ledger_model)
+        return None
+
+    def resolve(self, tokens_per_request: float | None) -> ReplicaChoice:
+        """The replica's throughput and concurrency, each with where it came from."""
+        m = self.measured()
+        conc, conc_src = self.DEFAULT_CONCURRENCY, "default"
+        if self.concurrency is not None:
+            conc, conc_src = self.concurrency, "--concurrency"
+        elif m is not None and m.concurrency is not None:
+            conc, conc_src = m.concurrency, m.source
+        if self.replica_rps is not None:
+            return ReplicaChoice(self.replica_rps, "--replica-rps", conc, conc_src)
+        tps, source = self.replica_tokens_per_s, "--replica-tokens-per-s"
+        if m is not None:
+            if m.replica_rps is not None:
+                return ReplicaChoice(m.replica_rps, m.source, conc, conc_src)
+            tps, source = m.tokens_per_s, m.source
         if tps is not None:
             if not tokens_per_request:
                 raise InputError(f"{source} needs a trace with token counts to turn tokens/s "
                                  "into requests/s; pass --replica-rps instead")
-            return tps / tokens_per_request, \
-                f"{source} {tps:g} tokens/s / {tokens_per_request:.0f} tokens per request"
-        return self.DEFAULT_REPLICA_RPS, f"default ({self.DEFAULT_REPLICA_RPS:g} requests/s)"
+            return ReplicaChoice(tps / tokens_per_request,
+                                 f"{source} {tps:g} tokens/s / {tokens_per_request:.0f} tokens "
+                                 "per request", conc, conc_src)
+        return ReplicaChoice(self.DEFAULT_REPLICA_RPS, "default", conc, conc_src)
 
-    def model(self, tokens_per_request: float | None) -> tuple[ReplicaModel, str]:
-        rps, source = self.resolve_replica_rps(tokens_per_request)
-        if rps <= 0:
+    def model(self, tokens_per_request: float | None) -> tuple[ReplicaModel, ReplicaChoice]:
+        choice = self.resolve(tokens_per_request)
+        if choice.replica_rps <= 0:
             raise InputError("replica throughput must be positive")
-        return ReplicaModel(replica_rps=rps, concurrency=self.concurrency), source
+        if choice.concurrency < 1:
+            raise InputError("--concurrency must be at least 1")
+        return ReplicaModel(replica_rps=choice.replica_rps, concurrency=choice.concurrency), \
+            choice
 
     def slo(self) -> SloTarget:
         return SloTarget(latency_s=self.slo_p95_ms / 1000, quantile=0.95,
                          utilisation_cap=self.utilisation_cap)
 
 
-def _read_bench(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: expected a JSON bench result ({exc.__class__.__name__})") \
-            from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
+@dataclass(frozen=True)
+class ReplicaChoice:
+    replica_rps: float
+    replica_rps_source: str
+    concurrency: int
+    concurrency_source: str
+
+    def defaults(self) -> list[str]:
+        """The replica numbers that are documented defaults, not measured or given."""
+        return [name for name, src in (("replica_rps", self.replica_rps_source),
+                                       ("concurrency", self.concurrency_source))
+                if src.startswith("default")]
 
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}

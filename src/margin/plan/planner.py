@@ -24,7 +24,7 @@ from margin.plan.costs import TokenPrices, unit_economics
 from margin.plan.forecast import ForecastConfig, ForecastResult, backtest_series, forecast
 from margin.plan.load import (LoadAnalysis, analyze_load, rate_series, service_cv2,
                               tokens_per_request)
-from margin.plan.options import CapacityOptions
+from margin.plan.options import CapacityOptions, ReplicaChoice
 from margin.plan.results import (Assumptions, BacktestReport, BacktestRow, CapacityPlan,
                                  RoadmapBasis, RuleOfThumb, WhatIfPlan)
 from margin.plan.series import DAY_S, human_duration
@@ -39,7 +39,7 @@ class Context:
     trace: Trace
     analysis: LoadAnalysis
     model: ReplicaModel
-    model_source: str
+    choice: ReplicaChoice
     slo: SloTarget
     cs2: float
     cs2_source: str
@@ -50,24 +50,25 @@ class Context:
 
     def assumptions(self) -> Assumptions:
         return Assumptions(replica_rps=self.model.replica_rps,
-                           replica_rps_source=self.model_source,
-                           concurrency=self.model.concurrency, service_s=self.model.service_s,
+                           replica_rps_source=self.choice.replica_rps_source,
+                           concurrency=self.model.concurrency,
+                           concurrency_source=self.choice.concurrency_source, service_s=self.model.service_s,
                            slo_p95_ms=self.slo.latency_s * 1000,
                            utilisation_cap=self.slo.utilisation_cap, ca2=self.ca2,
                            ca2_source=self.analysis.burstiness.source, cs2=self.cs2,
-                           cs2_source=self.cs2_source)
+                           cs2_source=self.cs2_source, defaults=self.choice.defaults())
 
 
 def build_context(trace: Trace, opts: CapacityOptions) -> Context:
     analysis = analyze_load(trace)
-    model, source = opts.model(tokens_per_request(trace))
+    model, choice = opts.model(tokens_per_request(trace))
     slo = opts.slo()
     if slo.latency_s <= model.service_s:
         raise InputError(f"--slo-p95-ms {opts.slo_p95_ms:g} is not above the service time "
                          f"({model.service_s * 1000:g} ms = concurrency {model.concurrency} / "
                          f"{model.replica_rps:g} requests/s): lower --concurrency or raise the SLO")
     cs2, cs2_source = service_cv2(trace)
-    return Context(trace, analysis, model, source, slo, cs2, cs2_source)
+    return Context(trace, analysis, model, choice, slo, cs2, cs2_source)
 
 
 # ------------------------------------------------------------------------------- forecast
@@ -189,6 +190,7 @@ class AutoscalePlan:
     week_clock: str = ""                      # what the hours of week are in
     keda_predictive: dict | None = None
     hpa_schedule: list[dict] | None = None
+    assumptions: Assumptions | None = None    # the replica numbers the replay rests on
 
     @property
     def static_replica_hours(self) -> float:
@@ -228,7 +230,8 @@ class AutoscalePlan:
                 "saving_vs_static": self.saving_vs_static(), **self.search.to_json(),
                 "predictive_week": {"replicas_by_hour_of_week": self.week_floor,
                                     "clock": self.week_clock} if self.week_floor else None,
-                "manifest_problems": self.problems}
+                "manifest_problems": self.problems,
+                "assumptions": self.assumptions.to_json() if self.assumptions else None}
 
 
 def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
@@ -253,7 +256,8 @@ def autoscale_plan(ctx: Context, opts: CapacityOptions, quick: bool = False,
                 "keda": manifests.validate_keda(keda_doc, keda_schema),
                 "ray": manifests.ray_problems(ray_doc)}
     plan = AutoscalePlan(res, arr.start_s, len(arr.per_second), static, hpa_doc, keda_doc,
-                         ray_doc, problems, _headers(res, hpa_spec, keda_spec, ray_spec))
+                         ray_doc, problems, _headers(res, hpa_spec, keda_spec, ray_spec),
+                         assumptions=ctx.assumptions())
     pred = res.best_specs.get("predictive")
     if isinstance(pred, PredictiveSpec):
         _add_predictive(plan, ctx, cfg, arr, pred, keda_schema)

@@ -154,9 +154,11 @@ def backtest(console: Console, rep: BacktestReport) -> None:
 def capacity(console: Console, cap: CapacityPlan, absolute: bool) -> None:
     a = cap.assumptions
     console.print(f"replica: {fmt(a.replica_rps)} requests/s ({a.replica_rps_source}), "
-                  f"{a.concurrency} at once, service {a.service_s * 1000:g} ms; SLO P95 "
+                  f"{a.concurrency} at once ({a.concurrency_source}), service {a.service_s * 1000:g} ms; SLO P95 "
                   f"{a.slo_p95_ms:g} ms; ca² {fmt(a.ca2)}, cs² {fmt(a.cs2)}; "
                   f"peaks inside a step x{fmt(cap.peak_factor)}")
+    if a.defaults:
+        console.print(f"[yellow]{a.default_note()}[/]")
     console.print(f"replicas over the horizon: {spark(cap.replicas)}")
     t = Table("plan", "replicas", "replica-hours over the horizon")
     t.add_row("queueing (Erlang C + burstiness), forecast",
@@ -189,11 +191,12 @@ def policies(console: Console, rows: list[SimResult], recommended: SimResult | N
 def replica_assumptions(console: Console, a: Assumptions, startup_s: int, metric_lag_s: int
                         ) -> None:
     """The numbers a replay rests on; a default is named as one (measure yours: margin bench)."""
-    src = "a default: pass --replica-rps or --replica-bench with a margin bench result" \
-        if a.replica_rps_source.startswith("default") else a.replica_rps_source
     console.print(f"assumed: one replica completes {fmt(a.replica_rps)} requests/s "
-                  f"({src}), {a.concurrency} at once; SLO P95 "
+                  f"({a.replica_rps_source}), {a.concurrency} at once "
+                  f"({a.concurrency_source}); SLO P95 "
                   f"{a.slo_p95_ms:g} ms; start-up {startup_s} s; metric lag {metric_lag_s} s")
+    if a.defaults:
+        console.print(f"[yellow]{a.default_note()}[/]")
 
 
 def advice(console: Console, auto: AutoscalePlan) -> None:

@@ -18,6 +18,7 @@ class Assumptions:
     replica_rps: float
     replica_rps_source: str
     concurrency: int
+    concurrency_source: str
     service_s: float
     slo_p95_ms: float
     utilisation_cap: float
@@ -25,9 +26,18 @@ class Assumptions:
     ca2_source: str
     cs2: float
     cs2_source: str
+    defaults: list[str]       # the replica numbers above that are defaults (measure them)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def default_note(self) -> str:
+        """One line naming the defaults relied on, '' when every replica number is measured."""
+        if not self.defaults:
+            return ""
+        return (f"assumed defaults for {' and '.join(self.defaults)}: measure one replica with "
+                "margin bench (--replica-bench FILE) or the gateway's ledger (--ledger URL), "
+                "or pass --replica-rps / --concurrency")
 
 
 @dataclass(frozen=True)

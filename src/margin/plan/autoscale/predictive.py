@@ -29,6 +29,9 @@ from margin.plan.forecast import ForecastConfig, forecast_with_interval
 from margin.plan.series import DAY_S
 
 HOUR_S = 3600
+# The predictive variants (forecast, 70 %, mid or upper band) and their measured replica-hours
+# were chosen on the uncalibrated band; the calibrated one is the forecast's, not yet the policy's.
+_FORECAST = ForecastConfig(calibrate=False)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def day_floor(per_second: np.ndarray, origin: int, day_start: int, cfg: SimConfi
         return np.zeros(24, dtype=int)
     day = 24 if len(hist) >= 48 else None
     n_out = (day_start - origin) // HOUR_S + 24
-    point, _, upper = forecast_with_interval(hist, n_out, day, ForecastConfig())
+    point, _, upper = forecast_with_interval(hist, n_out, day, _FORECAST)
     rate = {"upper": upper, "point": point, "mid": (point + upper) / 2}[spec.band][-24:]
     rate = rate * spec.floor_share
     rate = rate * peak_factor_before(per_second, origin, min(past_h, 7 * 24))
@@ -154,7 +157,7 @@ def week_floor(per_second: np.ndarray, end: int, cfg: SimConfig, spec: Predictiv
     if len(hist) == 0 or np.isnan(hist).all():
         return np.zeros(168, dtype=int)
     day = 24 if len(hist) >= 48 else None
-    point, _, upper = forecast_with_interval(hist, 168, day, ForecastConfig())
+    point, _, upper = forecast_with_interval(hist, 168, day, _FORECAST)
     rate = {"upper": upper, "point": point, "mid": (point + upper) / 2}[spec.band]
     rate = rate * spec.floor_share * peak_factor_before(per_second, end, min(spec.history_days * 24, 7 * 24))
     out = np.array([replicas_for_slo(round(float(np.nan_to_num(x)), 3), cfg.model, cfg.slo,

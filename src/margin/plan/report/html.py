@@ -141,11 +141,14 @@ def render_html(rep: PlanReport, history: tuple[np.ndarray, np.ndarray],
     parts.append("<h2>Capacity for the SLO</h2>")
     parts.append(f"<p>One replica completes {_f(a.replica_rps)} requests/s "
                  f"<span class=note>({escape(a.replica_rps_source)})</span>, {a.concurrency} "
-                 f"at a time ({a.service_s * 1000:g} ms each); SLO: 95 % under "
+                 f"at a time <span class=note>({escape(a.concurrency_source)})</span> "
+                 f"({a.service_s * 1000:g} ms each); SLO: 95 % under "
                  f"{a.slo_p95_ms:g} ms; utilisation at most {a.utilisation_cap:.0%}. "
                  f"Erlang C with the Allen–Cunneen factor (ca² {_f(a.ca2)}, cs² {_f(a.cs2)})"
                  f"; each step sized on its forecast x{_f(cap.peak_factor)} "
                  f"<span class=note>({escape(cap.peak_factor_source)})</span>.</p>")
+    if a.defaults:
+        parts.append(f"<p class=note><b>{escape(a.default_note())}</b>.</p>")
     t = np.asarray(cap.times, float)
     parts.append(svg.line_chart([
         svg.Line("queueing: forecast", t, cap.replicas, "#2563eb"),
