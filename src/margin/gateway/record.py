@@ -42,9 +42,6 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "cached_tokens": u.cached_tokens,
-        "cache_write_tokens": u.cache_write_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "dialect": ctx.dialect,
         "cost_usd": round(ctx.cost_usd, 12),
         "saved_usd": round(ctx.saved_usd, 12),
         "estimated": int(u.estimated),
@@ -69,6 +66,9 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "response": None,
         "reserved_usd": (round(ctx.reserved_usd, 12) if ctx.reserved_usd is not None
                          else None),
+        "cache_write_tokens": u.cache_write_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "dialect": ctx.dialect,
     }
     if log_content:
         subject = (ctx.body.get("messages") if ctx.endpoint == "chat"
