@@ -141,7 +141,9 @@ def _start_gateway(tmp: Path, name: str, config: dict, port: int, cpu: str | Non
     workdir = tmp / name
     workdir.mkdir()
     cmd = [sys.executable, "-m", "margin.cli.main", "serve", "--config", str(cfg_path),
-           "--port", str(port), "--workers", str(workers)]
+           "--port", str(port)]
+    if workers != 1:  # an older checkout (--baseline-src) may not know the flag
+        cmd += ["--workers", str(workers)]
     gw = subprocess.Popen(_pin(cmd, cpu), cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
     # /healthz: a baseline checkout may predate the readiness endpoints.
