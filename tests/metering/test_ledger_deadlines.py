@@ -94,7 +94,10 @@ def test_the_queue_spills_to_the_spool_instead_of_growing(tmp_path):
         for i in range(1_000):
             w.submit(_row(i))
         assert w.pending <= 100 + 10
-        assert w.counters.spilled >= 890
+        # Spilled by submit, or spooled by the writer once its call hit the busy timeout:
+        # either way on disk, not in memory.
+        assert w.counters.spilled > 0
+        assert w.counters.spooled >= 1_000 - w.pending - 10
     finally:
         blocker.rollback()
         blocker.close()
