@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "margin"
 
 LEAVES = {"types": set(), "errors": set(), "configbase": set(), "tasks": set(),
           "units": {"margin.errors"}, "jsonbody": {"margin.errors"},
-          "procs": {"margin.errors"}}
+          "procs": {"margin.errors"}, "attribution": {"margin.errors"}, "memory": set()}
 SERVING = ("upstreams", "cache", "routing", "limits", "metering", "observe", "batching",
            "compression", "auth", "plan", "embedding")
 UPPER = ("margin.gateway", "margin.bench", "margin.cli")
