@@ -25,7 +25,7 @@ import click
 import yaml
 
 from margin.bench.gateway import WrkResult, _pin, cpu_s, parse_wrk
-from margin.bench.procs import free_port, stop, wait_http
+from margin.procs import free_port, stop, wait_http
 from margin.bench.report import header, write_section
 
 # Each request a different prompt (no cache can answer), the same parameters in each dialect.
