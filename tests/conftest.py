@@ -126,6 +126,9 @@ class GatewayProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"margin-{self.port}.yaml"
+        # No load balancer watches a test's gateway: stop at once on SIGTERM (still draining
+        # in-flight requests) unless the test asks for the production delay.
+        config = {**config, "server": {"drain_delay_s": 0, **(config.get("server") or {})}}
         self.config_path.write_text(yaml.safe_dump(config))
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None

@@ -33,7 +33,9 @@ class PromptCorrection:
         self.clock = clock
         self._samples: dict[str, deque[float]] = {}
         self._factor: dict[str, float] = {}
-        self._pending: dict[str, list[float]] = {}  # not yet sent to Redis
+        # not yet sent to Redis; bounded, since without Redis (or during an outage) nothing
+        # takes them and only the newest ``window`` could ever matter
+        self._pending: dict[str, deque[float]] = {}
 
     def factor(self, model: str) -> float:
         """What the bound of a request to ``model`` is multiplied by (>= 1)."""
@@ -47,7 +49,7 @@ class PromptCorrection:
         if d is None:
             d = self._samples[model] = deque(maxlen=self.window)
         d.append(ratio)
-        self._pending.setdefault(model, []).append(ratio)
+        self._pending.setdefault(model, deque(maxlen=self.window)).append(ratio)
         # A ratio above the current factor raises it at once; the quantile (which can
         # also lower it again) is recomputed on refresh.
         if ratio > self.factor(model) and len(d) >= self.min_samples:
@@ -78,7 +80,7 @@ class PromptCorrection:
             replies = await pipe.execute()
         except REDIS_ERRORS:
             for model, ratios in pending.items():  # keep them for the next try
-                self._pending.setdefault(model, []).extend(ratios)
+                self._pending.setdefault(model, deque(maxlen=self.window)).extend(ratios)
             raise
         for model, values in zip(models, replies[-len(models):] if models else []):
             if values:
