@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from margin.bench import fake_asgi
+
 WORDS = ("the quick brown fox jumps over the lazy dog and keeps running far away "
          "into the quiet green hills").split()
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -48,22 +50,11 @@ class FakeAnthropic:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await fake_asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            msg = await receive()
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        body = await fake_asgi.read_body(receive)
+        headers = fake_asgi.request_headers(scope)
         if scope["method"] == "GET" and scope["path"] == "/_stats":
             return await self._json(send, 200, {"bodies": self.bodies[-20:],
                                                 "headers": self.headers[-20:]})
@@ -189,10 +180,7 @@ class FakeAnthropic:
             "type": _ERROR_TYPES.get(status, "api_error"), "message": message}})
 
     async def _json(self, send: Any, status: int, payload: Any) -> None:
-        body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await fake_asgi.send_json(send, status, payload)
 
 
 def main(argv: list[str] | None = None) -> None:

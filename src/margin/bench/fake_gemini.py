@@ -17,6 +17,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from margin.bench import fake_asgi
+
 WORDS = ("the quick brown fox jumps over the lazy dog and keeps running far away "
          "into the quiet green hills").split()
 
@@ -32,25 +34,14 @@ class FakeGemini:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await fake_asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
-        raw = b""
-        more = True
-        while more:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            more = msg.get("more_body", False)
+        raw = await fake_asgi.read_body(receive)
         path = scope["path"]
         if path == "/_stats":
             return await self._json(send, 200, {"bodies": self.bodies[-20:]})
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        headers = fake_asgi.request_headers(scope)
         query = parse_qs(scope.get("query_string", b"").decode())
         key = headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
         if key != self.api_key:
@@ -124,7 +115,4 @@ class FakeGemini:
                                                   "status": code}})
 
     async def _json(self, send: Any, status: int, payload: Any) -> None:
-        body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await fake_asgi.send_json(send, status, payload)
