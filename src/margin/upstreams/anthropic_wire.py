@@ -15,46 +15,23 @@ from typing import Any
 import orjson
 
 from margin.errors import BadRequest
+from margin.upstreams.chat_content import (Turns, arguments_object, content_blocks, split_data_url,
+                                            stop_list, text_of)
 
 STOP_TO_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 
 
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    url = str((part.get("image_url") or {}).get("url", ""))
-    if url.startswith("data:") and ";base64," in url:
-        media, data = url[5:].split(";base64,", 1)
-        return {"type": "image", "source": {"type": "base64", "media_type": media,
-                                            "data": data}}
+def _image_block(url: str) -> dict[str, Any]:
+    inline = split_data_url(url)
+    if inline:
+        return {"type": "image", "source": {"type": "base64", "media_type": inline[0],
+                                            "data": inline[1]}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    out = []
-    for part in content:
-        if part.get("type") == "text":
-            out.append({"type": "text", "text": part.get("text", "")})
-        elif part.get("type") == "image_url":
-            out.append(_image_block(part))
-    return out
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-
-
-def _input(arguments: str) -> Any:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
+    return content_blocks(content, lambda t: {"type": "text", "text": t}, _image_block)
 
 
 def messages_body(chat: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
@@ -63,19 +40,13 @@ def messages_body(chat: dict[str, Any], model: str, default_max_tokens: int) -> 
         raise BadRequest("response_format (JSON mode) is not supported by anthropic models; "
                          "describe the JSON in the prompt or use a tool", code="invalid_value")
     system: list[str] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        # Anthropic alternates user and assistant: consecutive turns of one role merge.
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+    turns = Turns()
+    add = turns.add
 
     for m in chat.get("messages") or []:
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append(_text(m.get("content")))
+            system.append(text_of(m.get("content")))
         elif role == "user":
             add("user", _blocks(m.get("content")))
         elif role == "assistant":
@@ -83,12 +54,13 @@ def messages_body(chat: dict[str, Any], model: str, default_max_tokens: int) -> 
             for call in m.get("tool_calls") or []:
                 fn = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": call.get("id"),
-                               "name": fn.get("name"), "input": _input(fn.get("arguments"))})
+                               "name": fn.get("name"),
+                               "input": arguments_object(fn.get("arguments"))})
             add("assistant", blocks)
         elif role in ("tool", "function"):
             add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id"),
-                          "content": _text(m.get("content"))}])
-    body: dict[str, Any] = {"model": model, "messages": turns,
+                          "content": text_of(m.get("content"))}])
+    body: dict[str, Any] = {"model": model, "messages": turns.items,
                             "max_tokens": chat.get("max_tokens")
                             or chat.get("max_completion_tokens") or default_max_tokens}
     if system:
@@ -100,7 +72,7 @@ def messages_body(chat: dict[str, Any], model: str, default_max_tokens: int) -> 
             body[name] = chat[name]
     stop = chat.get("stop")
     if stop:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        body["stop_sequences"] = stop_list(stop)
     if chat.get("tools"):
         body["tools"] = [{"name": t["function"]["name"],
                           "description": t["function"].get("description", ""),

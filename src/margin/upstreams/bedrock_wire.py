@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 
 from margin.errors import BadRequest
+from margin.upstreams.chat_content import (Turns, arguments_object, content_blocks, split_data_url,
+                                            stop_list, text_of)
 
 STOP_TO_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "guardrail_intervened": "content_filter",
@@ -23,56 +25,29 @@ _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif",
                   "image/webp": "webp"}
 
 
+def _image_block(url: str) -> dict[str, Any]:
+    inline = split_data_url(url)
+    if inline is None:
+        raise BadRequest("bedrock models take images as data: URLs only", code="invalid_value")
+    return {"image": {"format": _IMAGE_FORMATS.get(inline[0], "png"),
+                      "source": {"bytes": inline[1]}}}
+
+
 def _blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    out: list[dict[str, Any]] = []
-    for p in content:
-        if p.get("type") == "text":
-            out.append({"text": p.get("text", "")})
-        elif p.get("type") == "image_url":
-            url = str((p.get("image_url") or {}).get("url", ""))
-            if not (url.startswith("data:") and ";base64," in url):
-                raise BadRequest("bedrock models take images as data: URLs only",
-                                 code="invalid_value")
-            mime, data = url[5:].split(";base64,", 1)
-            out.append({"image": {"format": _IMAGE_FORMATS.get(mime, "png"),
-                                  "source": {"bytes": data}}})
-    return out
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-
-
-def _input(arguments: str) -> Any:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
+    return content_blocks(content, lambda t: {"text": t}, _image_block)
 
 
 def converse_body(chat: dict[str, Any]) -> dict[str, Any]:
     """The Converse request a chat body means (image bytes stay base64, as the JSON
     protocol carries them)."""
     system: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    messages = Turns()
+    add = messages.add
 
     for m in chat.get("messages") or []:
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append({"text": _text(m.get("content"))})
+            system.append({"text": text_of(m.get("content"))})
         elif role == "user":
             add("user", _blocks(m.get("content")))
         elif role == "assistant":
@@ -80,12 +55,12 @@ def converse_body(chat: dict[str, Any]) -> dict[str, Any]:
             for call in m.get("tool_calls") or []:
                 fn = call.get("function") or {}
                 blocks.append({"toolUse": {"toolUseId": call.get("id"), "name": fn.get("name"),
-                                           "input": _input(fn.get("arguments", ""))}})
+                                           "input": arguments_object(fn.get("arguments", ""))}})
             add("assistant", blocks)
         elif role in ("tool", "function"):
             add("user", [{"toolResult": {"toolUseId": m.get("tool_call_id"),
-                                         "content": [{"text": _text(m.get("content"))}]}}])
-    body: dict[str, Any] = {"messages": messages}
+                                         "content": [{"text": text_of(m.get("content"))}]}}])
+    body: dict[str, Any] = {"messages": messages.items}
     if system:
         body["system"] = system
     inference: dict[str, Any] = {}
@@ -98,7 +73,7 @@ def converse_body(chat: dict[str, Any]) -> dict[str, Any]:
         inference["topP"] = chat["top_p"]
     stop = chat.get("stop")
     if stop:
-        inference["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        inference["stopSequences"] = stop_list(stop)
     if inference:
         body["inferenceConfig"] = inference
     if chat.get("tools"):

@@ -15,56 +15,31 @@ from typing import Any
 import orjson
 
 from margin.errors import BadRequest
+from margin.upstreams.chat_content import (Turns, arguments_object, content_blocks, split_data_url,
+                                            stop_list, text_of)
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
           "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
           "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
 
 
+def _image_part(url: str) -> dict[str, Any]:
+    inline = split_data_url(url)
+    if inline:
+        return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
+    return {"fileData": {"fileUri": url}}
+
+
 def _parts(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    out: list[dict[str, Any]] = []
-    for p in content:
-        if p.get("type") == "text":
-            out.append({"text": p.get("text", "")})
-        elif p.get("type") == "image_url":
-            url = str((p.get("image_url") or {}).get("url", ""))
-            if url.startswith("data:") and ";base64," in url:
-                mime, data = url[5:].split(";base64,", 1)
-                out.append({"inlineData": {"mimeType": mime, "data": data}})
-            else:
-                out.append({"fileData": {"fileUri": url}})
-    return out
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-
-
-def _args(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
+    return content_blocks(content, lambda t: {"text": t}, _image_part)
 
 
 def gemini_body(chat: dict[str, Any]) -> dict[str, Any]:
     """The ``generateContent`` request a chat body means."""
     system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
+    contents = Turns("parts")
+    add = contents.add
     names: dict[str, str] = {}  # tool-call id -> function name (Gemini answers by name)
-
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
 
     for m in chat.get("messages") or []:
         role = m.get("role")
@@ -78,13 +53,13 @@ def gemini_body(chat: dict[str, Any]) -> dict[str, Any]:
                 fn = call.get("function") or {}
                 names[str(call.get("id"))] = fn.get("name", "")
                 parts.append({"functionCall": {"name": fn.get("name", ""),
-                                               "args": _args(fn.get("arguments", ""))}})
+                                               "args": arguments_object(fn.get("arguments", ""))}})
             add("model", parts)
         elif role in ("tool", "function"):
             name = names.get(str(m.get("tool_call_id")), m.get("name") or "")
             add("user", [{"functionResponse": {"name": name,
-                                               "response": {"result": _text(m.get("content"))}}}])
-    body: dict[str, Any] = {"contents": contents}
+                                               "response": {"result": text_of(m.get("content"))}}}])
+    body: dict[str, Any] = {"contents": contents.items}
     if system:
         body["systemInstruction"] = {"parts": system}
     gen: dict[str, Any] = {}
@@ -98,7 +73,7 @@ def gemini_body(chat: dict[str, Any]) -> dict[str, Any]:
         gen["maxOutputTokens"] = max_tokens
     stop = chat.get("stop")
     if stop:
-        gen["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        gen["stopSequences"] = stop_list(stop)
     rf = chat.get("response_format") or {}
     if rf.get("type") == "json_object":
         gen["responseMimeType"] = "application/json"
