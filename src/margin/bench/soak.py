@@ -5,8 +5,9 @@ limits, a daily budget on every user, a master key and an API key, the SQLite le
 in front of the fake upstream. wrk sends ``--requests`` requests in chunks of ``--every``,
 each prompt unique (so every request misses the cache, fills it, and writes a row); after
 each chunk the gateway's resident memory, each cache's entries and bytes (from
-``/metrics``) and the ledger's queue are read. Growth is judged after warm-up — the caches
-full and the rate limiter's one-minute window too: the target is under 10 %.
+``/metrics``) and the ledger's queue are read, and RSS once a second during each chunk.
+Growth is judged on each chunk's peak RSS after warm-up — the caches full, the rate
+limiter's one-minute window too, and a fifth of the run: the target is under 10 %.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import httpx
@@ -69,27 +71,32 @@ def _answered(url: str) -> int:
                                                   text, re.M)))
 
 
-def _chunk(url: str, key: str, n: int, connections: int, seed: str) -> tuple[int, int]:
+def _chunk(url: str, key: str, n: int, connections: int, seed: str,
+           pid: int) -> tuple[int, int, int]:
     """``n`` more requests: wrk's thread stops issuing them at ``n`` answers, but wrk
     itself only exits at its duration, so it is interrupted (and prints its summary) once
-    the gateway has answered them."""
+    the gateway has answered them. Also returns the gateway's peak RSS meanwhile (read
+    once a second): with periodic ``malloc_trim`` RSS is a sawtooth, and one reading at
+    the end of a chunk lands anywhere on it."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_LUA)
         script = f.name
     env = {**os.environ, "SOAK_PER_THREAD": str(n), "SOAK_SEED": seed, "SOAK_KEY": key}
     target = _answered(url) + n
+    peak = rss_bytes(pid)
     wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d3600s", "--latency", "-s",
                             script, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=env)
     try:
         while wrk.poll() is None and _answered(url) < target:
+            peak = max(peak, rss_bytes(pid))
             time.sleep(1.0)
     finally:
         wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=30)
         os.unlink(script)
     r = parse_wrk(out)
-    return r.requests, r.errors
+    return r.requests, r.errors, max(peak, rss_bytes(pid))
 
 
 @click.command("soak")
@@ -114,7 +121,7 @@ def soak(n_requests: int, every: int, connections: int, arena_max: int | None,
     tmp = Path(tempfile.mkdtemp(prefix="margin-soak-"))
     master = "master-" + secrets.token_hex(8)
     procs: list[subprocess.Popen] = []
-    readings: list[tuple[int, int, dict[str, float], float]] = []
+    readings: list[Reading] = []
     errors = 0
     try:
         up_port, gw_port = free_port(), free_port()
@@ -148,18 +155,21 @@ def soak(n_requests: int, every: int, connections: int, arena_max: int | None,
                        json={"name": "soak", "user": "soak-user"}, timeout=30)
         r.raise_for_status()
         key = r.json()["key"]
-        readings.append((0, rss_bytes(gw.pid), _gauges(url), 0.0))
+        start_rss = rss_bytes(gw.pid)
+        readings.append(Reading(0, start_rss, start_rss, _gauges(url), 0.0))
         sent = 0
         t0 = time.monotonic()
         seed = secrets.token_hex(4)
         while sent < n_requests:
             n = min(every, n_requests - sent)
-            got, errs = _chunk(url, key, n, connections, f"{seed}-{sent}")
+            got, errs, peak = _chunk(url, key, n, connections, f"{seed}-{sent}", gw.pid)
             sent += got
             errors += errs
-            readings.append((sent, rss_bytes(gw.pid), _gauges(url), time.monotonic() - t0))
-            click.echo(f"{sent:,} requests: RSS {readings[-1][1] / 2**20:.1f} MB "
-                       f"({readings[-1][3]:.0f} s, errors {errors})", err=True)
+            readings.append(Reading(sent, rss_bytes(gw.pid), peak, _gauges(url),
+                                    time.monotonic() - t0))
+            click.echo(f"{sent:,} requests: RSS {readings[-1].rss / 2**20:.1f} MB, peak "
+                       f"{peak / 2**20:.1f} MB ({readings[-1].elapsed_s:.0f} s, "
+                       f"errors {errors})", err=True)
     finally:
         for p in reversed(procs):
             stop(p)
@@ -170,7 +180,31 @@ def soak(n_requests: int, every: int, connections: int, arena_max: int | None,
         write_section("soak", text, out)
 
 
-def report(readings: list[tuple[int, int, dict[str, float], float]], errors: int,
+class Reading(NamedTuple):
+    sent: int
+    rss: int          # at the end of the chunk
+    peak_rss: int     # the most during the chunk
+    gauges: dict[str, float]
+    elapsed_s: float
+
+
+def warm_up_end(readings: list[Reading], n_requests: int) -> int:
+    """The first reading after warm-up: the caches full and the rate limiter's one-minute
+    window too (what it holds grows with the request rate for its first minute), and at
+    least a fifth of the run (the allocator's heap settles over the first ~100 k requests
+    at this rate, long after the bounded structures are full)."""
+    return next((i for i, r in enumerate(readings) if i and r.elapsed_s >= WINDOW_S
+                 and r.sent >= n_requests / 5), len(readings) - 1)
+
+
+def growth_pct(readings: list[Reading], warm: int) -> float:
+    """Peak RSS of the last chunk against the peak of the chunk ending warm-up."""
+    if warm >= len(readings) - 1:
+        return float("nan")
+    return (readings[-1].peak_rss / readings[warm].peak_rss - 1) * 100
+
+
+def report(readings: list[Reading], errors: int,
            n_requests: int, every: int, connections: int, arena_max: int | None,
            trim_interval_s: float | None) -> str:
     cmd = f"margin bench soak --requests {n_requests} --every {every}" + (
@@ -180,24 +214,24 @@ def report(readings: list[tuple[int, int, dict[str, float], float]], errors: int
              "One gateway (exact cache at its defaults: 10,000 entries, 256 MiB; a per-user rate "
              "limit and a daily budget on every user; a master key and one API key; the SQLite "
              f"ledger with its journal) in front of the fake upstream; wrk, {connections} "
-             "connections, every prompt unique.", "",
-             "| requests | RSS MB | vs the end of warm-up | exact-cache entries | "
-             "exact-cache MB | ledger queue rows | elapsed s |", "|---|---|---|---|---|---|---|"]
-    # Warm-up: the caches full and the rate limiter's one-minute window too (what it holds
-    # grows with the request rate for its first minute, then stays).
-    warm = next((i for i, r in enumerate(readings) if i and r[3] >= WINDOW_S),
-                len(readings) - 1)
-    base = readings[warm][1]
-    for i, (sent, rss, g, elapsed) in enumerate(readings):
-        vs = "warm-up" if i < warm else f"{(rss / base - 1) * 100:+.1f} %"
-        lines.append(f"| {sent:,} | {rss / 2**20:.1f} | {vs} | "
+             "connections, every prompt unique. RSS is read at the end of each chunk and once "
+             "a second during it (the peak).", "",
+             "| requests | RSS MB | peak RSS MB | peak vs the end of warm-up | "
+             "exact-cache entries | exact-cache MB | ledger queue rows | elapsed s |",
+             "|---|---|---|---|---|---|---|---|"]
+    warm = warm_up_end(readings, n_requests)
+    base = readings[warm].peak_rss
+    for i, r in enumerate(readings):
+        vs = "warm-up" if i < warm else f"{(r.peak_rss / base - 1) * 100:+.1f} %"
+        g = r.gauges
+        lines.append(f"| {r.sent:,} | {r.rss / 2**20:.1f} | {r.peak_rss / 2**20:.1f} | {vs} | "
                      f"{g.get('margin_cache_entries:exact', 0):,.0f} | "
                      f"{g.get('margin_cache_bytes:exact', 0) / 2**20:.2f} | "
-                     f"{g.get('margin_ledger_queue_rows', 0):,.0f} | {elapsed:.0f} |")
-    growth = (readings[-1][1] / base - 1) * 100 if warm < len(readings) - 1 else float("nan")
-    lines += ["", f"Growth after warm-up (the first reading {WINDOW_S:.0f} s or more in, to the "
-              f"last): **{growth:+.1f} %** (target under 10 %); errors (non-2xx or socket): "
-              f"{errors}."]
+                     f"{g.get('margin_ledger_queue_rows', 0):,.0f} | {r.elapsed_s:.0f} |")
+    growth = growth_pct(readings, warm)
+    lines += ["", f"Growth after warm-up (peak RSS of the last chunk against the chunk ending "
+              f"warm-up: {WINDOW_S:.0f} s and a fifth of the requests): **{growth:+.1f} %** "
+              f"(target under 10 %); errors (non-2xx or socket): {errors}."]
     load = os.getloadavg()
     lines += ["", f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}."]
     return "\n".join(lines)
