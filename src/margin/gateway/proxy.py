@@ -81,6 +81,8 @@ class Proxy:
             inputs = check(body)
             if dialect is not None:
                 ctx.body = dialect.to_chat(body, ctx)
+            # The upstream's bytes can go straight out unless something reads the chunks
+            ctx.relay = ctx.stream and dialect is None and not self.log_content
             if endpoint == "embeddings":
                 ctx.inputs = inputs
             if ctx.user is None and isinstance(body.get("user"), str):
@@ -201,6 +203,10 @@ class Proxy:
                     if disconnected.is_set():
                         ctx.fail(499, "client_closed", "client closed the stream")
                         break
+                    if type(chunk) is bytes:  # whole events, relayed as the upstream sent them
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                        continue
                     if self.log_content:
                         for ch in chunk.get("choices") or []:
                             piece = (ch.get("delta") or {}).get("content") or ch.get("text")
