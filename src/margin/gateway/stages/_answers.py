@@ -103,5 +103,11 @@ class AnswerStore:
             await stream.aclose()  # type: ignore[attr-defined]
             # A stream cut short (error, client gone) is never stored.
             if complete and chunks and ctx.status == 200:
-                payload = assemble(chunks_of(chunks), ctx.endpoint)
-                self._run(store(encode_entry(self.meta(ctx), orjson.dumps(payload))))
+                try:
+                    payload = assemble(chunks_of(chunks), ctx.endpoint)
+                except orjson.JSONDecodeError:
+                    # relayed bytes whose JSON breaks inside a chunk: the client has them
+                    # as sent, but they are no answer to keep
+                    payload = None
+                if payload is not None:
+                    self._run(store(encode_entry(self.meta(ctx), orjson.dumps(payload))))
