@@ -5,7 +5,8 @@ This is the bottom of margin's layering: it imports nothing of margin's, so the 
 caches, limits, metering and the gateway can all use it. Stages write to the context;
 nobody re-parses the body. ``Response`` is what flows back:
 either a complete JSON answer (``payload`` and, when already serialised, ``raw``) or a
-stream of OpenAI chunk dicts.
+stream of OpenAI chunk dicts — or, when the request allows it (``Call.relay``), of
+``bytes`` blocks holding whole server-sent events exactly as the client gets them.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Response:
     status: int = 200
     payload: dict[str, Any] | None = None
     raw: bytes | None = None
-    stream: AsyncIterator[dict[str, Any]] | None = None
+    stream: AsyncIterator[dict[str, Any] | bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     # the answer in the client's own dialect, when the upstream speaks it natively (an
     # anthropic model asked through /v1/messages); ``payload`` is still the chat answer
@@ -123,6 +124,10 @@ class Call:
     # (dialect, the client's body) when no stage rewrote the translated request: an
     # upstream that speaks that dialect natively may send the client's body as it came
     native: tuple[str, dict[str, Any]] | None = None
+    # the client takes the upstream's server-sent events as they are (an OpenAI-dialect
+    # client, nothing reading the chunks): an OpenAI-compatible upstream may then hand on
+    # ``bytes`` blocks of whole events instead of chunk dicts
+    relay: bool = False
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e6
@@ -150,6 +155,9 @@ class RequestContext:
     provider: str | None = None
     route: str | None = None
     stream: bool = False
+    # a stream may reach the client as the upstream's bytes (see ``Call.relay``); a stage
+    # that must read the chunks as dicts turns it off
+    relay: bool = False
     # the API the client spoke: openai (chat, completions, embeddings), messages, responses
     dialect: str = "openai"
     # the body as the client sent it, when a dialect translated it into ``body`` (chat)
@@ -211,7 +219,8 @@ class RequestContext:
         if self.client_body is not None and self.body is self.translated_body:
             native = (self.dialect, self.client_body)
         return Call(self.endpoint, self.body, self.stream, self.request_id, self.started_ns,
-                    last_resort=not self.more_fallbacks, native=native)
+                    last_resort=not self.more_fallbacks, native=native,
+                    relay=self.relay and self.stream)
 
     def absorb(self, result: CallResult) -> None:
         """Fold what one upstream call did into the request (a cascade makes several)."""

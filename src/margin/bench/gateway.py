@@ -28,6 +28,7 @@ import click
 import yaml
 
 from margin.bench.report import header, write_section
+from margin.bench.ttft import measure_ttft
 from margin.procs import free_port, stop, wait_http
 
 _LUA = """
@@ -258,6 +259,9 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
                 click.echo(f"c={c} {name}: direct {direct.rps:.0f} rps p50 {direct.p50_ms:.2f} "
                            f"ms | gateway {via.rps:.0f} rps p50 {via.p50_ms:.2f} ms "
                            f"(errors {direct.errors}/{via.errors})", err=True)
+        # What a streaming client notices first, which wrk (timing to the end) hides
+        ttfts = {name: measure_ttft(f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{port}")
+                 for name, (_, port) in gateways.items()} if stream else {}
         journal_us = (submit_cost_us(True), submit_cost_us(False))
         try:
             litellm = subprocess.run([sys.executable, "-c", "import litellm"],
@@ -300,6 +304,14 @@ def gateway_bench(delay_ms: float, duration_s: int, concurrency: tuple[int, ...]
                      f"{d.p99_ms:.2f} | {v.p99_ms:.2f} | {cpu_ms:.3f} | "
                      f"{workers * 1000 / cpu_ms if cpu_ms > 0 else float('nan'):,.0f} | "
                      f"{d.errors + v.errors} |")
+    if ttfts:
+        lines += ["", "Time to the first byte of the stream, as the client sees it (P50 of "
+                  f"{next(iter(ttfts.values())).requests} requests one at a time, alternating "
+                  "direct and through):", "",
+                  "| gateway | direct P50 ms | gateway P50 ms | added to TTFT P50 ms |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {t.direct_p50_ms:.2f} | {t.gateway_p50_ms:.2f} | "
+                  f"{t.added_p50_ms:+.2f} |" for name, t in ttfts.items()]
     on_us, off_us = journal_us
     lines += ["", f"Ledger journal on the request path (`LedgerWriter.submit`, CPU time of the "
               f"calling thread, median of 5 × 5,000 rows, fsync never): {on_us:.1f} µs a row "

@@ -81,6 +81,8 @@ class Proxy:
             inputs = check(body)
             if dialect is not None:
                 ctx.body = dialect.to_chat(body, ctx)
+            # The upstream's bytes can go straight out unless something reads the chunks
+            ctx.relay = ctx.stream and dialect is None and not self.log_content
             if endpoint == "embeddings":
                 ctx.inputs = inputs
             if ctx.user is None and isinstance(body.get("user"), str):
@@ -183,12 +185,18 @@ class Proxy:
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
         h.extend((k.encode(), v.encode()) for k, v in response.headers.items())
         disconnected = asyncio.Event()
+        me = asyncio.current_task()
+        assert me is not None
+        relaying = False
 
         async def watch() -> None:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     disconnected.set()
+                    if relaying:
+                        # Waiting on a silent upstream would keep it generating for nobody
+                        me.cancel()
                     return
 
         watcher = asyncio.create_task(watch())
@@ -197,10 +205,15 @@ class Proxy:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": h})
             try:
+                relaying = True
                 async for chunk in stream:
                     if disconnected.is_set():
                         ctx.fail(499, "client_closed", "client closed the stream")
                         break
+                    if type(chunk) is bytes:  # whole events, relayed as the upstream sent them
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                        continue
                     if self.log_content:
                         for ch in chunk.get("choices") or []:
                             piece = (ch.get("delta") or {}).get("content") or ch.get("text")
@@ -210,6 +223,11 @@ class Proxy:
                     if data:
                         await send({"type": "http.response.body", "body": data,
                                     "more_body": True})
+            except asyncio.CancelledError:
+                if not disconnected.is_set():
+                    raise
+                me.uncancel()
+                ctx.fail(499, "client_closed", "client closed the stream")
             except MarginError as exc:
                 ctx.fail(exc.status_code, exc.error_type, exc.message)
                 await send({"type": "http.response.body", "more_body": True,
@@ -222,6 +240,7 @@ class Proxy:
                             "body": (sse_error if encode is None else encode.error)(
                                 "the stream failed", "server_error", None)})
             finally:
+                relaying = False
                 await stream.aclose()  # type: ignore[attr-defined]
             if texts:
                 ctx.response_text = "".join(texts)

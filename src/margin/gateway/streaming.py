@@ -28,6 +28,22 @@ def text_of(payload: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def chunks_of(items: list[dict[str, Any] | bytes]) -> list[dict[str, Any]]:
+    """A stream's chunks as dicts, whether they came parsed or as relayed event bytes
+    (parsed here once, at the end, only when someone needs the whole answer)."""
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if type(item) is not bytes:
+            out.append(item)  # type: ignore[arg-type]
+            continue
+        for line in item.split(b"\n"):
+            if line.startswith(b"data:"):
+                chunk = orjson.loads(line[5:])
+                if isinstance(chunk, dict):
+                    out.append(chunk)
+    return out
+
+
 def assemble(chunks: list[dict[str, Any]], endpoint: str) -> dict[str, Any]:
     """The complete answer a stream of chunks adds up to (for caching a streamed answer)."""
     first = chunks[0] if chunks else {}

@@ -16,17 +16,17 @@ the ledger).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, AsyncIterator
 
 import aiohttp
 import orjson
 from margin.errors import UpstreamError, UpstreamTimeout
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.types import Attempt, Call, Response
+from margin.types import Call, Response
 from margin.upstreams.anthropic_wire import EventsToChunks, chat_payload, chat_usage, messages_body
 from margin.upstreams.config import AnthropicModelConfig, DeploymentConfig, HTTPModelConfig
 from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
+from margin.upstreams.stream_book import StreamBook
 from margin.upstreams.resilience import DeploymentHealth
 
 NATIVE = "messages"  # the client dialect this provider speaks natively
@@ -96,73 +96,51 @@ class AnthropicUpstream(OpenAIHTTPUpstream):
         native = _native(call) is not None
         client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
         reader = EventsToChunks()
-        status = resp.status
-        error: str | None = None
+        book = StreamBook(self.model.name, call, dep, resp, t0)
         ended = False
-        sent = 0
         block: list[bytes] = []
         try:
-            async for line in resp.content:
-                if line.strip():
-                    block.append(line)
-                    continue
-                if not block:
-                    continue
-                raw, block = b"".join(block) + b"\n", []
-                data = b"".join(ln[5:].strip() for ln in raw.splitlines()
-                                if ln.startswith(b"data:"))
-                if not data:
-                    continue
-                ev = orjson.loads(data)
-                if ev.get("type") == "error":
-                    status = 502
-                    err = ev.get("error") or {}
-                    raise UpstreamError(f"upstream stream error: {err.get('message', err)}")
-                if call.result.ttft_ms is None:
-                    call.result.ttft_ms = call.elapsed_ms()
-                chunk = reader.feed(ev)
-                if native:
-                    # The client gets Anthropic's bytes; the chat chunk is the pipeline's.
-                    chunk = {**(chunk or {"choices": []}), "_native": raw}
-                if ev.get("type") == "message_stop":
-                    ended = True
-                    if client_wants_usage and not native:
-                        sent += 1
-                        yield reader.usage_chunk()
-                if chunk is not None:
-                    sent += 1
-                    yield chunk
-                if ended:
-                    break
-        except UpstreamError as exc:
-            error = exc.message
-            raise
-        except asyncio.TimeoutError:
-            status, error = 504, "stalled mid-stream"
-            raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
-        except aiohttp.ClientError as exc:
-            status, error = 502, f"stream broke: {type(exc).__name__}"
-            raise UpstreamError(f"upstream {dep.label} stream broke: "
-                                f"{type(exc).__name__}") from None
-        except orjson.JSONDecodeError:
-            status, error = 502, "unreadable stream event"
-            raise UpstreamError(f"upstream {dep.label} sent an unreadable stream event") from None
+            with book.reading("event"):
+                async for line in resp.content:
+                    if line.strip():
+                        block.append(line)
+                        continue
+                    if not block:
+                        continue
+                    raw, block = b"".join(block) + b"\n", []
+                    data = b"".join(ln[5:].strip() for ln in raw.splitlines()
+                                    if ln.startswith(b"data:"))
+                    if not data:
+                        continue
+                    ev = orjson.loads(data)
+                    if ev.get("type") == "error":
+                        err = ev.get("error") or {}
+                        raise book.refuse(f"upstream stream error: {err.get('message', err)}")
+                    if call.result.ttft_ms is None:
+                        call.result.ttft_ms = call.elapsed_ms()
+                    chunk = reader.feed(ev)
+                    if native:
+                        # The client gets Anthropic's bytes; the chat chunk is the pipeline's.
+                        chunk = {**(chunk or {"choices": []}), "_native": raw}
+                    if ev.get("type") == "message_stop":
+                        ended = True
+                        if client_wants_usage and not native:
+                            book.sent += 1
+                            yield reader.usage_chunk()
+                    if chunk is not None:
+                        book.sent += 1
+                        yield chunk
+                    if ended:
+                        break
         finally:
-            dep.in_flight -= 1
-            resp.release()
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            call.result.upstream_ms += elapsed_ms
-            if error is None:
-                dep.observe(elapsed_ms)
-            elif sent:
-                dep.health.failure()
+            elapsed_ms = book.close()
             u = chat_usage(reader.usage)
             if ended and "output_tokens" in reader.usage:
                 details = u["prompt_tokens_details"]
                 call.result.set_usage(u["prompt_tokens"], u["completion_tokens"],
                                       details["cached_tokens"],
                                       cache_write_tokens=details["cache_write_tokens"])
-            elif error is None or sent:
+            elif book.billed:
                 # Cut short (the client left, the stream broke): what was generated so far,
                 # the prompt as Anthropic counted it at message_start when it got that far.
                 call.result.set_usage(u["prompt_tokens"] or estimate_prompt_tokens(call.body),
@@ -172,11 +150,7 @@ class AnthropicUpstream(OpenAIHTTPUpstream):
                                       estimated=True,
                                       cache_write_tokens=u["prompt_tokens_details"][
                                           "cache_write_tokens"])
-            billed = error is None or sent > 0
-            call.result.attempts.append(Attempt(
-                self.model.name, dep.label, status, elapsed_ms, error=error,
-                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
-                completion_tokens=call.result.usage.completion_tokens if billed else 0))
+            book.attempt(elapsed_ms)
 
 
 __all__ = ["AnthropicModelConfig", "AnthropicUpstream"]

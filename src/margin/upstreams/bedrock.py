@@ -11,7 +11,6 @@ OpenAI-compatible upstream's.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, AsyncIterator
 from urllib.parse import quote
 
@@ -25,10 +24,11 @@ from botocore.session import Session
 
 from margin.errors import ConfigError, UpstreamError, UpstreamTimeout
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.types import Attempt, Call, Response
+from margin.types import Call, Response
 from margin.upstreams.bedrock_wire import StreamEvents, chat_payload, chat_usage, converse_body
 from margin.upstreams.config import BedrockModelConfig, DeploymentConfig, HTTPModelConfig
 from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
+from margin.upstreams.stream_book import StreamBook
 from margin.upstreams.resilience import DeploymentHealth
 
 _STREAM = "__margin_stream"  # _body -> _post: the streaming route (popped before sending)
@@ -102,61 +102,37 @@ class BedrockUpstream(OpenAIHTTPUpstream):
         client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
         reader = StreamEvents(dep.upstream_model)
         frames = EventStreamBuffer()
-        status, error, sent = resp.status, None, 0
+        book = StreamBook(self.model.name, call, dep, resp, t0)
         try:
-            async for data in resp.content.iter_any():
-                frames.add_data(data)
-                for message in frames:
-                    headers = message.headers
-                    ev = orjson.loads(message.payload) if message.payload else {}
-                    if headers.get(":message-type") != "event":
-                        status = 502
-                        kind = headers.get(":exception-type") or headers.get(":error-code")
-                        raise UpstreamError(f"upstream stream error: {kind}: "
-                                            f"{ev.get('message', ev)}")
-                    if call.result.ttft_ms is None:
-                        call.result.ttft_ms = call.elapsed_ms()
-                    chunk = reader.feed(str(headers.get(":event-type")), ev)
-                    if chunk is not None:
-                        sent += 1
-                        yield chunk
-            if reader.usage is not None and client_wants_usage:
-                yield {"id": "", "object": "chat.completion.chunk", "created": reader.created,
-                       "model": reader.model, "choices": [], "usage": chat_usage(reader.usage)}
-        except UpstreamError as exc:
-            error = exc.message
-            raise
-        except asyncio.TimeoutError:
-            status, error = 504, "stalled mid-stream"
-            raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
-        except aiohttp.ClientError as exc:
-            status, error = 502, f"stream broke: {type(exc).__name__}"
-            raise UpstreamError(f"upstream {dep.label} stream broke: "
-                                f"{type(exc).__name__}") from None
-        except (orjson.JSONDecodeError, ParserError) as exc:  # a frame botocore refuses
-            status, error = 502, f"unreadable stream frame: {type(exc).__name__}"
-            raise UpstreamError(f"upstream {dep.label} sent an unreadable stream frame") from None
+            with book.reading("frame", (orjson.JSONDecodeError, ParserError), name_type=True):
+                async for data in resp.content.iter_any():
+                    frames.add_data(data)
+                    for message in frames:
+                        headers = message.headers
+                        ev = orjson.loads(message.payload) if message.payload else {}
+                        if headers.get(":message-type") != "event":
+                            kind = headers.get(":exception-type") or headers.get(":error-code")
+                            raise book.refuse(f"upstream stream error: {kind}: "
+                                          f"{ev.get('message', ev)}")
+                        if call.result.ttft_ms is None:
+                            call.result.ttft_ms = call.elapsed_ms()
+                        chunk = reader.feed(str(headers.get(":event-type")), ev)
+                        if chunk is not None:
+                            book.sent += 1
+                            yield chunk
+                if reader.usage is not None and client_wants_usage:
+                    yield {"id": "", "object": "chat.completion.chunk", "created": reader.created,
+                           "model": reader.model, "choices": [], "usage": chat_usage(reader.usage)}
         finally:
-            dep.in_flight -= 1
-            resp.release()
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            call.result.upstream_ms += elapsed_ms
-            if error is None:
-                dep.observe(elapsed_ms)
-            elif sent:
-                dep.health.failure()
+            elapsed_ms = book.close()
             if reader.usage is not None:
                 u = chat_usage(reader.usage)
                 details = u["prompt_tokens_details"]
                 call.result.set_usage(u["prompt_tokens"], u["completion_tokens"],
                                       details["cached_tokens"],
                                       cache_write_tokens=details["cache_write_tokens"])
-            elif error is None or sent:
+            elif book.billed:
                 # Cut short before the metadata event: what was generated, estimated.
                 call.result.set_usage(estimate_prompt_tokens(call.body),
                                       estimate_tokens("".join(reader.texts)), estimated=True)
-            billed = error is None or sent > 0
-            call.result.attempts.append(Attempt(
-                self.model.name, dep.label, status, elapsed_ms, error=error,
-                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
-                completion_tokens=call.result.usage.completion_tokens if billed else 0))
+            book.attempt(elapsed_ms)

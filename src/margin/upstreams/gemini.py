@@ -14,10 +14,11 @@ import orjson
 
 from margin.errors import UpstreamError, UpstreamTimeout
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.types import Attempt, Call, Response
+from margin.types import Call, Response
 from margin.upstreams.config import DeploymentConfig, GeminiModelConfig, HTTPModelConfig
 from margin.upstreams.gemini_wire import candidate_message, chat_payload, chat_usage, gemini_body
 from margin.upstreams.openai_http import HTTPDeployment, MalformedAnswer, OpenAIHTTPUpstream
+from margin.upstreams.stream_book import StreamBook
 from margin.upstreams.resilience import DeploymentHealth
 
 # _body -> _post: whether this body goes to the streaming method (popped before sending)
@@ -82,85 +83,61 @@ class GeminiUpstream(OpenAIHTTPUpstream):
         texts: list[str] = []
         calls = 0
         finished = False
-        status, error, sent = resp.status, None, 0
+        book = StreamBook(self.model.name, call, dep, resp, t0)
         base = {"id": "", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": dep.upstream_model}
         try:
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if not data:
-                    continue
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    status = 502
-                    raise UpstreamError(f"upstream stream error: "
-                                        f"{(chunk['error'] or {}).get('message')}")
-                if call.result.ttft_ms is None:
-                    call.result.ttft_ms = call.elapsed_ms()
-                base["id"] = chunk.get("responseId", base["id"])
-                meta = chunk.get("usageMetadata") or meta
-                text, tool_calls, finish = candidate_message(chunk, calls)
-                delta: dict[str, Any] = {}
-                if not sent:
-                    delta["role"] = "assistant"
-                if text:
-                    texts.append(text)
-                    delta["content"] = text
-                if tool_calls:
-                    delta["tool_calls"] = [{**c, "index": calls + i}
-                                           for i, c in enumerate(tool_calls)]
-                    calls += len(tool_calls)
-                if delta:
-                    sent += 1
-                    yield {**base, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": None}]}
-                if finish:
-                    finished = True
-                    sent += 1
-                    yield {**base, "choices": [{"index": 0, "delta": {},
-                                                "finish_reason": "tool_calls" if calls
-                                                else finish}]}
-            if finished and meta and client_wants_usage:
-                yield {**base, "choices": [], "usage": chat_usage(meta)}
-        except UpstreamError as exc:
-            error = exc.message
-            raise
-        except asyncio.TimeoutError:
-            status, error = 504, "stalled mid-stream"
-            raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
-        except aiohttp.ClientError as exc:
-            status, error = 502, f"stream broke: {type(exc).__name__}"
-            raise UpstreamError(f"upstream {dep.label} stream broke: "
-                                f"{type(exc).__name__}") from None
-        except orjson.JSONDecodeError:
-            status, error = 502, "unreadable stream chunk"
-            raise UpstreamError(f"upstream {dep.label} sent an unreadable stream chunk") from None
+            with book.reading():
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if not data:
+                        continue
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        raise book.refuse(f"upstream stream error: "
+                                          f"{(chunk['error'] or {}).get('message')}")
+                    if call.result.ttft_ms is None:
+                        call.result.ttft_ms = call.elapsed_ms()
+                    base["id"] = chunk.get("responseId", base["id"])
+                    meta = chunk.get("usageMetadata") or meta
+                    text, tool_calls, finish = candidate_message(chunk, calls)
+                    delta: dict[str, Any] = {}
+                    if not book.sent:
+                        delta["role"] = "assistant"
+                    if text:
+                        texts.append(text)
+                        delta["content"] = text
+                    if tool_calls:
+                        delta["tool_calls"] = [{**c, "index": calls + i}
+                                               for i, c in enumerate(tool_calls)]
+                        calls += len(tool_calls)
+                    if delta:
+                        book.sent += 1
+                        yield {**base, "choices": [{"index": 0, "delta": delta,
+                                                    "finish_reason": None}]}
+                    if finish:
+                        finished = True
+                        book.sent += 1
+                        yield {**base, "choices": [{"index": 0, "delta": {},
+                                                    "finish_reason": "tool_calls" if calls
+                                                    else finish}]}
+                if finished and meta and client_wants_usage:
+                    yield {**base, "choices": [], "usage": chat_usage(meta)}
         finally:
-            dep.in_flight -= 1
-            resp.release()
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            call.result.upstream_ms += elapsed_ms
-            if error is None:
-                dep.observe(elapsed_ms)
-            elif sent:
-                dep.health.failure()
+            elapsed_ms = book.close()
             if finished and meta:
                 u = chat_usage(meta)
                 call.result.set_usage(u["prompt_tokens"], u["completion_tokens"],
                                       u["prompt_tokens_details"]["cached_tokens"],
                                       reasoning_tokens=u["completion_tokens_details"][
                                           "reasoning_tokens"])
-            elif error is None or sent:
+            elif book.billed:
                 # Cut short: Gemini's usage so far is cumulative; else an estimate.
                 u = chat_usage(meta or {})
                 call.result.set_usage(u["prompt_tokens"] or estimate_prompt_tokens(call.body),
                                       max(u["completion_tokens"], estimate_tokens("".join(texts))),
                                       u["prompt_tokens_details"]["cached_tokens"],
                                       estimated=True)
-            billed = error is None or sent > 0
-            call.result.attempts.append(Attempt(
-                self.model.name, dep.label, status, elapsed_ms, error=error,
-                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
-                completion_tokens=call.result.usage.completion_tokens if billed else 0))
+            book.attempt(elapsed_ms)

@@ -24,10 +24,13 @@ import aiohttp
 import orjson
 
 from margin.upstreams.config import DeploymentConfig, HTTPModelConfig
-from margin.errors import MarginError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from margin.errors import MarginError, UpstreamError, UpstreamTimeout
 from margin.types import Attempt, Call, Response
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
 from margin.upstreams.base import EmbedResult, Upstream
+from margin.upstreams.openai_answers import (MalformedAnswer, check_answer, count,
+                                             embeddings_of, error_from)
+from margin.upstreams.openai_stream import read_chunks, relay_events
 from margin.upstreams.resilience import (DEFAULT_RESILIENCE, Clock, DeploymentHealth,
                                          ResilienceConfig, attempt_status, backoff_s,
                                          is_retryable, retry_after_s, started_stream)
@@ -80,81 +83,6 @@ class HTTPDeployment:
     def load_key(self) -> tuple[float, float]:
         """Least outstanding requests per unit of weight; smoothed latency breaks ties."""
         return (self.in_flight / self.weight, self.ewma_latency_ms)
-
-
-def _error_from(status: int, raw: bytes, retry_after: str | None = None
-                ) -> UpstreamStatusError:
-    message, etype, code = raw.decode("utf-8", "replace")[:500] or f"HTTP {status}", None, None
-    try:
-        err = orjson.loads(raw).get("error")
-        if isinstance(err, dict):
-            message = str(err.get("message") or message)
-            etype, code = err.get("type"), err.get("code")
-        elif isinstance(err, str):
-            message = err
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    exc = UpstreamStatusError(f"upstream returned {status}: {message}", upstream_status=status,
-                              error_type=etype, code=code if isinstance(code, str) else None)
-    if retry_after:
-        try:
-            # Read by the deployment's health (a 429 cools it for as long as it asks).
-            exc.retry_after_s = float(retry_after)  # type: ignore[attr-defined]
-        except ValueError:
-            pass  # an HTTP date: the default cool-down applies
-    return exc
-
-
-class MalformedAnswer(UpstreamError):
-    """The upstream's body is JSON but not an answer (a list, string token counts …)."""
-
-
-def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _count(d: dict[str, Any], name: str) -> int:
-    v = d.get(name)
-    if v is None:
-        return 0
-    if not _is_count(v):
-        raise MalformedAnswer(f"a malformed body: '{name}' is not a token count")
-    return v
-
-
-def _check_answer(payload: Any) -> None:
-    """What the gateway reads of a chat or completions answer has the right shape."""
-    if not isinstance(payload, dict):
-        raise MalformedAnswer(f"a malformed body: a JSON {type(payload).__name__}, "
-                              "not an object")
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-        raise MalformedAnswer("a malformed body: 'choices' is not a list of objects")
-    for c in choices:
-        msg = c.get("message")
-        if msg is not None and not isinstance(msg, dict):
-            raise MalformedAnswer("a malformed body: 'choices[].message' is not an object")
-    usage = payload.get("usage")
-    if usage is not None and not isinstance(usage, dict):
-        raise MalformedAnswer("a malformed body: 'usage' is not an object")
-
-
-def _embeddings_of(payload: Any) -> tuple[list[dict[str, Any]], int]:
-    """The embedding items in order, and the prompt tokens (0: not reported)."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("data") or [], list):
-        raise MalformedAnswer("a malformed body: not an object with a 'data' list")
-    data = payload.get("data") or []
-    if not all(isinstance(d, dict) and isinstance(d.get("embedding"), (list, str))
-               and _is_count(d.get("index", 0)) for d in data):
-        raise MalformedAnswer("a malformed body: 'data' items are not embeddings")
-    usage = payload.get("usage") or {}
-    if not isinstance(usage, dict):
-        raise MalformedAnswer("a malformed body: 'usage' is not an object")
-    return sorted(data, key=lambda d: d.get("index", 0)), _count(usage, "prompt_tokens")
-
-
-# SSE lines other than data: (RFC: event, id, retry; a colon starts a comment).
-_SSE_OTHER_FIELDS = (b":", b"event:", b"id:", b"retry:", b"event", b"id", b"retry")
 
 
 class NoDeploymentAvailable(UpstreamError):
@@ -321,7 +249,7 @@ class OpenAIHTTPUpstream(Upstream):
             if resp.status >= 400:
                 call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=raw[:200].decode("utf-8", "replace")))
-                raise _error_from(resp.status, raw, resp.headers.get("retry-after"))
+                raise error_from(resp.status, raw, resp.headers.get("retry-after"))
             try:
                 payload = orjson.loads(raw)
                 self._check_payload(payload)
@@ -344,7 +272,7 @@ class OpenAIHTTPUpstream(Upstream):
     def _check_payload(self, payload: Any) -> None:
         """What the gateway reads of the answer has the right shape (a native provider's
         subclass checks its own wire format)."""
-        _check_answer(payload)
+        check_answer(payload)
 
     def _failed(self, call: Call, dep: HTTPDeployment, t0: float,
                 exc: MarginError) -> None:
@@ -360,11 +288,11 @@ class OpenAIHTTPUpstream(Upstream):
             if not isinstance(details, dict) or not isinstance(thinking, dict):
                 raise MalformedAnswer("a malformed body: 'usage.prompt_tokens_details' or "
                                       "'usage.completion_tokens_details' is not an object")
-            call.result.set_usage(_count(usage, "prompt_tokens"),
-                                  _count(usage, "completion_tokens"),
-                                  _count(details, "cached_tokens"),
-                                  cache_write_tokens=_count(details, "cache_write_tokens"),
-                                  reasoning_tokens=_count(thinking, "reasoning_tokens"))
+            call.result.set_usage(count(usage, "prompt_tokens"),
+                                  count(usage, "completion_tokens"),
+                                  count(details, "cached_tokens"),
+                                  cache_write_tokens=count(details, "cache_write_tokens"),
+                                  reasoning_tokens=count(thinking, "reasoning_tokens"))
             return
         text = ""
         for choice in (payload or {}).get("choices") or []:
@@ -373,107 +301,13 @@ class OpenAIHTTPUpstream(Upstream):
         call.result.set_usage(estimate_prompt_tokens(call.body), estimate_tokens(text),
                               estimated=True)
 
-    async def _stream(self, call: Call, dep: HTTPDeployment,
-                      resp: aiohttp.ClientResponse, t0: float) -> AsyncIterator[dict[str, Any]]:
-        client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        usage = None
-        text_parts: list[str] = []
-        status = resp.status
-        error: str | None = None
-        sent = 0  # chunks handed on: after the first, a failure is no longer retried
-        try:
-            kind = resp.headers.get("content-type", "")
-            if not kind.startswith("text/event-stream"):
-                status = 502
-                raise UpstreamError(f"upstream {dep.label} answered a stream request with "
-                                    f"{kind[:60] or 'no content type'}, not server-sent events")
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    if line.strip() and not line.startswith(_SSE_OTHER_FIELDS):
-                        status = 502
-                        raise UpstreamError(f"upstream {dep.label} sent a line that is not "
-                                            "server-sent events")
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                if not data:
-                    continue
-                chunk = orjson.loads(data)
-                if not isinstance(chunk, dict):
-                    raise orjson.JSONDecodeError("not an object", "", 0)
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"] or {}
-                    status = 502
-                    raise UpstreamError(f"upstream stream error: "
-                                        f"{err.get('message', err) if isinstance(err, dict) else err}")
-                choices = chunk.get("choices")
-                if choices is not None and not (isinstance(choices, list) and all(
-                        isinstance(c, dict) for c in choices)):
-                    raise orjson.JSONDecodeError("choices not a list of objects", "", 0)
-                if call.result.ttft_ms is None:
-                    call.result.ttft_ms = call.elapsed_ms()
-                if chunk.get("usage"):
-                    got = chunk["usage"]
-                    if not isinstance(got, dict) or not all(
-                            _is_count(got.get(k, 0)) for k in ("prompt_tokens",
-                                                                "completion_tokens")):
-                        raise orjson.JSONDecodeError("malformed usage", "", 0)
-                    usage = got
-                    if not chunk.get("choices") and not client_wants_usage:
-                        continue
-                    if not client_wants_usage:
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    piece = delta.get("content") if isinstance(delta, dict) and delta \
-                        else choice.get("text")
-                    if isinstance(piece, str) and piece:
-                        text_parts.append(piece)
-                sent += 1
-                yield chunk
-            if not sent:
-                status = 502
-                raise UpstreamError(f"upstream {dep.label} ended the stream without a chunk")
-        except UpstreamError as exc:
-            error = exc.message
-            raise
-        except asyncio.TimeoutError:
-            status, error = 504, "stalled mid-stream"
-            raise UpstreamTimeout(f"upstream {dep.label} stalled mid-stream") from None
-        except aiohttp.ClientError as exc:
-            status, error = 502, f"stream broke: {type(exc).__name__}"
-            raise UpstreamError(f"upstream {dep.label} stream broke: "
-                                f"{type(exc).__name__}") from None
-        except orjson.JSONDecodeError:
-            status, error = 502, "unreadable stream chunk"
-            raise UpstreamError(f"upstream {dep.label} sent an unreadable stream chunk") from None
-        finally:
-            dep.in_flight -= 1
-            resp.release()
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            call.result.upstream_ms += elapsed_ms
-            if error is None:
-                dep.observe(elapsed_ms)
-            elif sent:
-                # Failed after bytes went out: the retry loop no longer sees it.
-                dep.health.failure()
-            recorded = False
-            if usage:
-                try:
-                    self._record_usage(call, usage, None)
-                    recorded = True
-                except MalformedAnswer:  # odd cached-token details: estimate instead
-                    pass
-            if not recorded and (error is None or sent):
-                call.result.set_usage(estimate_prompt_tokens(call.body),
-                                      estimate_tokens("".join(text_parts)), estimated=True)
-            billed = error is None or sent > 0
-            call.result.attempts.append(Attempt(
-                self.model.name, dep.label, status, elapsed_ms, error=error,
-                prompt_tokens=call.result.usage.prompt_tokens if billed else 0,
-                completion_tokens=call.result.usage.completion_tokens if billed else 0))
-            call.result.notes["stream_text_chars"] = sum(len(p) for p in text_parts)
+    def _stream(self, call: Call, dep: HTTPDeployment, resp: aiohttp.ClientResponse,
+                t0: float) -> AsyncIterator[dict[str, Any] | bytes]:
+        """The chunks as dicts, or the upstream's bytes when the client takes them as they
+        are (a native provider's subclass reads its own wire format)."""
+        if call.relay:
+            return relay_events(self, call, dep, resp, t0)
+        return read_chunks(self, call, dep, resp, t0)
 
     # -- embeddings --------------------------------------------------------------------
     async def embed(self, inputs: list[Any], call: Call | None = None) -> EmbedResult:
@@ -508,14 +342,14 @@ class OpenAIHTTPUpstream(Upstream):
             dep.in_flight -= 1
         elapsed_ms = (time.perf_counter() - t0) * 1000
         if resp.status >= 400:
-            exc = _error_from(resp.status, raw, resp.headers.get("retry-after"))
+            exc = error_from(resp.status, raw, resp.headers.get("retry-after"))
             if call is not None:
                 call.result.attempts.append(Attempt(self.model.name, dep.label, resp.status, elapsed_ms,
                                             error=exc.message[:200]))
             raise exc
         try:
             payload = orjson.loads(raw)
-            data, tokens = _embeddings_of(payload)
+            data, tokens = embeddings_of(payload)
         except (orjson.JSONDecodeError, MalformedAnswer) as err:
             why = err.message if isinstance(err, MalformedAnswer) else "invalid JSON"
             if call is not None:

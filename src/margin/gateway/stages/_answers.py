@@ -15,7 +15,7 @@ import orjson
 from margin.metering.pricing import PriceBook
 from margin.tasks import TaskSet
 from margin.types import RequestContext, Response
-from margin.gateway.streaming import assemble, replay_to
+from margin.gateway.streaming import assemble, chunks_of, replay_to
 
 TTL_HEADER = "x-margin-cache-ttl"
 
@@ -90,9 +90,9 @@ class AnswerStore:
         if inspect.isawaitable(result):
             self.tasks.spawn(result)
 
-    async def _capture_stream(self, ctx: RequestContext, stream: AsyncIterator[dict[str, Any]],
-                              store: Callable[[bytes], Any]) -> AsyncIterator[dict[str, Any]]:
-        chunks: list[dict[str, Any]] = []
+    async def _capture_stream(self, ctx: RequestContext, stream: AsyncIterator[Any],
+                              store: Callable[[bytes], Any]) -> AsyncIterator[Any]:
+        chunks: list[Any] = []
         complete = False
         try:
             async for chunk in stream:
@@ -103,5 +103,11 @@ class AnswerStore:
             await stream.aclose()  # type: ignore[attr-defined]
             # A stream cut short (error, client gone) is never stored.
             if complete and chunks and ctx.status == 200:
-                payload = assemble(chunks, ctx.endpoint)
-                self._run(store(encode_entry(self.meta(ctx), orjson.dumps(payload))))
+                try:
+                    payload = assemble(chunks_of(chunks), ctx.endpoint)
+                except orjson.JSONDecodeError:
+                    # relayed bytes whose JSON breaks inside a chunk: the client has them
+                    # as sent, but they are no answer to keep
+                    payload = None
+                if payload is not None:
+                    self._run(store(encode_entry(self.meta(ctx), orjson.dumps(payload))))
