@@ -23,7 +23,7 @@ import click
 
 from margin.bench.lab.cache_benchmark import COSINE_GRID, DEFAULT_TARGET_PRECISION, VERIFIER_GRID
 from margin.bench.lab.pairs import load_pairs
-from margin.errors import InputError
+from margin.errors import InputError, MarginError
 
 _DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "semantic-cache"
 
@@ -92,11 +92,14 @@ def semantic_cache(pairs_path: Path, mock_path: Path, thresholds: str | None,
         raise click.BadParameter(exc.message, param_hint="--pairs") from exc
     argv = sys.argv[3:] if sys.argv[1:3] == ["bench", "semantic-cache"] else sys.argv[1:]
     command = "margin bench semantic-cache " + " ".join(argv)
-    markdown, data = run_benchmark(
-        pairs=pairs, pairs_path=pairs_path, mock_path=mock_path, split=split, fit_out=fit_out,
-        verifier_path=verifier_path, target=target_precision, seed=seed,
-        cache_dir=embedding_cache, ver_grid=ver_grid, cos_grid=cos_grid, latency_sizes=sizes,
-        command=command.strip(), encoder_dir=encoder_dir)
+    try:
+        markdown, data = run_benchmark(
+            pairs=pairs, pairs_path=pairs_path, mock_path=mock_path, split=split,
+            fit_out=fit_out, verifier_path=verifier_path, target=target_precision, seed=seed,
+            cache_dir=embedding_cache, ver_grid=ver_grid, cos_grid=cos_grid,
+            latency_sizes=sizes, command=command.strip(), encoder_dir=encoder_dir)
+    except MarginError as exc:  # an unusable --encoder or --verifier folder or file
+        raise click.UsageError(exc.message) from exc
     click.echo(json.dumps(data, indent=1, default=float) if as_json else markdown)
     if out is not None:
         from margin.bench.report import write_section
