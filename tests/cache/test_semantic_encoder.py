@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cache.test_semantic_stage import ask
-from tests.cli.tiny_encoder import build_tiny
+from tests.cli.tiny_encoder import artefacts_dir, build_tiny
 from tests.conftest import fake_model, has_local_models
 
 pytestmark = pytest.mark.skipif(not has_local_models(),
@@ -29,7 +29,8 @@ def test_paraphrase_hits_and_hard_negatives_miss(encoder_dir, fake_upstream, gat
                                     # A threshold calibrated on 300 pairs is noise:
                                     # set one, keep the encoder's own verifier.
                                     "semantic": {"enabled": True, "threshold": 0.8,
-                                                 "encoder_path": str(encoder_dir)}}})
+                                                 "encoder_path": str(encoder_dir)}}},
+                         env={"MARGIN_CACHE_DIR": str(artefacts_dir(encoder_dir))})
     first = ask(gw, "How do I learn to play the guitar quickly?")
     assert first.headers["x-margin-cache"] == "miss"
     para = ask(gw, "How can I learn to play guitar quickly?")
