@@ -47,3 +47,22 @@ def test_bad_input_exits_2(tmp_path) -> None:
     assert runner.invoke(semantic_cache, ["--pairs", str(tmp_path / "missing.jsonl")]).exit_code == 2
     assert runner.invoke(semantic_cache, ["--pairs", str(bad), "--no-split",
                                           "--fit-out", str(tmp_path / "v.json")]).exit_code == 2
+
+
+def test_scores_a_cache_encoder_beside_the_shipped_verifier(tmp_path) -> None:
+    from tests.cli.tiny_encoder import PAIRS as QQP, TINY_PAIRS, build_tiny
+
+    built = build_tiny(tmp_path / "enc")
+    assert built.exit_code == 0, built.output
+    pairs = tmp_path / "pairs.jsonl"  # the very pairs the encoder was built from
+    pairs.write_text("".join(QQP.read_text().splitlines(keepends=True)[:TINY_PAIRS]))
+    args = ["--pairs", str(pairs), "--no-latency", "--mock", str(tmp_path / "none"),
+            "--embedding-cache", str(tmp_path / "emb"), "--encoder", str(tmp_path / "enc")]
+    result = CliRunner().invoke(semantic_cache, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    encoder = json.loads(result.stdout)["encoder"]
+    assert set(encoder["shipped"]) == {"bundled MiniLM", "cache encoder"}
+    assert {"cache encoder: cosine+guards", "cache encoder: verifier+guards"} <= set(
+        encoder["curves"])
+    # Another split seed would report on pairs the encoder was trained on: refused.
+    assert CliRunner().invoke(semantic_cache, args + ["--seed", "1"]).exit_code == 2

@@ -23,7 +23,7 @@ import click
 
 from margin.bench.lab.cache_benchmark import COSINE_GRID, DEFAULT_TARGET_PRECISION, VERIFIER_GRID
 from margin.bench.lab.pairs import load_pairs
-from margin.errors import InputError
+from margin.errors import InputError, MarginError
 
 _DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "semantic-cache"
 
@@ -60,6 +60,10 @@ def _floats(text: str | None, name: str) -> list[float]:
 @click.option("--embedding-cache", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/tmp/semcache"), show_default=True,
               help="where embeddings of the pairs are cached between runs")
+@click.option("--encoder", "encoder_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help="also score a cache encoder folder (`margin cache build-encoder`) side by "
+                   "side with the bundled verifier and plain cosine (needs --split)")
 @click.option("--latency/--no-latency", default=True, show_default=True)
 @click.option("--latency-sizes", default="10000,100000", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -68,7 +72,7 @@ def _floats(text: str | None, name: str) -> list[float]:
 def semantic_cache(pairs_path: Path, mock_path: Path, thresholds: str | None,
                    cosine_thresholds: str | None, split: bool, fit_out: Path | None,
                    verifier_path: Path | None, target_precision: float, seed: int,
-                   embedding_cache: Path, latency: bool, latency_sizes: str, out: Path | None,
+                   embedding_cache: Path, encoder_dir: Path | None, latency: bool, latency_sizes: str, out: Path | None,
                    as_json: bool) -> None:
     """Precision / hit-rate curves of the semantic cache on labelled question pairs."""
     from margin.bench.lab.cache_benchmark import run_benchmark
@@ -77,6 +81,8 @@ def semantic_cache(pairs_path: Path, mock_path: Path, thresholds: str | None,
         raise click.BadParameter(f"{pairs_path} does not exist", param_hint="--pairs")
     if fit_out is not None and not split:
         raise click.UsageError("--fit-out needs --split: fit and report on different parts")
+    if encoder_dir is not None and not split:
+        raise click.UsageError("--encoder needs --split: it is scored on the report part")
     ver_grid = _floats(thresholds, "--thresholds") or VERIFIER_GRID
     cos_grid = _floats(cosine_thresholds, "--cosine-thresholds") or COSINE_GRID
     sizes = [int(x) for x in _floats(latency_sizes, "--latency-sizes")] if latency else []
@@ -86,11 +92,14 @@ def semantic_cache(pairs_path: Path, mock_path: Path, thresholds: str | None,
         raise click.BadParameter(exc.message, param_hint="--pairs") from exc
     argv = sys.argv[3:] if sys.argv[1:3] == ["bench", "semantic-cache"] else sys.argv[1:]
     command = "margin bench semantic-cache " + " ".join(argv)
-    markdown, data = run_benchmark(
-        pairs=pairs, pairs_path=pairs_path, mock_path=mock_path, split=split, fit_out=fit_out,
-        verifier_path=verifier_path, target=target_precision, seed=seed,
-        cache_dir=embedding_cache, ver_grid=ver_grid, cos_grid=cos_grid, latency_sizes=sizes,
-        command=command.strip())
+    try:
+        markdown, data = run_benchmark(
+            pairs=pairs, pairs_path=pairs_path, mock_path=mock_path, split=split,
+            fit_out=fit_out, verifier_path=verifier_path, target=target_precision, seed=seed,
+            cache_dir=embedding_cache, ver_grid=ver_grid, cos_grid=cos_grid,
+            latency_sizes=sizes, command=command.strip(), encoder_dir=encoder_dir)
+    except MarginError as exc:  # an unusable --encoder or --verifier folder or file
+        raise click.UsageError(exc.message) from exc
     click.echo(json.dumps(data, indent=1, default=float) if as_json else markdown)
     if out is not None:
         from margin.bench.report import write_section

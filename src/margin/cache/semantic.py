@@ -32,7 +32,7 @@ from margin.cache.features import text_info
 from margin.cache.guards import refusal
 from margin.cache.index import DEFAULT_EXACT_SEARCH_MAX_ENTRIES, Candidate, VectorIndex
 from margin.cache.redis_store import RedisEntryStore, StoredEntry
-from margin.cache.verifier import OperatingPoint, Verifier, bundled_verifier
+from margin.cache.verifier import OperatingPoint, Verifier, bundled_verifier, encoder_verifier
 from margin.configbase import Strict
 
 log = logging.getLogger("margin.cache.semantic")
@@ -45,7 +45,8 @@ _INLINE_MAX_ENTRIES = 2_048
 class SemanticCacheConfig(Strict):
     """A paraphrase of an earlier question, in the same tenant scope, gets the stored answer.
 
-    Each cacheable request's last user message is embedded with the bundled MiniLM; the
+    Each cacheable request's last user message is embedded with the bundled MiniLM (or the
+    cache's own encoder, ``encoder_path``); the
     nearest stored questions are scored (by the bundled verifier, or by plain cosine with
     ``verifier: false``) and the best one above ``threshold`` answers. ``None`` in a tuning
     field means "the calibrated value shipped with the verifier"
@@ -75,6 +76,14 @@ class SemanticCacheConfig(Strict):
     verifier_path: str | None = None
     """A verifier JSON of your own (written by ``margin bench semantic-cache --fit-out``)
     instead of the bundled one."""
+    encoder_path: str | None = None
+    """A question encoder of the cache's own: the folder ``margin cache build-encoder``
+    writes (default ``~/.cache/margin/cache-encoder``), MiniLM fine-tuned on labelled
+    question pairs so that hard negatives lie further apart, with the verifier and
+    threshold calibrated for it. Lookups and stored entries use its vectors; the router and
+    ``/v1/embeddings`` keep the bundled model, so a request with both costs a second
+    forward pass. Replicas sharing Redis must use the same encoder. Unset: the bundled
+    MiniLM."""
     exact_search_max_entries: int = Field(DEFAULT_EXACT_SEARCH_MAX_ENTRIES, ge=1)
     """Up to this many entries the index searches exhaustively; above it, an HNSW index."""
     redis_prefix: str = "margin:semcache:"
@@ -139,8 +148,12 @@ class SemanticCache:
         # The shipped file holds the model and the calibrated defaults; a cosine-only cache
         # with its own threshold needs neither.
         if self._verifier is None and (self.config.verifier or self.config.threshold is None):
-            self._verifier = (Verifier.load(self.config.verifier_path)
-                              if self.config.verifier_path else bundled_verifier())
+            if self.config.verifier_path:
+                self._verifier = Verifier.load(self.config.verifier_path)
+            elif self.config.encoder_path:
+                self._verifier = encoder_verifier(self.config.encoder_path)
+            else:
+                self._verifier = bundled_verifier()
         op = self._verifier.operating_point if self._verifier is not None else None
         self.threshold, self.candidate_floor, self.top_k = _operating_values(self.config, op)
         self.index = VectorIndex(dim, max_entries=self.config.max_entries,

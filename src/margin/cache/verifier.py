@@ -32,6 +32,10 @@ from margin.cache.features import SCALAR_FEATURES, TextInfo, pair_features
 from margin.errors import ConfigError
 
 VERIFIER_FORMAT = "margin.semantic-verifier/2"
+# A cache encoder folder (``margin cache build-encoder``) holds the fine-tuned weights, the
+# verifier fitted over its vectors, and what was built (with the weights' checksum).
+ENCODER_VERIFIER = "verifier.json"
+ENCODER_INFO = "encoder.json"
 
 
 def bundled_verifier_path() -> Path:
@@ -178,6 +182,31 @@ class Verifier:
             return cls.from_json(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: malformed semantic verifier ({exc})") from exc
+
+
+def default_encoder_dir() -> Path:
+    """Where ``margin cache build-encoder`` writes unless told otherwise."""
+    return Path.home() / ".cache" / "margin" / "cache-encoder"
+
+
+def encoder_verifier(encoder_dir: str | Path) -> Verifier:
+    """The verifier built with the cache encoder in ``encoder_dir``, checked to belong to it."""
+    encoder_dir = Path(encoder_dir)
+    build = f"build it with `margin cache build-encoder --out {encoder_dir}`"
+    if not (encoder_dir / "model.safetensors").is_file():
+        raise ConfigError(f"no semantic cache encoder in {encoder_dir}: {build}")
+    for name in (ENCODER_INFO, ENCODER_VERIFIER):
+        if not (encoder_dir / name).is_file():
+            raise ConfigError(f"{encoder_dir} lacks {name} (an interrupted build?): {build}")
+    try:
+        checksum = json.loads((encoder_dir / ENCODER_INFO).read_text())["checksum"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{encoder_dir / ENCODER_INFO}: unreadable ({exc}): {build}") from exc
+    verifier = Verifier.load(encoder_dir / ENCODER_VERIFIER)
+    if verifier.meta.get("encoder_checksum") != checksum:
+        raise ConfigError(f"{encoder_dir}: the verifier was fitted for other encoder weights "
+                          f"than {str(checksum)[:12]}…: {build}")
+    return verifier
 
 
 _bundled: Verifier | None = None

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "config": "margin.cli.config:config",
     "ledger": "margin.cli.ledger:ledger",
     "bench": "margin.cli.bench:bench",
+    "cache": "margin.cli.cache:cache",
     "plan": "margin.cli.plan:plan",
     "cost": "margin.cli.cost:cost",
     "route": "margin.cli.route:route",

@@ -7,7 +7,7 @@ calibration and scoring can be driven from a notebook as well as from the comman
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from margin.bench.lab import cache_evaluate as ev
 from margin.bench.lab.pairs import PairSet, load_mock_pairs, split_by_component
+from margin.errors import InputError
 from margin.cache.verifier import OperatingPoint, Verifier
 
 SPLIT_SHARES = (0.6, 0.2, 0.2)   # fit / calibrate / report, by connected component
@@ -28,15 +29,18 @@ CURVE_HEADER = ["threshold", "hit rate (pos)", "correct hits (pos)", "false-hit 
 FINE_COSINE_GRID = [round(0.80 + 0.0025 * i, 4) for i in range(80)]
 
 
-def embed_texts(texts: list[str], cache_dir: Path | None) -> np.ndarray:
-    """MiniLM unit vectors of ``texts``, cached on disk by content (80k texts take minutes)."""
+def embed_texts(texts: list[str], cache_dir: Path | None,
+                model_dir: Path | None = None, model_tag: str = "") -> np.ndarray:
+    """Unit vectors of ``texts`` by the bundled MiniLM (or the model in ``model_dir``, told
+    apart on disk by ``model_tag``), cached on disk by content (80k texts take minutes)."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:20]
-    path = cache_dir / f"minilm-{digest}.npy" if cache_dir else None
+    name = f"minilm-{digest}.npy" if model_dir is None else f"enc-{model_tag}-{digest}.npy"
+    path = cache_dir / name if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
     from margin.embedding.minilm import shared_embedder
 
-    vectors = shared_embedder().encode(texts)
+    vectors = shared_embedder(model_dir).encode(texts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)
@@ -317,7 +321,8 @@ def run_whole(pairs: PairSet, pairs_path: Path, emb: np.ndarray, *, verifier_pat
 def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, split: bool,
                   fit_out: Path | None, verifier_path: Path | None, target: float, seed: int,
                   cache_dir: Path | None, ver_grid: list[float], cos_grid: list[float],
-                  latency_sizes: list[int], command: str) -> tuple[str, dict[str, Any]]:
+                  latency_sizes: list[int], command: str,
+                  encoder_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
     """The whole benchmark; returns (markdown section, numbers)."""
     from margin.bench.report import header
 
@@ -330,6 +335,27 @@ def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, s
         body, data, verifier = run_whole(pairs, pairs_path, emb, verifier_path=verifier_path,
                                          ver_grid=ver_grid, cos_grid=cos_grid)
     md = [header(command)] + body
+    encoder = None
+    if encoder_dir is not None and split:
+        from margin.bench.lab.cache_compare import Contender, comparison_section
+        from margin.cache.verifier import encoder_verifier
+
+        tuned = encoder_verifier(encoder_dir)
+        if tuned.meta.get("split_seed") != seed:
+            raise InputError(f"{encoder_dir} was built on split seed "
+                             f"{tuned.meta.get('split_seed')}, not {seed}: its report part "
+                             "would hold pairs it was trained on")
+        tuned_emb = embed_texts(pairs.texts, cache_dir, encoder_dir,
+                                str(tuned.meta["encoder_checksum"])[:16])
+        rep = split_parts(pairs, seed)[2]
+        cmp_md, data["encoder"] = comparison_section(
+            rep, pairs.texts, np.unique(pairs.a), Contender("bundled MiniLM", emb, verifier),
+            [Contender("cache encoder", tuned_emb, tuned)])
+        md.append("**Old and new side by side.** The cache encoder (`margin cache "
+                  f"build-encoder`, folder `{encoder_dir.name}`) is MiniLM fine-tuned on the "
+                  "fit part only, its verifier fitted on the fit part and calibrated on the "
+                  "calibrate part, as above. " + cmp_md)
+        encoder = (tuned_emb, tuned)
     data.update(pairs=str(pairs_path), n_pairs=len(pairs))
     if mock_path is not None and mock_path.exists():
         mock_md, data["mock"] = mock_section(mock_path, cache_dir, verifier,
@@ -343,6 +369,13 @@ def run_benchmark(*, pairs: PairSet, pairs_path: Path, mock_path: Path | None, s
         idx_rows, build_s, agreement = index_latency(emb, pairs.texts, latency_sizes,
                                                      verifier=verifier)
         rows += idx_rows
+        if encoder is not None:
+            # Same model size and verifier shape: measured anyway, over the encoder's vectors.
+            tuned_rows, _, _ = index_latency(encoder[0], pairs.texts, latency_sizes,
+                                             verifier=encoder[1])
+            rows += [replace(r, what=r.what.replace("verifier)",
+                                                              "cache encoder's verifier)"))
+                     for r in tuned_rows if r.what.startswith("full lookup")]
         md.append("Latency, one thread, one query at a time (the index switches to HNSW above "
                   f"{DEFAULT_EXACT_SEARCH_MAX_ENTRIES:,} entries in a scope; whatever HNSW "
                   "proposes is re-scored exactly):\n\n"

@@ -63,7 +63,7 @@ class SemanticCacheStage(Stage):
     async def start(self) -> None:
         from margin.embedding import shared_embedder
 
-        self.embedder = await asyncio.to_thread(shared_embedder, None)
+        self.embedder = await asyncio.to_thread(shared_embedder, self.cfg.encoder_path)
         await self.cache.start(wait_for_redis_s=2.0)
 
     async def aclose(self) -> None:
@@ -79,7 +79,8 @@ class SemanticCacheStage(Stage):
         text, scope = found
         no_cache, no_store = cache_control(ctx)
         vector = (await asyncio.to_thread(self.embedder.encode, [text]))[0]
-        ctx.query_embedding = (text, vector)
+        if not self.cfg.encoder_path:  # the router reuses only the bundled model's vector
+            ctx.query_embedding = (text, vector)
         if not no_cache:
             hit = await self.cache.lookup(scope, text, vector)
             if hit is not None:
