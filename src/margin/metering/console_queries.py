@@ -25,8 +25,8 @@ import orjson
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
-from margin.metering.rollups import (DAILY, HOURLY, MEASURES, MODEL_HOURLY, STAGE_HOURLY,
-                                     Table, hist_bucket)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, HOURLY, MEASURES,
+                                     MODEL_HOURLY, STAGE_HOURLY, Table, hist_bucket)
 
 # A report's dimension -> the rollup column holding it.
 ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
@@ -126,18 +126,41 @@ def pieces(since_s: float | None, until_s: float | None, widths: Sequence[Table]
 
 
 def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> list[Table]:
-    attribution = any(getattr(f, d) is not None for d in _ATTRIBUTION) or \
-        any(g in _ATTRIBUTION for g in group)
-    if not attribution:
+    """The narrowest rollups that hold what ``f`` and ``group`` ask about."""
+    group = [g for g in group if g != "t"]
+    dims = {d for d in _ATTRIBUTION if getattr(f, d) is not None} | \
+        {g for g in group if g in _ATTRIBUTION}
+    if not dims:
         return [MODEL_HOURLY]
+    others = any(getattr(f, d) is not None for d in ("model", "status", "cache")) or \
+        any(g not in _ATTRIBUTION for g in group)
+    fine, coarse = (DIM_HOURLY, DIM_DAILY) if len(dims) == 1 and not others else \
+        (HOURLY, DAILY)
     if bucket_s is not None and bucket_s < DAILY.bucket_s:
-        return [HOURLY]
-    return [HOURLY, DAILY]
+        return [fine]
+    return [fine, coarse]
 
 
-def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None
-                  ) -> tuple[str, list[Any]]:
-    clauses, params = [], []
+def _dim_of(f: Filters, group: Iterable[str]) -> str:
+    for d in _ATTRIBUTION:
+        if getattr(f, d) is not None or d in group:
+            return d
+    raise AssertionError("no dimension")
+
+
+def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
+                  dim: str | None = None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if t.keys == rollups.DIM_KEYS:
+        assert dim is not None
+        clauses.append("dim = ?")
+        params.append(dim)
+        value = getattr(f, dim)
+        if value is not None:
+            clauses.append("value = ?")
+            params.append(value)
+        f = replace(f, **{dim: None})
     if lo_s is not None:
         clauses.append("bucket >= ?")
         params.append(int(lo_s // t.bucket_s))
@@ -178,6 +201,7 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
         raise ValueError("bucket_s must divide a day or be whole days")
     widths = _source(f, group, bucket_s)
+    dim = _dim_of(f, group) if widths[0] is DIM_HOURLY else None
     out: dict[Key, list[float]] = {}
     n = len(MEASURES)
     raw_measures = _raw_measures(db)
@@ -192,8 +216,8 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
             # A bucket of this table is a whole number of wanted buckets, or the other way.
             per = (bucket_s // t.bucket_s) if bucket_s and bucket_s >= t.bucket_s else 1
             cols = [(f"bucket / {per}" if per > 1 else "bucket") if g == "t"
-                    else ROLLUP_COLUMNS[g] for g in group]
-            where, params = _rollup_where(f, t, p.lo_s, p.hi_s)
+                    else "value" if dim is not None else ROLLUP_COLUMNS[g] for g in group]
+            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, dim)
             summed = ", ".join(f"SUM({m})" for m in MEASURES)
             sql = f"SELECT {', '.join([*cols, summed])} FROM {t.name}{where}"
             scale = t.bucket_s * per if bucket_s else 1

@@ -1,10 +1,13 @@
 """Hourly and daily rollups of the ledger, kept in step with every batch the writer inserts.
 
-Four tables (created by migration 7), each a sum over the rows of one time bucket:
+Six tables (created by migration 7), each a sum over the rows of one time bucket:
 
 - ``rollup_hour`` / ``rollup_day``: per (bucket, user, team, feature, key, model, cache,
   status) — every attribution the pages filter on, so any filter combination is a
   ``WHERE`` on the rollup;
+- ``rollup_dim_hour`` / ``rollup_dim_day``: per (bucket, dimension, value) for the user,
+  team, feature and key dimensions one at a time — what a page grouped or filtered on one
+  of them alone reads (a few rows per value and bucket, not one per combination);
 - ``rollup_model_hour``: per (hour, model, cache, status), small enough to read 90 days
   at once, with histograms of gateway overhead and upstream time: the overview, the
   capacity page and ``by=model`` read it;
@@ -64,10 +67,14 @@ class Table:
 COMBO_KEYS = ("user_id", "team", "feature", "key_id", "model", "cache", "status")
 HOURLY = Table("rollup_hour", HOUR_S, COMBO_KEYS, MEASURES)
 DAILY = Table("rollup_day", DAY_S, COMBO_KEYS, MEASURES)
+DIM_KEYS = ("dim", "value")
+DIM_HOURLY = Table("rollup_dim_hour", HOUR_S, DIM_KEYS, MEASURES)
+DIM_DAILY = Table("rollup_dim_day", DAY_S, DIM_KEYS, MEASURES)
+ONE_DIMENSION = ("user", "team", "feature", "key")
 MODEL_HOURLY = Table("rollup_model_hour", HOUR_S, ("model", "cache", "status"),
                      MEASURES + OVERHEAD_HIST + UPSTREAM_HIST)
 STAGE_HOURLY = Table("rollup_stage_hour", HOUR_S, ("stage",), ("samples",) + STAGE_HIST)
-TABLES: tuple[Table, ...] = (HOURLY, DAILY, MODEL_HOURLY, STAGE_HOURLY)
+TABLES: tuple[Table, ...] = (HOURLY, DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY)
 _INT_KEYS = {"status"}
 
 
@@ -82,6 +89,8 @@ def _ddl(t: Table) -> list[str]:
         # The pages filter on one attribution over a range of buckets.
         for k in ("user_id", "team", "feature", "key_id", "model"):
             out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_{k} ON {t.name} ({k}, bucket)")
+    if t.keys == DIM_KEYS:
+        out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_value ON {t.name} (dim, value, bucket)")
     return out
 
 
@@ -171,6 +180,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
     """Each table's sums over ``rows`` (dicts by ledger column), keyed by (bucket, keys…)."""
     out: dict[str, Sums] = {t.name: {} for t in TABLES}
     hourly, daily = out[HOURLY.name], out[DAILY.name]
+    dim_hourly, dim_daily = out[DIM_HOURLY.name], out[DIM_DAILY.name]
     per_model, per_stage = out[MODEL_HOURLY.name], out[STAGE_HOURLY.name]
     n_measures = len(MEASURES)
     for r in rows:
@@ -200,6 +210,15 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
             else:
                 for i in range(n_measures):
                     acc[i] += m[i]
+        for dim, value in zip(ONE_DIMENSION, attribution):
+            for sums, bucket in ((dim_hourly, hour), (dim_daily, day)):
+                k = (bucket, dim, value)
+                acc = sums.get(k)
+                if acc is None:
+                    sums[k] = list(m)
+                else:
+                    for i in range(n_measures):
+                        acc[i] += m[i]
         k = (hour, model, cache, status)
         acc = per_model.get(k)
         if acc is None:
