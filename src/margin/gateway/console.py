@@ -22,6 +22,7 @@ from margin.gateway import console_pages as pages
 from margin.gateway import console_params as params
 from margin.limits import projections
 from margin.limits.alerts import sent_alerts
+from margin.limits.forecasts import ForecastCache
 from margin.metering.console_queries import DIMENSIONS, BadCursor
 from margin.metering.db import Database, connect
 from margin.types import AdminRequest
@@ -82,6 +83,7 @@ class Console:
         self.pool = ReadPool(settings.ledger.url)
         self.tz = settings.limits.timezone
         self.legacy_spend = SpendAdmin(settings.ledger.url, self.tz)
+        self.forecasts = ForecastCache()
         self.handlers: dict[str, Callable[[AdminRequest], Any]] = {
             "overview": self.overview, "spend": self.spend, "budgets": self.budgets,
             "requests": self.requests, "capacity": self.capacity,
@@ -150,9 +152,10 @@ class Console:
     def _alerts_now(self, db: Database, now: float) -> tuple[list[Any], list[Any], list[Any]]:
         cfg = self._forecast_cfg()
         specs = projections.budget_specs(self.settings.limits.budgets, key_budgets(db))
-        budgets = projections.budget_reports(db, specs, self.tz, now, cfg)
+        budgets = projections.budget_reports(db, specs, self.tz, now, cfg, self.forecasts)
         loads = projections.capacity_reports(db, self.settings.capacity, now,
-                                             cfg.capacity_horizon_days * DAY_S, cfg)
+                                             cfg.capacity_horizon_days * DAY_S, cfg,
+                                             self.forecasts)
         return budgets, loads, projections.alerts_for(budgets, loads, self.tz, now)
 
     async def budgets(self, req: AdminRequest) -> Any:
@@ -189,7 +192,7 @@ class Console:
         cfg = self._forecast_cfg()
         return await self._run(lambda db: {"generated_at": now, "horizon_s": horizon, "models": [
             m.to_json() for m in projections.capacity_reports(
-                db, self.settings.capacity, now, horizon, cfg)]})
+                db, self.settings.capacity, now, horizon, cfg, self.forecasts)]})
 
     async def anomalies(self, req: AdminRequest) -> Any:
         q = params.single(req, ("since",))
@@ -197,7 +200,10 @@ class Console:
         since = params.instant(q, "since", now, now - 7 * DAY_S)
         assert since is not None
         cfg = self.settings.limits.anomalies
-        return await self._run(lambda db: pages.anomalies(db, since, now, cfg))
+        # Only complete hours are judged: the answer changes when an hour completes.
+        key = ("anomalies", int(since // 3600), int(now // 3600))
+        return await self._run(lambda db: self.forecasts.get(
+            key, lambda: pages.anomalies(db, since, now, cfg)))
 
     async def alerts(self, req: AdminRequest) -> Any:
         params.single(req, ())

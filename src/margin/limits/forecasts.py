@@ -13,7 +13,10 @@ are strongly correlated, so this is close to the band of the sum).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -32,6 +35,29 @@ class Projection:
     exhaustion_at: float | None       # point forecast reaches the limit (UNIX s)
     exhaustion_low: float | None      # earliest: on the band's upper edge
     exhaustion_high: float | None     # latest: on the band's lower edge (None: not before the end)
+
+
+class ForecastCache:
+    """Forecasts kept by (series, last complete hour): the history is hourly, so a
+    forecast only changes when an hour completes, and a page shown every few seconds
+    need not refit it. Bounded (least recently used out)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return value
 
 
 def _forecast(values: np.ndarray, start_s: float, n_out: int, coverage: float = 0.8
@@ -67,13 +93,28 @@ def _crossing(start_s: float, spent: float, per_hour: np.ndarray, limit: float,
     return None
 
 
-def project_budget(history_usd: np.ndarray, history_start_s: float, spent_usd: float,
-                   limit_usd: float, now_s: float, period_end_s: float) -> Projection:
-    """``history_usd``: cost per hour for the whole hours from ``history_start_s`` up to
-    the hour that holds ``now_s`` (excluded); ``spent_usd``: the period's spend so far."""
+def budget_horizon(now_s: float, period_end_s: float) -> int:
+    """Forecast hours from the hour that holds ``now_s`` to the period's end."""
     hour_start = (now_s // HOUR_S) * HOUR_S
-    n_out = max(0, int(np.ceil((period_end_s - hour_start) / HOUR_S)))
-    point, low, high = _forecast(np.asarray(history_usd, float), history_start_s, n_out)
+    return max(0, int(np.ceil((period_end_s - hour_start) / HOUR_S)))
+
+
+def hourly_forecast(history: np.ndarray, history_start_s: float, n_out: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point, low and high (80 %) for the ``n_out`` hours after the history."""
+    return _forecast(np.asarray(history, float), history_start_s, n_out)
+
+
+def project_budget(history_usd: np.ndarray, history_start_s: float, spent_usd: float,
+                   limit_usd: float, now_s: float, period_end_s: float,
+                   fc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Projection:
+    """``history_usd``: cost per hour for the whole hours from ``history_start_s`` up to
+    the hour that holds ``now_s`` (excluded); ``spent_usd``: the period's spend so far;
+    ``fc``: ``hourly_forecast`` of that history for ``budget_horizon`` hours, if known."""
+    hour_start = (now_s // HOUR_S) * HOUR_S
+    n_out = budget_horizon(now_s, period_end_s)
+    point, low, high = fc if fc is not None else hourly_forecast(history_usd, history_start_s,
+                                                                 n_out)
     first = 1.0 - (now_s - hour_start) / HOUR_S
     # The last hour may run past the period's end (a period ends at local midnight).
     weights = np.ones(n_out)

@@ -21,7 +21,8 @@ import numpy as np
 
 from margin.limits.alerts import Alerter
 from margin.limits.config import BudgetRule, ForecastAlertConfig, ModelCapacity
-from margin.limits.forecasts import CAPACITY_ALERT_SHARE, forecast_load, project_budget
+from margin.limits.forecasts import (CAPACITY_ALERT_SHARE, ForecastCache, budget_horizon,
+                                     forecast_load, hourly_forecast, project_budget)
 from margin.limits.periods import period_bounds
 from margin.limits.watch import every
 from margin.metering import console_queries as cq
@@ -97,7 +98,8 @@ def _as_kwargs(f: Filters) -> dict[str, Any]:
 
 
 def budget_reports(db: Database, specs: Sequence[BudgetSpec], tz_name: str, now_s: float,
-                   cfg: ForecastAlertConfig = ForecastAlertConfig()) -> list[BudgetReport]:
+                   cfg: ForecastAlertConfig = ForecastAlertConfig(),
+                   cache: ForecastCache | None = None) -> list[BudgetReport]:
     tz = ZoneInfo(tz_name)
     hour_now = (now_s // HOUR_S) * HOUR_S
     history_start = hour_now - cfg.history_days * 86400
@@ -116,8 +118,15 @@ def budget_reports(db: Database, specs: Sequence[BudgetSpec], tz_name: str, now_
             f = Filters(**{_SCOPE_FILTER[spec.scope]: name})
             spent = cq.total(db, Filters(**{**_as_kwargs(f), "since_s": b.start_s,
                                             "until_s": now_s + 1e-6})).cost_usd
-            history = _hourly(db, f, history_start, hour_now)
-            p = project_budget(history, history_start, spent, spec.limit_usd, now_s, b.end_s)
+            n_out = budget_horizon(now_s, b.end_s)
+
+            def fit(f: Filters = f, n_out: int = n_out) -> Any:
+                return hourly_forecast(_hourly(db, f, history_start, hour_now), history_start,
+                                       n_out)
+            fc = fit() if cache is None else cache.get(
+                ("budget", spec.scope, name, history_start, n_out), fit)
+            p = project_budget(np.zeros(0), history_start, spent, spec.limit_usd, now_s,
+                               b.end_s, fc)
             out.append(BudgetReport(f"{spec.scope}:{name}", spec.period, spec.limit_usd, spent,
                                     b.start_s, b.end_s, p.projected_usd, p.projected_low_usd,
                                     p.projected_high_usd, p.exhaustion_at, p.exhaustion_low,
@@ -149,8 +158,8 @@ class ModelLoad:
 
 
 def capacity_reports(db: Database, capacity: Mapping[str, ModelCapacity], now_s: float,
-                     horizon_s: float, cfg: ForecastAlertConfig = ForecastAlertConfig()
-                     ) -> list[ModelLoad]:
+                     horizon_s: float, cfg: ForecastAlertConfig = ForecastAlertConfig(),
+                     cache: ForecastCache | None = None) -> list[ModelLoad]:
     hour_now = (now_s // HOUR_S) * HOUR_S
     start = hour_now - cfg.history_days * 86400
     n = int((hour_now - start) // HOUR_S)
@@ -170,8 +179,13 @@ def capacity_reports(db: Database, capacity: Mapping[str, ModelCapacity], now_s:
         rps, tps = per[model]
         cap = capacity.get(model)
         first = int(np.flatnonzero((rps > 0) | (tps > 0))[0]) if np.any(rps > 0) else n
-        fc = forecast_load(rps[first:], tps[first:], start + first * HOUR_S, horizon_s,
-                           cap.rps if cap else None, cap.tps if cap else None)
+        def fit(rps: np.ndarray = rps, tps: np.ndarray = tps, first: int = first,
+                cap: ModelCapacity | None = cap) -> Any:
+            return forecast_load(rps[first:], tps[first:], start + first * HOUR_S, horizon_s,
+                                 cap.rps if cap else None, cap.tps if cap else None)
+        fc = fit() if cache is None else cache.get(
+            ("load", model, start, horizon_s, cap.rps if cap else None,
+             cap.tps if cap else None), fit)
         cur = current.get(model)
         rows = [{"t": float(t), "rps": round(float(a), 6), "rps_low": round(float(b), 6),
                  "rps_high": round(float(c), 6), "tps": round(float(d), 6),

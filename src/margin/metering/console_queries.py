@@ -1,12 +1,15 @@
 """The console's reads: sums over any window and filter, answered from the rollups.
 
-A window ``[since, until)`` is cut into pieces: whole UTC days from ``rollup_day``, whole
-hours from ``rollup_hour`` (or ``rollup_model_hour`` when nothing but the model, the
-cache outcome or the status is filtered or grouped on), and the partial hours at either
-edge from the ``requests`` table itself. Each piece is one grouped query; their sums are
-added here. So a 30-day page reads about 30 daily buckets and at most 48 hourly ones
-instead of every row, and the numbers are exactly those of the raw table (the writer
-updates the rollups in the transaction that inserts the rows).
+A window ``[since, until)`` is cut into pieces: whole buckets of the narrowest rollup that
+holds what is asked (``metering/rollups.py``), and the partial buckets at either edge from
+the ``requests`` table itself. Nothing but the model, the cache outcome or the status:
+``rollup_model_hour``. One of user, team, feature or key alone: whole UTC days from
+``rollup_dim_day``, whole hours from ``rollup_dim_hour``. Several of user, team,
+feature and model (no key, cache or status): whole days from ``rollup_day``, the partial
+days from the raw table on its indexes; anything else, or hourly buckets of several: the
+raw table. Each piece is one grouped
+query; their sums are added here. The numbers are exactly those of the raw table (the
+writer updates the rollups in the transaction that inserts the rows).
 
 The request log reads the raw table with keyset pagination on ``(ts, id)``.
 The CLI (``margin spend``, ``margin anomalies``) and ``/admin/`` read through these
@@ -25,8 +28,8 @@ import orjson
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, HOURLY, MEASURES,
-                                     MODEL_HOURLY, STAGE_HOURLY, Table, hist_bucket)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_HOURLY,
+                                     STAGE_HOURLY, Table, hist_bucket)
 
 # A report's dimension -> the rollup column holding it.
 ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
@@ -134,11 +137,14 @@ def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> list[Tabl
         return [MODEL_HOURLY]
     others = any(getattr(f, d) is not None for d in ("model", "status", "cache")) or \
         any(g not in _ATTRIBUTION for g in group)
-    fine, coarse = (DIM_HOURLY, DIM_DAILY) if len(dims) == 1 and not others else \
-        (HOURLY, DAILY)
-    if bucket_s is not None and bucket_s < DAILY.bucket_s:
-        return [fine]
-    return [fine, coarse]
+    hourly = bucket_s is not None and bucket_s < DAILY.bucket_s
+    if len(dims) == 1 and not others:
+        return [DIM_HOURLY] if hourly else [DIM_HOURLY, DIM_DAILY]
+    combo = {"user", "team", "feature", "model"}
+    if hourly or not (dims | set(group) | {d for d in DIMENSIONS if getattr(f, d) is not None}
+                      ) <= combo or f.status is not None or f.cache is not None:
+        return []
+    return [DAILY]
 
 
 def _dim_of(f: Filters, group: Iterable[str]) -> str:
@@ -201,7 +207,7 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
         raise ValueError("bucket_s must divide a day or be whole days")
     widths = _source(f, group, bucket_s)
-    dim = _dim_of(f, group) if widths[0] is DIM_HOURLY else None
+    dim = _dim_of(f, group) if widths and widths[0] is DIM_HOURLY else None
     out: dict[Key, list[float]] = {}
     n = len(MEASURES)
     raw_measures = _raw_measures(db)
@@ -298,7 +304,7 @@ def latency_histograms(db: Database, f: Filters) -> tuple[list[int], list[int]]:
     """Histograms (``rollups.hist_bucket``) of gateway overhead and upstream time."""
     nb = rollups.HIST_BUCKETS
     overhead, upstream = [0] * nb, [0] * nb
-    widths = [HOURLY] if _has_attribution(f) else [MODEL_HOURLY]
+    widths = [] if _has_attribution(f) else [MODEL_HOURLY]
     for p in pieces(f.since_s, f.until_s, widths):
         if p.table is None or _has_attribution(f):
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
@@ -323,7 +329,7 @@ def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
     nb = rollups.HIST_BUCKETS
     out: dict[str, list[int]] = {}
     plain = not _has_attribution(f) and f.model is None and f.status is None and f.cache is None
-    widths = [STAGE_HOURLY] if plain else [HOURLY]
+    widths = [STAGE_HOURLY] if plain else []
     for p in pieces(f.since_s, f.until_s, widths):
         if p.table is None or not plain:
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(

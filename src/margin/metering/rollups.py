@@ -1,13 +1,15 @@
 """Hourly and daily rollups of the ledger, kept in step with every batch the writer inserts.
 
-Six tables (created by migration 7), each a sum over the rows of one time bucket:
+Five tables (created by migration 7), each a sum over the rows of one time bucket:
 
-- ``rollup_hour`` / ``rollup_day``: per (bucket, user, team, feature, key, model, cache,
-  status) — every attribution the pages filter on, so any filter combination is a
-  ``WHERE`` on the rollup;
 - ``rollup_dim_hour`` / ``rollup_dim_day``: per (bucket, dimension, value) for the user,
   team, feature and key dimensions one at a time — what a page grouped or filtered on one
   of them alone reads (a few rows per value and bucket, not one per combination);
+- ``rollup_day``: per (UTC day, user, team, feature, model) — so a page filtered and
+  grouped on several of these is a ``WHERE`` on it. Only daily, and without key, cache
+  outcome and status: per hour, or with those, the combinations of a busy ledger are
+  nearly as many as its rows (measured with ``margin bench ledger``), so such queries, and
+  the partial days of these, read the ``requests`` table on its indexes instead;
 - ``rollup_model_hour``: per (hour, model, cache, status), small enough to read 90 days
   at once, with histograms of gateway overhead and upstream time: the overview, the
   capacity page and ``by=model`` read it;
@@ -64,8 +66,7 @@ class Table:
     values: tuple[str, ...]    # summed columns
 
 
-COMBO_KEYS = ("user_id", "team", "feature", "key_id", "model", "cache", "status")
-HOURLY = Table("rollup_hour", HOUR_S, COMBO_KEYS, MEASURES)
+COMBO_KEYS = ("user_id", "team", "feature", "model")
 DAILY = Table("rollup_day", DAY_S, COMBO_KEYS, MEASURES)
 DIM_KEYS = ("dim", "value")
 DIM_HOURLY = Table("rollup_dim_hour", HOUR_S, DIM_KEYS, MEASURES)
@@ -74,7 +75,7 @@ ONE_DIMENSION = ("user", "team", "feature", "key")
 MODEL_HOURLY = Table("rollup_model_hour", HOUR_S, ("model", "cache", "status"),
                      MEASURES + OVERHEAD_HIST + UPSTREAM_HIST)
 STAGE_HOURLY = Table("rollup_stage_hour", HOUR_S, ("stage",), ("samples",) + STAGE_HIST)
-TABLES: tuple[Table, ...] = (HOURLY, DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY)
+TABLES: tuple[Table, ...] = (DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY)
 _INT_KEYS = {"status"}
 
 
@@ -87,7 +88,7 @@ def _ddl(t: Table) -> list[str]:
     out = [f"CREATE TABLE IF NOT EXISTS {t.name} ({', '.join(cols)}, PRIMARY KEY ({pk}))"]
     if t.keys == COMBO_KEYS:
         # The pages filter on one attribution over a range of buckets.
-        for k in ("user_id", "team", "feature", "key_id", "model"):
+        for k in COMBO_KEYS:
             out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_{k} ON {t.name} ({k}, bucket)")
     if t.keys == DIM_KEYS:
         out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_value ON {t.name} (dim, value, bucket)")
@@ -98,6 +99,9 @@ def ddl() -> list[str]:
     """Migration 7's statements: the four tables, and the request log's keyset index."""
     out = [s for t in TABLES for s in _ddl(t)]
     out.append("CREATE INDEX IF NOT EXISTS requests_ts_id ON requests (ts, id)")
+    # The model filter's expression (queries.GROUPS["model"]), so it can use an index.
+    out.append("CREATE INDEX IF NOT EXISTS requests_model_ts ON requests "
+               "(COALESCE(model, requested_model), ts)")
     return out
 
 
@@ -179,7 +183,7 @@ Sums = dict[tuple, list]
 def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
     """Each table's sums over ``rows`` (dicts by ledger column), keyed by (bucket, keys…)."""
     out: dict[str, Sums] = {t.name: {} for t in TABLES}
-    hourly, daily = out[HOURLY.name], out[DAILY.name]
+    daily = out[DAILY.name]
     dim_hourly, dim_daily = out[DIM_HOURLY.name], out[DIM_DAILY.name]
     per_model, per_stage = out[MODEL_HOURLY.name], out[STAGE_HOURLY.name]
     n_measures = len(MEASURES)
@@ -200,31 +204,23 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
              cost - reserved if reserved is not None and cost > reserved else 0.0,
              cost * cost, float(latency or 0.0), float(upstream or 0.0), comp, routing,
              batching)
-        attribution = (_text(r.get("user_id")), _text(r.get("team")), _text(r.get("feature")),
-                       _text(r.get("key_id")), model, cache, status)
-        for sums, bucket in ((hourly, hour), (daily, day)):
-            k = (bucket, *attribution)
-            acc = sums.get(k)
-            if acc is None:
-                sums[k] = list(m)
-            else:
-                for i in range(n_measures):
-                    acc[i] += m[i]
-        for dim, value in zip(ONE_DIMENSION, attribution):
+        user, team, feature = (_text(r.get("user_id")), _text(r.get("team")),
+                               _text(r.get("feature")))
+        k = (day, user, team, feature, model)
+        acc = daily.get(k)
+        daily[k] = list(m) if acc is None else [a + b for a, b in zip(acc, m)]
+        for dim, value in (("user", user), ("team", team), ("feature", feature),
+                           ("key", _text(r.get("key_id")))):
             for sums, bucket in ((dim_hourly, hour), (dim_daily, day)):
                 k = (bucket, dim, value)
                 acc = sums.get(k)
-                if acc is None:
-                    sums[k] = list(m)
-                else:
-                    for i in range(n_measures):
-                        acc[i] += m[i]
+                sums[k] = list(m) if acc is None else [a + b for a, b in zip(acc, m)]
         k = (hour, model, cache, status)
         acc = per_model.get(k)
         if acc is None:
-            acc = per_model[k] = [0] * len(MODEL_HOURLY.values)
-        for i in range(n_measures):
-            acc[i] += m[i]
+            acc = per_model[k] = [*m, *([0] * (2 * HIST_BUCKETS))]
+        else:
+            acc[:n_measures] = [a + b for a, b in zip(acc, m)]
         overhead = r.get("overhead_ms")
         if overhead is not None:
             acc[n_measures + hist_bucket(float(overhead))] += 1
@@ -260,37 +256,9 @@ def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
             db.executemany(_UPSERTS[name], [(*k, *v) for k, v in sorted(sums.items())])
 
 
-_REBUILD_COLUMNS = ("ts", "user_id", "team", "feature", "key_id", "model", "requested_model",
-                    "cache", "status", "prompt_tokens", "completion_tokens", "cost_usd",
-                    "saved_usd", "reserved_usd", "latency_ms", "upstream_ms", "overhead_ms",
-                    "stage_ms", "notes")
+def rebuild(db: Database) -> int:
+    """Recompute every rollup from the ``requests`` table (the caller commits); returns
+    the rows read. In bulk (``metering/rollup_build.py``)."""
+    from margin.metering import rollup_build
 
-
-def rebuild(db: Database, chunk_rows: int = 200_000) -> int:
-    """Recompute every rollup from the ``requests`` table (in one transaction); returns
-    the rows read. Used by migration 7 on an existing ledger and by
-    ``margin ledger rollup --rebuild``."""
-    for t in TABLES:
-        db.execute(f"DELETE FROM {t.name}")
-    total: dict[str, Sums] = {t.name: {} for t in TABLES}
-    cur = db.execute(f"SELECT {', '.join(_REBUILD_COLUMNS)} FROM requests")
-    n = 0
-    while True:
-        chunk = cur.fetchmany(chunk_rows)
-        if not chunk:
-            break
-        n += len(chunk)
-        for name, sums in aggregate(dict(zip(_REBUILD_COLUMNS, r)) for r in chunk).items():
-            into = total[name]
-            for k, v in sums.items():
-                acc = into.get(k)
-                if acc is None:
-                    into[k] = v
-                else:
-                    for i, x in enumerate(v):
-                        acc[i] += x
-    for name, sums in total.items():
-        items = [(*k, *v) for k, v in sums.items()]
-        for start in range(0, len(items), 20_000):
-            db.executemany(_UPSERTS[name], items[start:start + 20_000])
-    return n
+    return rollup_build.rebuild(db)
