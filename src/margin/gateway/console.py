@@ -21,7 +21,6 @@ from margin.errors import BadRequest, NotFound
 from margin.gateway import console_pages as pages
 from margin.gateway import console_params as params
 from margin.limits import projections
-from margin.limits.alerts import sent_alerts
 from margin.limits.forecasts import ForecastCache
 from margin.metering.console_queries import DIMENSIONS, BadCursor
 from margin.metering.db import Database, connect
@@ -62,16 +61,6 @@ class ReadPool:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
-
-
-def key_budgets(db: Database) -> list[tuple[str, float, str | None]]:
-    """(key id, budget, period) of every live key that has a budget."""
-    from margin.auth.keys import KeyStore
-
-    if not db.columns("api_keys"):
-        return []
-    return [(k.id, k.budget_usd, k.budget_period)
-            for k in KeyStore(db, run_migrations=False).list() if k.budget_usd]
 
 
 class Console:
@@ -150,13 +139,8 @@ class Console:
         return self.settings.limits.forecasts
 
     def _alerts_now(self, db: Database, now: float) -> tuple[list[Any], list[Any], list[Any]]:
-        cfg = self._forecast_cfg()
-        specs = projections.budget_specs(self.settings.limits.budgets, key_budgets(db))
-        budgets = projections.budget_reports(db, specs, self.tz, now, cfg, self.forecasts)
-        loads = projections.capacity_reports(db, self.settings.capacity, now,
-                                             cfg.capacity_horizon_days * DAY_S, cfg,
-                                             self.forecasts)
-        return budgets, loads, projections.alerts_for(budgets, loads, self.tz, now)
+        return projections.evaluate(db, self.settings.limits.budgets, self.settings.capacity,
+                                    self.tz, self._forecast_cfg(), now, self.forecasts)
 
     async def budgets(self, req: AdminRequest) -> Any:
         params.single(req, ())
@@ -164,7 +148,7 @@ class Console:
 
         def build(db: Database) -> Any:
             budgets, _, alerts = self._alerts_now(db, now)
-            sent = _sent(db, "forecast:") + _sent(db, "budget:")
+            sent = projections.sent(db, "forecast:") + projections.sent(db, "budget:")
             out = []
             for b in budgets:
                 entry = b.to_json()
@@ -209,15 +193,7 @@ class Console:
         params.single(req, ())
         now = self.clock()
 
-        def build(db: Database) -> Any:
-            _, _, alerts = self._alerts_now(db, now)
-            fired = {k: at for k, at, _ in _sent(db, "forecast:")}
-            return {"generated_at": now,
-                    "alerts": [a.to_json(fired.get(a.key)) for a in alerts]}
-        return await self._run(build)
-
-
-def _sent(db: Database, prefix: str) -> list[tuple[str, float, dict[str, Any]]]:
-    if not db.columns("alerts_sent"):
-        return []
-    return sent_alerts(db, prefix)
+        s = self.settings
+        return await self._run(lambda db: projections.alerts_payload(
+            db, s.limits.budgets, s.capacity, self.tz, self._forecast_cfg(), now,
+            self.forecasts))

@@ -2,8 +2,8 @@
 out, and when a model's load will cross its capacity.
 
 Pure functions: hourly history and the clock in, projections out. The forecaster
-(``plan/forecast.py``: robust daily/weekly profile, empirical 80 % bands) sees an hourly
-series — cost per hour for a budget, requests/s and tokens/s for a model — ending at the
+(``plan/forecast.py``: robust daily/weekly profile, empirical 80 % bands, plus the series'
+own trend, ``monthly_growth``) sees an hourly series — cost per hour for a budget, requests/s and tokens/s for a model — ending at the
 last complete hour. A budget's projection is what it has spent so far plus the forecast
 for the rest of its period (the current hour counted for the part still to come); it runs
 out where that cumulative sum reaches the limit. The band's upper edge gives the earliest
@@ -60,16 +60,43 @@ class ForecastCache:
         return value
 
 
-def _forecast(values: np.ndarray, start_s: float, n_out: int, coverage: float = 0.8
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def monthly_growth(hourly: np.ndarray, min_days: int = 7) -> float:
+    """The trend of an hourly series as growth per 30 days: the Theil–Sen slope (median of
+    pairwise slopes, so one odd day does not tilt it) of log daily totals. The seasonal
+    profile follows the level, not a trend; a load that keeps rising must be extrapolated
+    for its crossing of capacity to be seen before it happens. 0 with under
+    ``min_days`` whole days of traffic."""
+    days = len(hourly) // 24
+    if days < min_days:
+        return 0.0
+    totals = np.asarray(hourly[len(hourly) - days * 24:], float).reshape(days, 24).sum(axis=1)
+    x = np.flatnonzero(totals > 0)
+    if len(x) < min_days:
+        return 0.0
+    y = np.log(totals[x])
+    i, j = np.triu_indices(len(x), k=1)
+    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    return float(np.exp(slope * 30) - 1)
+
+
+def _forecast(values: np.ndarray, start_s: float, n_out: int, coverage: float = 0.8,
+              trend: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if n_out <= 0:
         z = np.zeros(0)
         return z, z, z
     if len(values) < 2 or not np.any(values > 0):
         z = np.zeros(n_out)
         return z, z, z
-    fc = forecast(RateSeries(start_s, HOUR_S, values.astype(float)),
-                  ForecastConfig(horizon_s=n_out * HOUR_S, coverage=coverage),
+    growth = monthly_growth(values) if trend else 0.0
+    values = values.astype(float)
+    if growth:
+        # Seen at today's level: the profile model then fits a stationary series, and the
+        # trend is put back on the forecast (``growth_monthly``).
+        per_hour = (1 + growth) ** (1 / (30 * 24))
+        values = values * per_hour ** np.arange(len(values) - 1, -1, -1)
+    fc = forecast(RateSeries(start_s, HOUR_S, values),
+                  ForecastConfig(horizon_s=n_out * HOUR_S, coverage=coverage,
+                                 growth_monthly=growth),
                   run_backtest=False)
     return (np.maximum(fc.point[:n_out], 0.0), np.maximum(fc.lower[:n_out], 0.0),
             np.maximum(fc.upper[:n_out], 0.0))
@@ -80,14 +107,14 @@ def _crossing(start_s: float, spent: float, per_hour: np.ndarray, limit: float,
     """When ``spent`` plus the hourly amounts (the first one only ``first_fraction`` to go,
     starting at ``start_s``) first reaches ``limit``; None when it never does."""
     if spent >= limit:
-        return start_s
+        return float(start_s)
     left = limit - spent
     t = start_s
     for i, amount in enumerate(per_hour):
         span = HOUR_S * (first_fraction if i == 0 else 1.0)
         part = amount * (first_fraction if i == 0 else 1.0)
         if part >= left and part > 0:
-            return t + span * (left / part)
+            return float(t + span * (left / part))
         left -= part
         t += span
     return None
@@ -101,8 +128,9 @@ def budget_horizon(now_s: float, period_end_s: float) -> int:
 
 def hourly_forecast(history: np.ndarray, history_start_s: float, n_out: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Point, low and high (80 %) for the ``n_out`` hours after the history."""
-    return _forecast(np.asarray(history, float), history_start_s, n_out)
+    """Point, low and high (80 %) for the ``n_out`` hours after the history, its trend
+    extrapolated."""
+    return _forecast(np.asarray(history, float), history_start_s, n_out, trend=True)
 
 
 def project_budget(history_usd: np.ndarray, history_start_s: float, spent_usd: float,
@@ -162,8 +190,8 @@ def forecast_load(rps_history: np.ndarray, tps_history: np.ndarray, history_star
     n_out = max(1, int(round(horizon_s / HOUR_S)))
     rps_history = np.asarray(rps_history, float)
     tps_history = np.asarray(tps_history, float)
-    r, r_lo, r_hi = _forecast(rps_history, history_start_s, n_out)
-    t, t_lo, t_hi = _forecast(tps_history, history_start_s, n_out)
+    r, r_lo, r_hi = _forecast(rps_history, history_start_s, n_out, trend=True)
+    t, t_lo, t_hi = _forecast(tps_history, history_start_s, n_out, trend=True)
     times = history_start_s + HOUR_S * (len(rps_history) + np.arange(n_out))
 
     def first(share: float) -> float | None:

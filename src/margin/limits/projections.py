@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from margin.limits.alerts import Alerter
+from margin.limits.alerts import Alerter, sent_alerts
 from margin.limits.config import BudgetRule, ForecastAlertConfig, ModelCapacity
 from margin.limits.forecasts import (CAPACITY_ALERT_SHARE, ForecastCache, budget_horizon,
                                      forecast_load, hourly_forecast, project_budget)
@@ -280,6 +280,12 @@ class ForecastWatcher:
             db.close()
         return alerts_for(budgets, loads, self.tz_name, now_s)
 
+    @classmethod
+    def for_settings(cls, db_url: str, cfg: ForecastAlertConfig, rules: Sequence[BudgetRule],
+                     capacity: Mapping[str, ModelCapacity], tz_name: str,
+                     alerter: Alerter) -> "ForecastWatcher":
+        return cls(db_url, cfg, rules, capacity, tz_name, alerter, keys=key_budgets)
+
     async def check(self) -> list[ForecastAlert]:
         found = await asyncio.to_thread(self.evaluate, self.clock())
         self.last = found
@@ -292,3 +298,41 @@ class ForecastWatcher:
     async def run(self) -> None:
         offset = min(120.0, self.cfg.interval_s / 10)
         await every(self.cfg.interval_s, offset, self.check, "forecast check", self.clock)
+
+
+def key_budgets(db: Database) -> list[tuple[str, float, str | None]]:
+    """(key id, budget, period) of every live key that has a budget."""
+    from margin.auth.keys import KeyStore
+
+    if not db.columns("api_keys"):
+        return []
+    return [(k.id, float(k.budget_usd), k.budget_period)
+            for k in KeyStore(db, run_migrations=False).list() if k.budget_usd]
+
+
+def sent(db: Database, prefix: str) -> list[tuple[str, float, dict[str, Any]]]:
+    """Alerts already sent (the database latch's record; none without its table)."""
+    if not db.columns("alerts_sent"):
+        return []
+    return sent_alerts(db, prefix)
+
+
+def evaluate(db: Database, rules: Sequence[BudgetRule], capacity: Mapping[str, ModelCapacity],
+             tz_name: str, cfg: ForecastAlertConfig, now_s: float,
+             cache: ForecastCache | None = None
+             ) -> tuple[list[BudgetReport], list[ModelLoad], list[ForecastAlert]]:
+    """Every budget's and model's projection, and the alerts they raise now."""
+    budgets = budget_reports(db, budget_specs(rules, key_budgets(db)), tz_name, now_s, cfg,
+                             cache)
+    loads = capacity_reports(db, capacity, now_s, cfg.capacity_horizon_days * 86400, cfg, cache)
+    return budgets, loads, alerts_for(budgets, loads, tz_name, now_s)
+
+
+def alerts_payload(db: Database, rules: Sequence[BudgetRule],
+                   capacity: Mapping[str, ModelCapacity], tz_name: str,
+                   cfg: ForecastAlertConfig, now_s: float,
+                   cache: ForecastCache | None = None) -> dict[str, Any]:
+    """What ``/admin/alerts`` and ``margin alerts --json`` answer."""
+    _, _, alerts = evaluate(db, rules, capacity, tz_name, cfg, now_s, cache)
+    fired = {k: at for k, at, _ in sent(db, "forecast:")}
+    return {"generated_at": now_s, "alerts": [a.to_json(fired.get(a.key)) for a in alerts]}
