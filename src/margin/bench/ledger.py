@@ -162,13 +162,17 @@ class Shapes:
         return list(zip(*(columns[c] for c in COLUMNS)))
 
 
-def build(url: str, shapes: Shapes) -> dict[str, float]:
-    """Fill an empty ledger; returns seconds spent inserting, indexing, building rollups."""
+def build(url: str, shapes: Shapes, reuse: bool = False) -> dict[str, float] | None:
+    """Fill an empty ledger; returns seconds spent inserting, indexing, building rollups
+    (None when ``reuse`` and the ledger already holds rows: it is measured as it is)."""
     db = connect(url)
     try:
         migrate(db)
         if bulk_load.row_count(db):
-            raise click.UsageError(f"{url} already holds rows: give an empty ledger")
+            if reuse:
+                return None
+            raise click.UsageError(f"{url} already holds rows: give an empty ledger "
+                                   "(or --reuse one built before)")
         return bulk_load.load(db, shapes.chunks())
     finally:
         db.close()
@@ -281,12 +285,13 @@ def writer_rate(url: str, shapes: Shapes, rows: int, workdir: Path) -> dict[str,
                        and w.counters.written == len(batch))}
 
 
-def _markdown(cmd: str, dialect: str, n: int, days: int, timings: dict[str, float],
+def _markdown(cmd: str, dialect: str, n: int, days: int, timings: dict[str, float] | None,
               pages: list[dict[str, Any]], writer: dict[str, Any], load: str) -> str:
     lines = [f"### {dialect}: {n:,} rows over {days} days", "",
              header(cmd).rstrip() + f"  \nLoad average before / after: {load}", "",
-             f"Built in {timings['insert_s']:.0f} s (insert) + {timings['index_s']:.0f} s "
-             f"(indexes) + {timings['rollup_s']:.0f} s (rollups, `rollups.rebuild`).", "",
+             (f"Built in {timings['insert_s']:.0f} s (insert) + {timings['index_s']:.0f} s "
+              f"(indexes) + {timings['rollup_s']:.0f} s (rollups, `rollups.rebuild`)."
+              if timings else "Measured on a ledger built by an earlier run (`--reuse`)."), "",
              "| page | P50 ms | P95 ms | first call ms | P95 ≤ 200 ms |",
              "| --- | --- | --- | --- | --- |"]
     for p in pages:
@@ -333,10 +338,12 @@ def merged_section(path: Path, dialect: str, markdown: str) -> str:
 @click.option("--writer-rows", type=click.IntRange(100), default=100_000, show_default=True,
               help="Rows written through the LedgerWriter for its rate.")
 @click.option("--seed", type=int, default=17, show_default=True)
+@click.option("--reuse", is_flag=True,
+              help="Measure a ledger an earlier run built at --db instead of refusing it.")
 @click.option("--out", type=click.Path(), default="docs/benchmarks.md", show_default=True)
 @click.option("--no-write", is_flag=True, help="Print only; leave docs/benchmarks.md alone.")
 def ledger(rows: int, days: int, db_url: str | None, repeat: int, writer_rows: int, seed: int,
-           out: str, no_write: bool) -> None:
+           reuse: bool, out: str, no_write: bool) -> None:
     """Page queries of the console on a large ledger, and the writer's rate (issue 17)."""
     with tempfile.TemporaryDirectory(prefix="margin-bench-ledger-") as tmp:
         url = db_url or os.path.join(tmp, "ledger.db")
@@ -344,9 +351,10 @@ def ledger(rows: int, days: int, db_url: str | None, repeat: int, writer_rows: i
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         shapes = Shapes(rows, days, time.time(), seed)
         click.echo(f"building {rows:,} rows over {days} days in {dialect} …")
-        timings = build(url, shapes)
-        click.echo(f"  insert {timings['insert_s']:.0f} s, indexes {timings['index_s']:.0f} s, "
-                   f"rollups {timings['rollup_s']:.0f} s")
+        timings = build(url, shapes, reuse)
+        if timings:
+            click.echo(f"  insert {timings['insert_s']:.0f} s, indexes {timings['index_s']:.0f} "
+                       f"s, rollups {timings['rollup_s']:.0f} s")
         pages = time_pages(url, shapes, repeat)
         for p in pages:
             click.echo(f"  {p['page']:<40} P50 {p['p50_ms']:8.1f} ms  P95 {p['p95_ms']:8.1f} ms"
