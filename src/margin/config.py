@@ -19,7 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from margin.auth.config import AuthConfig
 from margin.cache.config import CacheConfig
-from margin.limits.config import LimitsConfig
+from margin.limits.config import LimitsConfig, ModelCapacity
 from margin.observe.config import MetricsConfig
 from margin.compression.config import CompressionConfig
 from margin.routing.config import RouteConfig
@@ -218,6 +218,9 @@ class Settings(_Strict):
     """Prompt compression for every request (a route may set its own)."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """What ``/metrics`` labels and who may read it."""
+    capacity: dict[str, ModelCapacity] = Field(default_factory=dict)
+    """What each model can take (by model name), for the capacity forecast and its alert:
+    ``{small: {replica_rps: 4, replicas: 3}, gpt-4o: {rpm: 10000, tpm: 2000000}}``."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from margin.cli.spend import spend
 from margin.limits.spend import bot_signals, pareto_share
+from margin.metering import rollups
 from margin.metering.db import connect
 from margin.metering.migrations import migrate
 
@@ -43,6 +44,7 @@ def _ledger(url: str, now: float) -> None:
     db.executemany("INSERT INTO requests (id, ts, endpoint, status, user_id, team, feature, "
                    "model, cost_usd, saved_usd, cache, prompt_tokens, completion_tokens, "
                    "prompt_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    rollups.rebuild(db)  # rows put in by SQL, not by the writer: rebuilt as an import would
     db.commit()
     db.close()
 
@@ -119,6 +121,7 @@ def test_overrun_above_reservations_is_shown(ledger_url):
                    [(uuid.uuid4().hex, time.time() - 60, 0.013, 0.01),
                     (uuid.uuid4().hex, time.time() - 60, 0.004, 0.01),
                     (uuid.uuid4().hex, time.time() - 60, 0.02, None)])
+    rollups.rebuild(db)
     db.commit()
     db.close()
     out = run("--db", ledger_url, "--by", "team", "--json")

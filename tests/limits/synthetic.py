@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 
 from margin.metering.db import connect
+from margin.metering import rollups
 from margin.metering.migrations import migrate
 
 FEATURES = {
@@ -55,6 +56,8 @@ def _insert(url: str, rows: list[tuple]) -> None:
             "INSERT INTO requests (id, ts, endpoint, status, user_id, team, feature, model, "
             "cost_usd, prompt_tokens, completion_tokens, prompt_hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        # Rows put in by SQL, not by the writer: the rollups are rebuilt as an import would.
+        rollups.rebuild(db)
         db.commit()
     finally:
         db.close()

@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "limits": "margin.bench.limits:limits",
     "abuse": "margin.bench.abuse:abuse",
     "soak": "margin.bench.soak:soak",
+    "ledger": "margin.bench.ledger:ledger",
 }
 
 

@@ -76,3 +76,27 @@ def list_cmd(db_url: str, count: int, as_json: bool) -> None:
     for it in items:
         it["ts"] = dt.datetime.fromtimestamp(it["ts"], dt.timezone.utc).strftime("%m-%d %H:%M:%S")
     click.echo(_table(items, cols))
+
+
+@ledger.command("rollup")
+@db_option
+@click.option("--rebuild", is_flag=True, required=True,
+              help="Empty the rollups and build them again from every row (after rows were "
+                   "put in by other means than the gateway's writer, or restored).")
+def rollup_cmd(db_url: str, rebuild: bool) -> None:
+    """The hourly and daily rollups the console reads (kept by the writer as it goes)."""
+    import time
+
+    from margin.metering import rollups
+
+    db = open_db(db_url)
+    try:
+        t0 = time.perf_counter()
+        rows = rollups.rebuild(db)
+        db.commit()
+    except Exception:
+        db.rollback()
+        raise
+    finally:
+        db.close()
+    click.echo(f"rebuilt the rollups from {rows:,} rows in {time.perf_counter() - t0:.1f} s")

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "keys": "margin.cli.keys:keys",
     "spend": "margin.cli.spend:spend",
     "anomalies": "margin.cli.anomalies:anomalies",
+    "alerts": "margin.cli.alerts:alerts",
 }
 
 

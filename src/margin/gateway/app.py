@@ -162,7 +162,7 @@ class GatewayApp:
             kinds = {name: m.kind for name, m in self.gw.models.items()}
             chat = [n for n in self._models_names() if kinds.get(n) != "embeddings"]
             embed = [n for n, k in kinds.items() if k in (None, "embeddings")]
-            doc = openapi.document(chat, embed, with_admin=bool(self.admin.handlers),
+            doc = openapi.document(chat, embed, with_admin=self.admin.guard is not None,
                                    with_auth=self.gw.auth_enabled)
             self._openapi_raw = orjson.dumps(doc)
         await send_json(send, 200, None, raw=self._openapi_raw)

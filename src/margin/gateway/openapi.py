@@ -219,10 +219,30 @@ def _admin_paths() -> dict[str, Any]:
     one = {"200": {"description": "The key", "content": {JSON: {"schema": _ref("Key")}}}}
     spend = _get("Spend by user, team, feature or model", "spend", {"type": "object"},
                  errors=_ADMIN_ERRORS)
-    spend["get"]["parameters"] = [{"name": name, "in": "query", "schema": {"type": "string"}}
-                                  for name in ("by", "since", "until", "top_users", "top",
-                                               "tz")]
+    common = ("since", "until", "user", "team", "feature", "model", "key", "status", "cache")
+
+    def query(*names: str) -> list[dict[str, Any]]:
+        return [{"name": n, "in": "query", "schema": {"type": "string"}} for n in names]
+    spend = _get("Spend per user, team, feature, model or key over time, the Pareto curve of "
+                 "users, bot-like users (docs/admin-api.md)", "spend", {"type": "object"},
+                 errors=_ADMIN_ERRORS)
+    spend["get"]["parameters"] = query(*common, "by", "bucket", "top", "top_users", "tz")
+    console: dict[str, Any] = {}
+    for path, op, summary, names in (
+            ("/admin/overview", "overview", "Spend, requests, savings, latencies",
+             common[2:]),
+            ("/admin/budgets", "budgets", "Budgets, their projected exhaustion and alerts", ()),
+            ("/admin/requests", "requests", "The request log, newest first",
+             (*common, "limit", "cursor")),
+            ("/admin/capacity", "capacity", "Load per model against capacity, and forecast",
+             ("horizon",)),
+            ("/admin/anomalies", "anomalies", "Cost anomalies", ("since",)),
+            ("/admin/alerts", "alerts", "Budget exhaustion and capacity alerts", ())):
+        console[path] = _get(summary, op, {"type": "object"}, errors=_ADMIN_ERRORS)
+        console[path]["get"]["parameters"] = query(*names)
+    # /admin/requests/<request_id> is in docs/admin-api.md: a fuzzer can only guess ids.
     return {
+        **console,
         "/admin/keys": {
             "get": {"summary": "List keys", "operationId": "listKeys",
                     "parameters": [{"name": "all", "in": "query", "schema": {

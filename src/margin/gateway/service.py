@@ -22,6 +22,7 @@ from margin.gateway.embeddings import embed_via
 from margin.gateway.services import RedisClients, Services
 from margin.gateway.stages import build_stages
 from margin.limits.alerts import Alerter, DatabaseLatch, RedisLatch
+from margin.limits.projections import ForecastWatcher
 from margin.limits.watch import AnomalyWatcher
 from margin.metering.ledger import LedgerWriter
 from margin.metering.pricing import PriceBook
@@ -42,9 +43,9 @@ class BackgroundService(Protocol):
 
 
 class _Watcher:
-    """The hourly cost-anomaly check as a background service."""
+    """An hourly check (cost anomalies, forecasts) as a background service."""
 
-    def __init__(self, watcher: AnomalyWatcher) -> None:
+    def __init__(self, watcher: AnomalyWatcher | ForecastWatcher) -> None:
         self.watcher = watcher
         self._task: asyncio.Task[None] | None = None
 
@@ -87,6 +88,11 @@ class Gateway:
         if anomalies.enabled:
             self.background.append(_Watcher(AnomalyWatcher(settings.ledger.url, anomalies,
                                                             self.alerter)))
+        forecasts = settings.limits.forecasts
+        if forecasts.enabled:
+            self.background.append(_Watcher(ForecastWatcher.for_settings(
+                settings.ledger.url, forecasts, settings.limits.budgets, settings.capacity,
+                settings.limits.timezone, self.alerter)))
         self.services = Services(
             models=self.models, upstreams=self.upstreams, prices=self.prices,
             metrics=self.metrics, ledger_url=settings.ledger.url, redis=self.redis,

@@ -173,3 +173,21 @@ class Alerter:
         if self._session is not None:
             await self._session.close()
         await self.latch.aclose()
+
+
+def sent_alerts(db: Database, prefix: str) -> list[tuple[str, float, dict[str, Any]]]:
+    """(key, sent at, payload) of the alerts claimed in ``alerts_sent`` whose key starts
+    with ``prefix`` (the database latch's record; a Redis latch keeps none here)."""
+    # LIKE's _ and % may match more than the prefix: the startswith below decides.
+    rows = db.query("SELECT alert_key, sent_at, payload FROM alerts_sent "
+                    "WHERE alert_key LIKE ? ORDER BY sent_at", (prefix + "%",))
+    out = []
+    for key, sent_at, payload in rows:
+        if not str(key).startswith(prefix):
+            continue
+        try:
+            body = orjson.loads(payload) if payload else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        out.append((str(key), float(sent_at), body if isinstance(body, dict) else {}))
+    return out

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from margin.limits.config import AnomalyConfig
-from margin.metering import queries
+from margin.metering import console_queries, queries
 from margin.metering.db import Database
 
 MAD_TO_SIGMA = 1.4826
@@ -158,7 +158,7 @@ def hourly_costs(db: Database, since_s: float, until_s: float,
     out: dict[tuple[str, str], HourlySeries] = {}
     window = queries.Filters(since_s, until_s)
     for dim in dimensions:
-        for hc in queries.hourly_costs(db, dim, window):
+        for hc in console_queries.hourly_costs(db, dim, window):
             series = out.get((dim, hc.value))
             if series is None:
                 series = out[(dim, hc.value)] = HourlySeries({})

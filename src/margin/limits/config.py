@@ -112,6 +112,75 @@ class AnomalyConfig(_Strict):
     """Ignore hours cheaper than this."""
 
 
+class ForecastAlertConfig(_Strict):
+    """Every hour, each budget's spend is projected to the end of its period and each
+    model's load over ``capacity_horizon_days`` with the planner's forecaster (daily and
+    weekly seasonality, 80 % bands). A budget projected to run out before its period ends,
+    and a model whose forecast load reaches 80 % of its ``capacity`` within the horizon,
+    are alerts (log + webhook, once per period, like budget thresholds). ``margin alerts``
+    and the console show the same."""
+
+    enabled: bool = True
+    """Run the hourly projection."""
+    interval_s: float = Field(3600.0, ge=10)
+    """How often the projection runs."""
+    history_days: int = Field(28, ge=2, le=366)
+    """Hourly history the forecasts are drawn from."""
+    capacity_horizon_days: float = Field(7.0, gt=0, le=90)
+    """How far ahead load is forecast against capacity."""
+    max_scopes_per_rule: int = Field(20, ge=1, le=1000)
+    """A budget for every user (``name: "*"``) is projected for its biggest spenders in the
+    period, at most this many."""
+
+
+class ModelCapacity(_Strict):
+    """What one model (a name under ``models:``, or a served model's name) can take: a
+    self-hosted one's ``replica_rps`` x ``replicas``, or a provider's ``rpm`` / ``tpm``
+    limit. Load is compared as hourly means."""
+
+    yaml_example: ClassVar[str] = """
+        capacity:
+          local-chat: {replica_rps: 4, replicas: 3}      # self-hosted: 12 requests/s
+          gpt-4o: {rpm: 10000, tpm: 2000000}            # the provider's account limits
+        limits:
+          forecasts: {history_days: 28, capacity_horizon_days: 7}
+    """
+
+    replica_rps: float | None = Field(None, gt=0)
+    """Requests per second one replica serves at its latency target."""
+    replicas: int = Field(1, ge=1)
+    """Replicas deployed."""
+    rpm: float | None = Field(None, gt=0)
+    """Or: the provider's requests-per-minute limit."""
+    tpm: float | None = Field(None, gt=0)
+    """And/or: the provider's tokens-per-minute limit."""
+
+    @model_validator(mode="after")
+    def _one(self) -> "ModelCapacity":
+        if self.replica_rps is None and self.rpm is None and self.tpm is None:
+            raise ValueError("a capacity sets replica_rps (x replicas), or rpm and/or tpm")
+        if self.replica_rps is not None and self.rpm is not None:
+            raise ValueError("set replica_rps or rpm, not both")
+        return self
+
+    @property
+    def rps(self) -> float | None:
+        if self.replica_rps is not None:
+            return self.replica_rps * self.replicas
+        return self.rpm / 60 if self.rpm is not None else None
+
+    @property
+    def tps(self) -> float | None:
+        return self.tpm / 60 if self.tpm is not None else None
+
+    @property
+    def source(self) -> str:
+        if self.replica_rps is not None:
+            return f"replica_rps {self.replica_rps:g} x {self.replicas} replicas"
+        return " and ".join(f"{k} {v:g}" for k, v in (("rpm", self.rpm), ("tpm", self.tpm))
+                            if v is not None)
+
+
 class LimitsConfig(_Strict):
     """Rate limits (requests and tokens per minute per key, user, team and model) and
     budgets (USD per day, week or month per key, user, team and feature), checked together
@@ -200,6 +269,8 @@ class LimitsConfig(_Strict):
     """Budget and anomaly alerts."""
     anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
     """The hourly cost-anomaly check."""
+    forecasts: ForecastAlertConfig = Field(default_factory=ForecastAlertConfig)
+    """Budget exhaustion and capacity forecasts, and their alerts."""
 
     @model_validator(mode="before")
     @classmethod

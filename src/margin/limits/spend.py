@@ -1,8 +1,8 @@
 """Spend reports from the ledger: cost per group, the Pareto view of users, bot-like users.
 
-Grouping happens in the database (``metering.queries``: one pass over the period's rows);
-only the top users' request times and prompt hashes are read back, to judge how
-machine-like they look:
+Grouping happens in the database, on the hourly and daily rollups
+(``metering/console_queries.py``, the query layer the console reads too); only the top
+users' request times and prompt hashes are read back, to judge how machine-like they look:
 
 - rate: requests per minute over the span they were active;
 - regularity: the coefficient of variation (std / mean) of the gaps between requests —
@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from margin.metering import console_queries as cq
 from margin.metering import queries
 from margin.metering.db import Database
 from margin.metering.queries import Filters, Totals
@@ -55,14 +56,14 @@ def spend_by(db: Database, by: str, since_s: float | None = None, until_s: float
         days: dict[str, Totals] = {}
         # Hours are summed in the database, days here in the wanted zone: in a zone whose
         # offset is not whole hours, the hour that holds midnight counts to the day before.
-        for h, t in queries.totals_per_hour(db, window):
-            day = dt.datetime.fromtimestamp(h * 3600, zone).date().isoformat()
+        for t_s, t in cq.totals_per_bucket(db, window, 3600):
+            day = dt.datetime.fromtimestamp(t_s, zone).date().isoformat()
             days[day] = days.get(day, queries.ZERO) + t
         items = [{"day": day, **_row(t)} for day, t in days.items()]
         items.sort(key=lambda g: g["day"])
     else:
         items = [{by: (v if v is not None else "-"), **_row(t)}
-                 for v, t in queries.totals_by(db, by, window)]
+                 for v, t in cq.totals_by(db, by, window)]
         items.sort(key=lambda g: (-g["cost_usd"], -g["requests"], g[by]))
     total_cost = sum(g["cost_usd"] for g in items)
     for g in items:
@@ -126,7 +127,7 @@ def top_users(db: Database, since_s: float | None = None, until_s: float | None 
     """The Pareto view (share of cost from the top 20 % of users) and the top users."""
     window = Filters(since_s, until_s)
     users = [{"user": u, **_row(t)}
-             for u, t in queries.totals_by(db, "user", window, skip_null=True)]
+             for u, t in cq.totals_by(db, "user", window, skip_null=True)]
     users.sort(key=lambda g: (-g["cost_usd"], -g["requests"], g["user"]))
     total = sum(u["cost_usd"] for u in users)
     k, share = pareto_share([u["cost_usd"] for u in users])

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from margin.config import LedgerConfig
-from margin.metering import schema
+from margin.metering import rollups, schema
 from margin.metering.db import Database, connect, is_postgres
 from margin.metering.journal import Journal, journal_dir
 from margin.metering.migrations import migrate
@@ -217,7 +217,7 @@ class LedgerWriter:
             return False
         assert self._db is not None
         try:
-            self._db.executemany(self._sql, [schema.values(r) for r in rows])
+            self._insert(rows)
             self._db.commit()
         except Exception as exc:
             self.counters.failed_batches += 1
@@ -234,12 +234,33 @@ class LedgerWriter:
         self.counters.written += len(rows)
         return True
 
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` and add the new ones to the rollups, in one transaction (the
+        caller commits). Rows already there (a replay) are skipped by the INSERT, so they
+        must be skipped by the rollups too: the ids present are read first, under SQLite's
+        write lock (PostgreSQL: a replay is only ever done by the process that spooled)."""
+        db = self._db
+        assert db is not None
+        if db.dialect == "sqlite" and not db.conn.in_transaction:
+            db.conn.execute("BEGIN IMMEDIATE")
+        ids = [r.get("id") for r in rows]
+        marks = ", ".join("?" for _ in ids)
+        present = {r[0] for r in db.query(f"SELECT id FROM requests WHERE id IN ({marks})",
+                                           ids)}
+        fresh = [r for r in rows if r.get("id") not in present]
+        if len({r.get("id") for r in fresh}) != len(fresh):  # the same id twice in a batch
+            seen: set[Any] = set()
+            fresh = [r for r in fresh if not (r.get("id") in seen or seen.add(r.get("id")))]
+        if fresh:
+            db.executemany(self._sql, [schema.values(r) for r in fresh])
+            rollups.apply(db, fresh)
+
     def _write_each(self, rows: list[dict[str, Any]]) -> bool:
         """Row by row, so one bad row cannot hold back its batch; bad rows are set aside."""
         assert self._db is not None
         for row in rows:
             try:
-                self._db.execute(self._sql, schema.values(row))
+                self._insert([row])
                 self._db.commit()
                 self.counters.written += 1
             except Exception as exc:

@@ -37,6 +37,8 @@ class Filters:
     feature: str | None = None
     model: str | None = None
     key: str | None = None
+    status: str | None = None   # "ok" (below 400), "error" (400 and above) or one status
+    cache: str | None = None    # miss | exact | semantic | bypass
 
     def where(self, *conditions: str) -> tuple[str, list[Any]]:
         """`` WHERE …`` for these filters and any extra ``conditions`` ('' for none)."""
@@ -52,8 +54,24 @@ class Filters:
             if value is not None:
                 clauses.append(f"{GROUPS[dim]} = ?")
                 params.append(value)
+        if self.status is not None:
+            clauses.append(status_condition(self.status, "status"))
+            if self.status not in ("ok", "error"):
+                params.append(int(self.status))
+        if self.cache is not None:
+            clauses.append("cache = ?")
+            params.append(self.cache)
         clauses += conditions
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def status_condition(status: str, column: str) -> str:
+    """The SQL test of ``Filters.status`` on ``column`` (one ``?`` for a given status)."""
+    if status == "ok":
+        return f"{column} < 400"
+    if status == "error":
+        return f"{column} >= 400"
+    return f"{column} = ?"
 
 
 def _group(by: str) -> str:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import time
 
-from margin.metering import schema
+from typing import Callable, Union
+
+from margin.metering import rollups, schema
 from margin.metering.db import Database
 
-MIGRATIONS: dict[int, list[str]] = {
+# A step is a portable statement, or a function of the database for what SQL alone cannot
+# do portably (filling the rollups from the rows already there).
+Step = Union[str, Callable[[Database], object]]
+
+MIGRATIONS: dict[int, list[Step]] = {
     1: [
         """CREATE TABLE IF NOT EXISTS requests (
             id TEXT PRIMARY KEY,
@@ -89,10 +95,13 @@ MIGRATIONS: dict[int, list[str]] = {
     # Every kind of token a provider bills, and the API the client spoke (``dialect``:
     # openai | messages | responses).
     4: schema.added_in(4),
+    # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
+    # rows already there; the request log's keyset index.
+    7: [*rollups.ddl(), rollups.rebuild],
 }
 
 
-def migrate(db: Database, migrations: dict[int, list[str]] | None = None) -> list[int]:
+def migrate(db: Database, migrations: dict[int, list[Step]] | None = None) -> list[int]:
     """Apply the migrations this database lacks; return the versions applied."""
     migrations = MIGRATIONS if migrations is None else migrations
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -106,7 +115,10 @@ def migrate(db: Database, migrations: dict[int, list[str]] | None = None) -> lis
             if version in done:
                 continue
             for statement in migrations[version]:
-                db.execute(statement)
+                if callable(statement):
+                    statement(db)
+                else:
+                    db.execute(statement)
             db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                        (version, time.time()))
             applied.append(version)

@@ -1,0 +1,439 @@
+"""The console's reads: sums over any window and filter, answered from the rollups.
+
+A window ``[since, until)`` is cut into pieces: whole buckets of the narrowest rollup that
+holds what is asked (``metering/rollups.py``), and the partial buckets at either edge from
+the ``requests`` table itself. Nothing but the model, the cache outcome or the status:
+``rollup_model_hour``. One of user, team, feature or key alone: whole UTC days from
+``rollup_dim_day``, whole hours from ``rollup_dim_hour``. Several of user, team,
+feature and model (no key, cache or status): whole days from ``rollup_day``, the partial
+days from the raw table on its indexes; anything else, or hourly buckets of several: the
+raw table. Each piece is one grouped
+query; their sums are added here. The numbers are exactly those of the raw table (the
+writer updates the rollups in the transaction that inserts the rows).
+
+The request log reads the raw table with keyset pagination on ``(ts, id)``.
+The CLI (``margin spend``, ``margin anomalies``) and ``/admin/`` read through these
+functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
+
+import orjson
+
+from margin.metering import rollups
+from margin.metering.db import Database
+from margin.metering.queries import GROUPS, Filters, Totals, status_condition
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_HOURLY,
+                                     STAGE_HOURLY, Table, hist_bucket)
+
+# A report's dimension -> the rollup column holding it.
+ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
+                  "model": "model", "cache": "cache", "status": "status"}
+_RAW = {"user": "COALESCE(user_id, '')", "team": "COALESCE(team, '')",
+        "feature": "COALESCE(feature, '')", "key": "COALESCE(key_id, '')",
+        "model": "COALESCE(model, requested_model, '')", "cache": "cache", "status": "status"}
+_ATTRIBUTION = ("user", "team", "feature", "key")  # only the full-combination rollups hold
+DIMENSIONS = ("user", "team", "feature", "model", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """What a group of rows adds up to: ``rollups.MEASURES``, by name."""
+
+    values: tuple[float, ...]
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self.values[MEASURES.index(name)]
+        except ValueError:
+            raise AttributeError(name) from None
+
+    @property
+    def requests(self) -> int:
+        return int(self.values[0])
+
+    def totals(self) -> Totals:
+        v = dict(zip(MEASURES, self.values))
+        return Totals(int(v["requests"]), int(v["prompt_tokens"]), int(v["completion_tokens"]),
+                      float(v["cost_usd"]), float(v["saved_usd"]), int(v["errors"]),
+                      int(v["cache_hits"]), float(v["overrun_usd"]))
+
+
+ZERO = Sums(tuple(0 for _ in MEASURES))
+
+
+def _note_sql(db: Database, key: str) -> str:
+    if db.dialect == "postgresql":
+        value = f"CAST(CAST(notes AS json)->>'{key}' AS DOUBLE PRECISION)"
+        found = f"strpos(notes, '{key}') > 0"
+    else:
+        value = f"json_extract(notes, '$.{key}')"
+        found = f"instr(notes, '{key}') > 0"
+    return f"SUM(CASE WHEN {found} THEN COALESCE({value}, 0) ELSE 0 END)"
+
+
+def _raw_measures(db: Database) -> str:
+    parts = ["COUNT(*)", "SUM(prompt_tokens)", "SUM(completion_tokens)", "SUM(cost_usd)",
+             "SUM(saved_usd)", "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
+             "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
+             "SUM(CASE WHEN reserved_usd IS NOT NULL AND cost_usd > reserved_usd "
+             "THEN cost_usd - reserved_usd ELSE 0 END)", "SUM(cost_usd * cost_usd)",
+             "SUM(COALESCE(latency_ms, 0))", "SUM(COALESCE(upstream_ms, 0))"]
+    parts += [_note_sql(db, k) for k in rollups.NOTE_SAVINGS.values()]
+    assert len(parts) == len(MEASURES)
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------- pieces
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    table: Table | None   # None: the raw table
+    lo_s: float | None    # None: unbounded
+    hi_s: float | None
+
+
+def pieces(since_s: float | None, until_s: float | None, widths: Sequence[Table]
+           ) -> list[Piece]:
+    """``[since_s, until_s)`` as raw edges and whole buckets of the ``widths`` tables
+    (hourly first, then daily), widest in the middle."""
+    if since_s is not None and until_s is not None and until_s <= since_s:
+        return []
+    out: list[Piece] = []
+
+    def cut(lo: float | None, hi: float | None, level: int) -> None:
+        if lo is not None and hi is not None and hi <= lo:
+            return
+        if level == len(widths):
+            out.append(Piece(widths[-1], lo, hi) if widths else Piece(None, lo, hi))
+            return
+        w = widths[level].bucket_s
+        a = None if lo is None else math.ceil(lo / w) * w
+        b = None if hi is None else math.floor(hi / w) * w
+        if a is not None and b is not None and a >= b:
+            out.append(Piece(widths[level - 1] if level else None, lo, hi))
+            return
+        if lo is not None and a != lo:
+            out.append(Piece(widths[level - 1] if level else None, lo, a))
+        cut(a, b, level + 1)
+        if hi is not None and b != hi:
+            out.append(Piece(widths[level - 1] if level else None, b, hi))
+
+    cut(since_s, until_s, 0)
+    return out
+
+
+def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> list[Table]:
+    """The narrowest rollups that hold what ``f`` and ``group`` ask about."""
+    group = [g for g in group if g != "t"]
+    dims = {d for d in _ATTRIBUTION if getattr(f, d) is not None} | \
+        {g for g in group if g in _ATTRIBUTION}
+    if not dims:
+        return [MODEL_HOURLY]
+    others = any(getattr(f, d) is not None for d in ("model", "status", "cache")) or \
+        any(g not in _ATTRIBUTION for g in group)
+    hourly = bucket_s is not None and bucket_s < DAILY.bucket_s
+    if len(dims) == 1 and not others:
+        return [DIM_HOURLY] if hourly else [DIM_HOURLY, DIM_DAILY]
+    combo = {"user", "team", "feature", "model"}
+    if hourly or not (dims | set(group) | {d for d in DIMENSIONS if getattr(f, d) is not None}
+                      ) <= combo or f.status is not None or f.cache is not None:
+        return []
+    return [DAILY]
+
+
+def _dim_of(f: Filters, group: Iterable[str]) -> str:
+    for d in _ATTRIBUTION:
+        if getattr(f, d) is not None or d in group:
+            return d
+    raise AssertionError("no dimension")
+
+
+def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
+                  dim: str | None = None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if t.keys == rollups.DIM_KEYS:
+        assert dim is not None
+        clauses.append("dim = ?")
+        params.append(dim)
+        value = getattr(f, dim)
+        if value is not None:
+            clauses.append("value = ?")
+            params.append(value)
+        f = replace(f, **{dim: None})
+    if lo_s is not None:
+        clauses.append("bucket >= ?")
+        params.append(int(lo_s // t.bucket_s))
+    if hi_s is not None:
+        clauses.append("bucket < ?")
+        params.append(int(hi_s // t.bucket_s))
+    for dim in DIMENSIONS:
+        value = getattr(f, dim)
+        if value is not None:
+            clauses.append(f"{ROLLUP_COLUMNS[dim]} = ?")
+            params.append(value)
+    if f.status is not None:
+        clauses.append(status_condition(f.status, "status"))
+        if f.status not in ("ok", "error"):
+            params.append(int(f.status))
+    if f.cache is not None:
+        clauses.append("cache = ?")
+        params.append(f.cache)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _raw_bucket(db: Database, width_s: int) -> str:
+    if db.dialect == "postgresql":
+        return f"CAST(FLOOR(ts / {width_s}) AS BIGINT)"
+    return f"CAST(ts / {width_s} AS INTEGER)"
+
+
+Key = tuple
+
+
+def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | None = None
+         ) -> dict[Key, Sums]:
+    """The sums per ``group`` (dimension names of ``ROLLUP_COLUMNS``, and ``"t"`` for the
+    start of a ``bucket_s`` time bucket in UNIX seconds) of the rows ``f`` matches. A
+    missing attribution is None."""
+    if "t" in group and not bucket_s:
+        raise ValueError("grouping by time needs bucket_s")
+    if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
+        raise ValueError("bucket_s must divide a day or be whole days")
+    widths = _source(f, group, bucket_s)
+    dim = _dim_of(f, group) if widths and widths[0] is DIM_HOURLY else None
+    out: dict[Key, list[float]] = {}
+    n = len(MEASURES)
+    raw_measures = _raw_measures(db)
+    for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is None:
+            cols = [(_raw_bucket(db, bucket_s) if g == "t" else _RAW[g]) for g in group]
+            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
+            sql = f"SELECT {', '.join([*cols, raw_measures])} FROM requests{where}"
+            scale = bucket_s or 1
+        else:
+            t = p.table
+            # A bucket of this table is a whole number of wanted buckets, or the other way.
+            per = (bucket_s // t.bucket_s) if bucket_s and bucket_s >= t.bucket_s else 1
+            cols = [(f"bucket / {per}" if per > 1 else "bucket") if g == "t"
+                    else "value" if dim is not None else ROLLUP_COLUMNS[g] for g in group]
+            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, dim)
+            summed = ", ".join(f"SUM({m})" for m in MEASURES)
+            sql = f"SELECT {', '.join([*cols, summed])} FROM {t.name}{where}"
+            scale = t.bucket_s * per if bucket_s else 1
+        if group:
+            sql += " GROUP BY " + ", ".join(cols)
+        for row in db.query(sql, params):
+            k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
+            values = row[len(group):]
+            if values[0] in (None, 0):
+                continue
+            acc = out.get(k)
+            if acc is None:
+                out[k] = [float(x or 0) for x in values]
+            else:
+                for i in range(n):
+                    acc[i] += float(values[i] or 0)
+    return {k: Sums(tuple(v)) for k, v in out.items()}
+
+
+def _key_value(g: str, v: Any, scale: int) -> Any:
+    if g == "t":
+        return int(v) * scale
+    if g == "status":
+        return int(v)
+    return None if v in (None, "") else str(v)
+
+
+def total(db: Database, f: Filters) -> Sums:
+    return sums(db, f).get((), ZERO)
+
+
+def totals_by(db: Database, by: str, f: Filters = Filters(), *, skip_null: bool = False
+              ) -> list[tuple[str | None, Totals]]:
+    """Totals per value of ``by`` (what ``queries.totals_by`` answers, from the rollups)."""
+    if by not in ROLLUP_COLUMNS:
+        raise ValueError(f"cannot group the ledger by {by!r}: one of {', '.join(DIMENSIONS)}")
+    out = [(k[0], s.totals()) for k, s in sums(db, f, (by,)).items()]
+    return [(None if v is None else str(v), t) for v, t in out if not (skip_null and v is None)]
+
+
+def totals_per_bucket(db: Database, f: Filters, bucket_s: int) -> list[tuple[int, Totals]]:
+    """Totals per time bucket (start in UNIX seconds), oldest first."""
+    return sorted((k[0], s.totals()) for k, s in sums(db, f, ("t",), bucket_s).items())
+
+
+def series(db: Database, by: str, f: Filters, bucket_s: int) -> list[tuple[int, str | None, Sums]]:
+    """(bucket start, value of ``by``, sums), oldest first."""
+    return sorted(((k[0], k[1], s) for k, s in sums(db, f, ("t", by), bucket_s).items()),
+                  key=lambda x: (x[0], x[1] or ""))
+
+
+@dataclass(frozen=True, slots=True)
+class HourCost:
+    hour: int
+    value: str
+    cost_usd: float
+    requests: int
+    cost_sq_usd2: float
+
+
+def hourly_costs(db: Database, by: str, f: Filters = Filters()) -> list[HourCost]:
+    """Per (UNIX hour, value of ``by``), rows without a value left out: the anomaly
+    watcher's series (``queries.hourly_costs``'s answer, from the rollups)."""
+    out = []
+    for (t, v), s in sums(db, f, ("t", by), 3600).items():
+        if v is not None:
+            out.append(HourCost(t // 3600, v, s.cost_usd, s.requests, s.cost_sq_usd2))
+    return out
+
+
+# --------------------------------------------------------------------------- latencies
+
+def _has_attribution(f: Filters) -> bool:
+    return any(getattr(f, d) is not None for d in _ATTRIBUTION)
+
+
+def latency_histograms(db: Database, f: Filters) -> tuple[list[int], list[int]]:
+    """Histograms (``rollups.hist_bucket``) of gateway overhead and upstream time."""
+    nb = rollups.HIST_BUCKETS
+    overhead, upstream = [0] * nb, [0] * nb
+    widths = [] if _has_attribution(f) else [MODEL_HOURLY]
+    for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is None or _has_attribution(f):
+            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
+            for ov, up in db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}",
+                                   params):
+                if ov is not None:
+                    overhead[hist_bucket(float(ov))] += 1
+                if up is not None and float(up) > 0:
+                    upstream[hist_bucket(float(up))] += 1
+            continue
+        where, params = _rollup_where(f, MODEL_HOURLY, p.lo_s, p.hi_s)
+        cols = ", ".join(f"SUM({c})" for c in rollups.OVERHEAD_HIST + rollups.UPSTREAM_HIST)
+        row = db.query(f"SELECT {cols} FROM {MODEL_HOURLY.name}{where}", params)[0]
+        for i in range(nb):
+            overhead[i] += int(row[i] or 0)
+            upstream[i] += int(row[nb + i] or 0)
+    return overhead, upstream
+
+
+def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
+    """A histogram of each stage's own time over the rows ``f`` matches."""
+    nb = rollups.HIST_BUCKETS
+    out: dict[str, list[int]] = {}
+    plain = not _has_attribution(f) and f.model is None and f.status is None and f.cache is None
+    widths = [STAGE_HOURLY] if plain else []
+    for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is None or not plain:
+            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
+                "stage_ms IS NOT NULL")
+            for (text,) in db.query(f"SELECT stage_ms FROM requests{where}", params):
+                for stage, ms in rollups._stage_items(text):
+                    out.setdefault(stage, [0] * nb)[hist_bucket(ms)] += 1
+            continue
+        clauses, params = [], []
+        if p.lo_s is not None:
+            clauses.append("bucket >= ?")
+            params.append(int(p.lo_s // 3600))
+        if p.hi_s is not None:
+            clauses.append("bucket < ?")
+            params.append(int(p.hi_s // 3600))
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        cols = ", ".join(f"SUM({c})" for c in rollups.STAGE_HIST)
+        for stage, *counts in db.query(
+                f"SELECT stage, {cols} FROM {STAGE_HOURLY.name}{where} GROUP BY stage", params):
+            acc = out.setdefault(str(stage), [0] * nb)
+            for i, c in enumerate(counts):
+                acc[i] += int(c or 0)
+    return out
+
+
+# ------------------------------------------------------------------------- request log
+
+PAGE_COLUMNS: tuple[str, ...] = (
+    "id", "ts", "user_id", "team", "feature", "model", "requested_model", "key_id", "status",
+    "cache", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms")
+DETAIL_COLUMNS: tuple[str, ...] = PAGE_COLUMNS + (
+    "endpoint", "provider", "route", "error_type", "stage_ms", "attempts", "cache_similarity",
+    "ttft_ms", "upstream_ms", "overhead_ms", "reserved_usd", "dialect", "saved_usd", "notes",
+    "streamed", "estimated", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+CONTENT_COLUMNS = ("prompt", "response")
+
+
+class BadCursor(ValueError):
+    """A cursor this layer did not write."""
+
+
+def encode_cursor(ts: float, request_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts, request_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        ts, rid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(rid, str) or isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise ValueError
+        return float(ts), rid
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadCursor("cursor is not one this endpoint returned") from None
+
+
+def request_page(db: Database, f: Filters, limit: int, cursor: str | None = None
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` matching rows, newest first (ties by id), and the cursor of the
+    next page (None after the last)."""
+    extra: list[str] = []
+    params: list[Any] = []
+    if cursor:
+        ts, rid = decode_cursor(cursor)
+        extra.append("(ts < ? OR (ts = ? AND id < ?))")
+        params = [ts, ts, rid]
+    where, fparams = f.where(*extra)
+    rows = db.query(f"SELECT {', '.join(PAGE_COLUMNS)} FROM requests{where} "
+                    "ORDER BY ts DESC, id DESC LIMIT ?", [*fparams, *params, limit + 1])
+    out = [dict(zip(PAGE_COLUMNS, r)) for r in rows[:limit]]
+    nxt = encode_cursor(out[-1]["ts"], out[-1]["id"]) if len(rows) > limit else None
+    return out, nxt
+
+
+def request_detail(db: Database, request_id: str, *, with_content: bool
+                   ) -> dict[str, Any] | None:
+    cols = DETAIL_COLUMNS + (CONTENT_COLUMNS if with_content else ())
+    rows = db.query(f"SELECT {', '.join(cols)} FROM requests WHERE id = ?", [request_id])
+    return dict(zip(cols, rows[0])) if rows else None
+
+
+def recent_times(db: Database, f: Filters, limit: int) -> list[tuple[float, str | None]]:
+    """(ts, prompt hash) of the newest ``limit`` matching requests, oldest first: a
+    user's recent spacing and repeats, read on the (user, ts) index."""
+    where, params = f.where()
+    rows = db.query(f"SELECT ts, prompt_hash FROM requests{where} ORDER BY ts DESC LIMIT ?",
+                    [*params, limit])
+    return [(float(ts), h) for ts, h in reversed(rows)]
+
+
+# ------------------------------------------------------------------------------ capacity
+
+@dataclass(frozen=True, slots=True)
+class ModelHour:
+    hour: int
+    model: str
+    requests: int
+    tokens: int
+
+
+def model_hours(db: Database, since_s: float, until_s: float) -> list[ModelHour]:
+    """Requests and tokens per model and whole UNIX hour in ``[since_s, until_s)``
+    (aligned down to hours), oldest first."""
+    lo, hi = int(since_s // 3600), int(until_s // 3600)
+    rows = db.query(f"SELECT bucket, model, SUM(requests), SUM(prompt_tokens) + "
+                    f"SUM(completion_tokens) FROM {MODEL_HOURLY.name} WHERE bucket >= ? AND "
+                    "bucket < ? GROUP BY bucket, model ORDER BY bucket", [lo, hi])
+    return [ModelHour(int(h), str(m), int(n or 0), int(t or 0)) for h, m, n, t in rows if m]

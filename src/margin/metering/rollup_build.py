@@ -1,0 +1,176 @@
+"""Building the rollups from the rows already in the ledger, in bulk: what migration 7 and
+``margin ledger rollup --rebuild`` run.
+
+The same sums as ``rollups.aggregate`` (the writer's per-batch path), computed with polars
+over large chunks of rows read oldest first: ten million rows take minutes, not the hour a
+row-by-row loop would. Buckets wholly before a chunk's last row are complete and written
+out (each exactly once, into emptied tables), so memory holds about a day of sums.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from margin.metering import rollups
+from margin.metering.db import Database
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, HIST_BASE_MS, HIST_BUCKETS,
+                                     MEASURES, MODEL_HOURLY, ONE_DIMENSION, STAGE_HOURLY,
+                                     TABLES, Table)
+
+COLUMNS = ("ts", "user_id", "team", "feature", "key_id", "model", "requested_model", "cache",
+           "status", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
+           "reserved_usd", "latency_ms", "upstream_ms", "overhead_ms", "stage_ms", "notes")
+_SCHEMA = {"ts": pl.Float64, "user_id": pl.Utf8, "team": pl.Utf8, "feature": pl.Utf8,
+           "key_id": pl.Utf8, "model": pl.Utf8, "requested_model": pl.Utf8, "cache": pl.Utf8,
+           "status": pl.Int64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+           "cost_usd": pl.Float64, "saved_usd": pl.Float64, "reserved_usd": pl.Float64,
+           "latency_ms": pl.Float64, "upstream_ms": pl.Float64, "overhead_ms": pl.Float64,
+           "stage_ms": pl.Utf8, "notes": pl.Utf8}
+_DIM_COLUMN = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id"}
+
+
+def _bucket_expr(ms: pl.Expr) -> pl.Expr:
+    """``rollups.hist_bucket`` on a column."""
+    idx = (1 + ((ms / HIST_BASE_MS).log() / math.log(rollups.HIST_FACTOR)).floor())
+    return (pl.when(ms < HIST_BASE_MS).then(0)
+            .otherwise(idx.clip(upper_bound=HIST_BUCKETS - 1)).cast(pl.Int64))
+
+
+def _note(key: str) -> pl.Expr:
+    return (pl.col("notes").str.json_path_match(f"$.{key}")
+            .cast(pl.Float64, strict=False).fill_null(0.0))
+
+
+def _prepare(rows: list[tuple]) -> pl.DataFrame:
+    df = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    cost = pl.col("cost_usd").fill_null(0.0)
+    reserved = pl.col("reserved_usd")
+    status = pl.col("status").fill_null(0)
+    cache = pl.col("cache").fill_null("miss")
+    return df.select(
+        (pl.col("ts") // 3600).cast(pl.Int64).alias("hour"),
+        (pl.col("ts") // 86400).cast(pl.Int64).alias("day"),
+        *(pl.col(c).fill_null("").alias(c) for c in ("user_id", "team", "feature", "key_id")),
+        pl.coalesce(pl.col("model"), pl.col("requested_model"), pl.lit("")).alias("model"),
+        cache.alias("cache"), status.alias("status"),
+        pl.lit(1, pl.Int64).alias("requests"),
+        pl.col("prompt_tokens").fill_null(0).alias("prompt_tokens"),
+        pl.col("completion_tokens").fill_null(0).alias("completion_tokens"),
+        cost.alias("cost_usd"), pl.col("saved_usd").fill_null(0.0).alias("saved_usd"),
+        (status >= 400).cast(pl.Int64).alias("errors"),
+        cache.is_in(["exact", "semantic"]).cast(pl.Int64).alias("cache_hits"),
+        pl.when(reserved.is_not_null() & (cost > reserved)).then(cost - reserved)
+        .otherwise(0.0).alias("overrun_usd"),
+        (cost * cost).alias("cost_sq_usd2"),
+        pl.col("latency_ms").fill_null(0.0).alias("latency_ms_sum"),
+        pl.col("upstream_ms").fill_null(0.0).alias("upstream_ms_sum"),
+        *(_note(k).alias(f"saved_{name}_usd") for name, k in rollups.NOTE_SAVINGS.items()),
+        pl.when(pl.col("overhead_ms").is_not_null())
+        .then(_bucket_expr(pl.col("overhead_ms"))).otherwise(None).alias("ov_bucket"),
+        pl.when(pl.col("upstream_ms").is_not_null() & (pl.col("upstream_ms") > 0))
+        .then(_bucket_expr(pl.col("upstream_ms"))).otherwise(None).alias("up_bucket"),
+        pl.col("stage_ms"))
+
+
+def _sum(frame: pl.DataFrame, keys: list[str], values: tuple[str, ...]) -> pl.DataFrame:
+    return frame.group_by(keys).agg(*(pl.col(v).sum() for v in values))
+
+
+def _hist_columns(frame: pl.DataFrame, bucket_col: str, names: tuple[str, ...]) -> list[pl.Expr]:
+    return [(pl.col(bucket_col) == i).cast(pl.Int64).alias(n) for i, n in enumerate(names)]
+
+
+def aggregate(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each table's sums over ``df`` (from ``_prepare``), columns in the table's order."""
+    out: dict[str, pl.DataFrame] = {}
+    measures = list(MEASURES)
+    out[DAILY.name] = _sum(df.rename({"day": "bucket"}), ["bucket", *DAILY.keys], MEASURES)
+    dims = []
+    for dim in ONE_DIMENSION:
+        dims.append(df.select(pl.col("hour"), pl.col("day"), pl.lit(dim).alias("dim"),
+                              pl.col(_DIM_COLUMN[dim]).alias("value"), *measures))
+    d = pl.concat(dims)
+    out[DIM_HOURLY.name] = _sum(d.rename({"hour": "bucket"}).drop("day"),
+                                ["bucket", "dim", "value"], MEASURES)
+    out[DIM_DAILY.name] = _sum(d.rename({"day": "bucket"}).drop("hour"),
+                               ["bucket", "dim", "value"], MEASURES)
+    m = df.with_columns(*_hist_columns(df, "ov_bucket", rollups.OVERHEAD_HIST),
+                        *_hist_columns(df, "up_bucket", rollups.UPSTREAM_HIST))
+    m = m.with_columns(*(pl.col(c).fill_null(0) for c in rollups.OVERHEAD_HIST
+                         + rollups.UPSTREAM_HIST))
+    out[MODEL_HOURLY.name] = _sum(m.rename({"hour": "bucket"}), ["bucket", *MODEL_HOURLY.keys],
+                                  MODEL_HOURLY.values)
+    pairs = (df.select(pl.col("hour").alias("bucket"),
+                       pl.col("stage_ms").str.extract_all(r'"[^"]+"\s*:\s*-?[0-9.eE+-]+').alias("p"))
+             .explode("p").drop_nulls("p"))
+    stages = pairs.select(
+        pl.col("bucket"),
+        pl.col("p").str.extract(r'^"([^"]+)"', 1).str.slice(0, 64).alias("stage"),
+        pl.col("p").str.extract(r':\s*(-?[0-9.eE+-]+)$', 1).cast(pl.Float64, strict=False)
+        .alias("ms")).drop_nulls()
+    stages = stages.with_columns(pl.lit(1, pl.Int64).alias("samples"),
+                                 _bucket_expr(pl.col("ms")).alias("b"))
+    stages = stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
+    out[STAGE_HOURLY.name] = _sum(stages, ["bucket", "stage"], STAGE_HOURLY.values)
+    for t in TABLES:
+        out[t.name] = out[t.name].select("bucket", *t.keys, *t.values)
+    return out
+
+
+def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
+    if frame.is_empty():
+        return
+    cols = ("bucket",) + t.keys + t.values
+    if db.dialect == "postgresql":
+        with db.conn.cursor() as cur:
+            with cur.copy(f"COPY {t.name} ({', '.join(cols)}) FROM STDIN") as copy:
+                for row in frame.iter_rows():
+                    copy.write_row(row)
+        return
+    marks = ", ".join("?" for _ in cols)
+    sql = f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({marks})"
+    rows = frame.rows()
+    for start in range(0, len(rows), 50_000):
+        db.executemany(sql, rows[start:start + 50_000])
+
+
+def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
+    """Empty every rollup and fill it from the ``requests`` table (the caller commits);
+    returns the rows read."""
+    for t in TABLES:
+        db.execute(f"DELETE FROM {t.name}")
+    sql = f"SELECT {', '.join(COLUMNS)} FROM requests ORDER BY ts"
+    cur: Any
+    if db.dialect == "postgresql":
+        cur = db.conn.cursor(name="margin_rollup_rebuild")  # server-side: not all at once
+        cur.itersize = chunk_rows
+        cur.execute(sql)
+    else:
+        cur = db.execute(sql)
+    pending: dict[str, pl.DataFrame | None] = {t.name: None for t in TABLES}
+    by_name = {t.name: t for t in TABLES}
+    n = 0
+    while True:
+        chunk = cur.fetchmany(chunk_rows)
+        if not chunk:
+            break
+        n += len(chunk)
+        last_ts = float(chunk[-1][0])
+        for name, frame in aggregate(_prepare(chunk)).items():
+            t = by_name[name]
+            before = pending[name]
+            if before is not None:
+                frame = _sum(pl.concat([before, frame]), ["bucket", *t.keys], t.values) \
+                    .select("bucket", *t.keys, *t.values)
+            cutoff = int(last_ts // t.bucket_s)
+            _write(db, t, frame.filter(pl.col("bucket") < cutoff))
+            pending[name] = frame.filter(pl.col("bucket") >= cutoff)
+    if db.dialect == "postgresql":
+        cur.close()
+    for name, frame in pending.items():
+        if frame is not None:
+            _write(db, by_name[name], frame)
+    return n
