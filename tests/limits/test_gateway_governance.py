@@ -273,7 +273,7 @@ def test_admin_endpoints_need_the_master_key(cluster):
         assert admin(b, "GET", path).status_code == 200
     assert admin(a, "POST", "keys", token=virtual, json={"user": "x"}).status_code == 403
     spend = admin(a, "GET", "spend?by=feature&since=1d").json()
-    assert spend["by"] == "feature" and isinstance(spend["groups"], list)
+    assert spend["by"] == "feature" and isinstance(spend["totals"], list)
 
 
 def test_budget_alert_fires_exactly_once_at_80_percent(cluster):
