@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from margin.bench import fake_asgi
+
 WORDS = ("the quick brown fox jumps over the lazy dog and keeps running far away "
          "into the quiet green hills").split()
 
@@ -52,21 +54,10 @@ class FakeUpstream:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await fake_asgi.lifespan(receive, send)
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            msg = await receive()
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
+        body = await fake_asgi.read_body(receive)
         path = scope["path"].removeprefix("/v1")
         if scope["method"] == "GET":
             if path == "/_stats":
