@@ -17,7 +17,7 @@ import yaml
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from margin.auth.config import AuthConfig
+from margin.auth.config import AuthConfig, ConsoleConfig
 from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig, ModelCapacity
 from margin.observe.config import MetricsConfig
@@ -208,6 +208,8 @@ class Settings(_Strict):
     """The exact and semantic caches."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
     """API keys (on when a master key is set)."""
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    """The browser console at ``/ui``."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     """Rate limits, budgets, alerts and cost anomalies."""
     routes: list[RouteConfig] = Field(default_factory=list)

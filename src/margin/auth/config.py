@@ -46,3 +46,30 @@ class AuthConfig(_Strict):
     """Prefix of margin's keys in Redis."""
     redis_timeout_s: float = Field(1.0, gt=0)
     """Longest wait for Redis."""
+
+
+class ConsoleConfig(_Strict):
+    """The browser console at ``/ui`` (docs/console.md). With a master key set it asks for
+    the key once and keeps a session: an HttpOnly, SameSite=Strict cookie holding a random
+    id (only its hash is kept) and a CSRF token every write must echo. Without a master key
+    it answers loopback clients only and says that the gateway is open. Sessions live in
+    the process that created them: behind several workers or replicas, log in again where
+    the cookie is not known."""
+
+    yaml_example: ClassVar[str] = """
+        console:
+          enabled: true
+          session_ttl_s: 28800     # a login lasts 8 hours
+    """
+
+    enabled: bool = True
+    """Serve ``/ui`` (off: ``/ui`` is a 404; the JSON API under ``/admin/`` stays)."""
+    session_ttl_s: float = Field(8 * 3600.0, gt=0, le=30 * 86_400)
+    """How long a login lasts (the cookie's Max-Age); at most 30 days."""
+    refresh_interval_s: float = Field(10.0, ge=2, le=3600)
+    """How often an open page fetches its figures again."""
+    failed_logins_per_client: int = Field(10, ge=1)
+    """Wrong keys one client address may send per ``failed_login_window_s``; past it the
+    login answers 429 with ``Retry-After`` without looking at the key."""
+    failed_login_window_s: float = Field(300.0, gt=0)
+    """The window the failed logins are counted in."""

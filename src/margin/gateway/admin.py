@@ -1,16 +1,19 @@
 """``/admin/<name>``: the master-key check, then the handler of that name, which gets a
 typed ``AdminRequest``. The keys endpoints exist whenever a master key does; the
 console's read-only pages (``gateway/console.py``) always, and without a master key they
-answer loopback clients only (the gateway is open then, and says so)."""
+answer loopback clients only (the gateway is open then, and says so). With a master key, a
+request that presents no key may come with the console's session cookie instead
+(``console_session.py``; writes need its CSRF token)."""
 
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
-from margin.auth.admin import KeysAdmin, SpendAdmin, master_guard
+from margin.auth.admin import KeysAdmin, SpendAdmin, master_guard, presented_key
 from margin.errors import NotFound
 from margin.gateway.console import Console
+from margin.gateway.console_session import ConsoleAuth
 from margin.gateway.http import (Receive, Scope, Send, client_address, read_body,
                                  request_headers, send_json)
 from margin.gateway.service import Gateway
@@ -31,13 +34,14 @@ def admin_handlers(gateway: Gateway) -> dict[str, AdminHandler]:
 
 
 class Admin:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, sessions: ConsoleAuth | None = None) -> None:
         self.handlers = admin_handlers(gateway)
         self.console = Console(gateway.settings)
         # The console's spend page answers what /admin/spend answered before, too.
         self.handlers.update({name: self.console.handler(name) for name in self.console.names()})
         self.open = set(self.console.names())
         self.guard = master_guard(gateway.master_key) if gateway.master_key else None
+        self.sessions = sessions
         self.max_body = gateway.settings.server.max_body_bytes
         self.body_timeout_s = gateway.settings.server.body_timeout_s
 
@@ -51,6 +55,9 @@ class Admin:
             if head not in self.open or client_address(scope) not in LOOPBACK:
                 raise NotFound("admin endpoints need a master key: set MARGIN_MASTER_KEY",
                                code="admin_disabled")
+        elif self.sessions is not None and presented_key(headers) is None:
+            # No key in a header: the browser console's session cookie (with CSRF on writes).
+            self.sessions.authorize(scope["method"], headers)
         else:
             self.guard(headers)
         body = await read_body(scope, receive, self.max_body, self.body_timeout_s)

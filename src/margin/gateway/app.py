@@ -2,8 +2,8 @@
 
 A bare ASGI callable rather than a framework: the request path is parse → pipeline →
 send, and every microsecond here is paid on every request (see DESIGN.md §1). The proxied
-endpoints' flow is in ``proxy.py``, the admin endpoints' in ``admin.py``, the plumbing in
-``http.py``.
+endpoints' flow is in ``proxy.py``, the admin endpoints' in ``admin.py``, the browser
+console's in ``console_ui.py``, the plumbing in ``http.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from margin.errors import MarginError, NotFound, UpstreamError, error_body
 from margin.gateway import health, openapi, rejections, validate
 from margin.gateway.admin import Admin
 from margin.gateway.connections import PARSER_REJECTION_HOOK
+from margin.gateway.console_session import ConsoleAuth
+from margin.gateway.console_ui import ConsoleUI
 from margin.gateway.dialects.edge import DialectRoutes
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  request_headers, send_json)
@@ -43,7 +45,14 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.proxy = Proxy(gateway)
-        self.admin = Admin(gateway)
+        s = gateway.settings
+        sessions = (ConsoleAuth(gateway.master_key, s.console)
+                    if gateway.master_key and s.console.enabled else None)
+        self.admin = Admin(gateway, sessions)
+        self.ui = ConsoleUI(s.console, sessions, keys=gateway.keys is not None,
+                            log_content=s.ledger.log_content,
+                            max_body=s.server.max_body_bytes,
+                            body_timeout_s=s.server.body_timeout_s)
         self.metrics_guard = _metrics_guard(gateway)
         self._metrics_lock = asyncio.Lock()
         self._openapi_raw: bytes | None = None
@@ -89,6 +98,9 @@ class GatewayApp:
                 return
             if path.startswith("/admin/"):
                 await self.admin.handle(scope, receive, send, path[len("/admin/"):])
+                return
+            if path == "/ui" or path.startswith("/ui/"):
+                await self.ui.handle(scope, receive, send, path)
                 return
             route = self._route(path)
             if route is None:
