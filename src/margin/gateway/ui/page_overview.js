@@ -47,6 +47,7 @@
               [["Gateway overhead", lat.overhead], ["Upstream", lat.upstream]],
               { rowAttrs: x => ({ "data-row": x[0] }) }),
         stages(o.stage_ms)));
+    el.dataset.generatedAt = String(o.generated_at);  // the instant every window ends at
     fill(el, h("h1", {}, "Overview"), spend, traffic, saved, latency);
   }
 

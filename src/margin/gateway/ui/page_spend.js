@@ -37,7 +37,9 @@
       const total = d.totals.reduce((a, t) => a + t.cost_usd, 0);
       const totals = section(`Totals per ${d.by}`,
         h("p", { class: "muted" }, `${num(d.totals.length)} groups, `,
-          h("span", { "data-metric": "spend_total_usd", "data-value": String(total) }, usd(total)),
+          h("span", { "data-metric": "spend_total_usd", "data-value": String(total),
+                      "data-since": String(d.since_s), "data-until": String(d.until_s) },
+            usd(total)),
           " in all"),
         table([{ label: d.by, value: t => t.group },
                { label: "cost", class: "num", value: t => usd(t.cost_usd) },
