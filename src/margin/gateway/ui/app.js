@@ -6,7 +6,7 @@
   const PAGES = ["overview", "spend", "budgets", "requests", "capacity", "keys", "anomalies"];
   let current = null;       // {name, view}
   let timer = null;
-  let busy = false;
+  let busy = null;          // the view whose refresh is in flight
 
   function showError(err) {
     const box = $("error");
@@ -17,9 +17,9 @@
   M.showError = showError;
 
   async function refresh() {
-    if (!current || busy || document.hidden) return;
-    busy = true;
+    if (!current || busy === current.view || document.hidden) return;
     const view = current.view;
+    busy = view;
     try {
       await view.refresh();
       if (current && current.view === view) {
@@ -27,9 +27,10 @@
         $("updated").textContent = "updated " + new Date().toLocaleTimeString("en-GB");
       }
     } catch (err) {
-      if (!(err instanceof M.api.ApiError && err.status === 401)) showError(err);
+      if (current && current.view === view
+          && !(err instanceof M.api.ApiError && err.status === 401)) showError(err);
     } finally {
-      busy = false;
+      if (busy === view) busy = null;
     }
   }
   M.refreshNow = refresh;
@@ -45,6 +46,7 @@
     const el = $("page");
     el.replaceChildren();
     el.dataset.page = name;
+    $("updated").textContent = "";
     current = { name, view: M.pages[name](el, s) };
     document.title = "margin · " + name;
     refresh();
