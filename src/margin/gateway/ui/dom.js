@@ -45,6 +45,13 @@ window.Margin = window.Margin || { pages: {} };
     return v < 10 ? v.toFixed(2) + " ms" : v < 1000 ? v.toFixed(0) + " ms"
       : (v / 1000).toFixed(2) + " s";
   }
+  // A rate or another small quantity: two significant digits below 1.
+  function qty(v) {
+    if (v === null || v === undefined) return "–";
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    return a >= 100 ? num(v, 0) : a >= 1 ? num(v, 2) : Number(v.toPrecision(2)).toString();
+  }
   function when(t) {
     if (t === null || t === undefined) return "–";
     const d = new Date(t * 1000);
@@ -58,9 +65,10 @@ window.Margin = window.Margin || { pages: {} };
 
   // A key figure: its raw value in data-value so tests and scripts read the exact number.
   function metric(name, label, value, shown, sub) {
+    const text = value === null || value === undefined;
     return h("div", { class: "card" },
       h("div", { class: "card-label" }, label),
-      h("div", { class: "card-value", "data-metric": name,
+      h("div", { class: "card-value" + (text ? " text" : ""), "data-metric": name,
                  "data-value": value === null || value === undefined ? "" : String(value) },
         shown),
       sub ? h("div", { class: "card-sub muted" }, sub) : null);
@@ -85,7 +93,7 @@ window.Margin = window.Margin || { pages: {} };
       t.tBodies[0].append(h("tr", {}, h("td", { colspan: columns.length, class: "muted empty" },
         opts.empty || "Nothing in this window.")));
     }
-    return t;
+    return h("div", { class: "table-scroll" }, t);
   }
 
   function select(name, options, value, onchange) {
@@ -107,6 +115,6 @@ window.Margin = window.Margin || { pages: {} };
     return append(el, children);
   }
 
-  Object.assign(M, { h, append, fill, usd, num, pct, ms, when, day, metric, table, select,
+  Object.assign(M, { h, append, fill, usd, num, qty, pct, ms, when, day, metric, table, select,
                      section });
 })(window.Margin);

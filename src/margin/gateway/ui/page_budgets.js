@@ -47,7 +47,7 @@
                  { label: "scope", value: x => x.scope },
                  { label: "predicted", value: x => when(x.predicted_at) },
                  { label: "sent", value: x => x.fired_at ? when(x.fired_at) : "not yet" },
-                 { label: "message", value: x => x.message }],
+                 { label: "message", class: "wrap", value: x => x.message }],
                 a.alerts, { empty: "No budget is projected to run out, and no model to "
                                    + "cross 80 % of its capacity." }));
         const list = section("Budgets this period",
@@ -64,7 +64,7 @@
                        : `${usd(x.projected_usd)} (${usd(x.projected_low_usd)} – `
                          + `${usd(x.projected_high_usd)})` },
                  { label: "runs out", value: exhaustion },
-                 { label: "alerts", value: x => alerts(x.alerts) }],
+                 { label: "alerts", class: "wrap", value: x => alerts(x.alerts) }],
                 b.budgets, { rowAttrs: x => ({ "data-scope": x.scope }),
                              empty: "No budgets: set limits.budgets, or a budget on a key." }));
         fill(body, due, list);

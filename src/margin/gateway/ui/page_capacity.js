@@ -2,7 +2,7 @@
 // its configured capacity, and when the forecast crosses it.
 "use strict";
 (function (M) {
-  const { h, fill, num, when, metric, section } = M;
+  const { h, fill, when, metric, section } = M;
   const HORIZONS = [["1d", "1 day"], ["7d", "7 days"], ["14d", "14 days"], ["30d", "30 days"]];
 
   function chart(m, unit, label) {
@@ -16,18 +16,18 @@
                 points: m.forecast.map(p => [p.t, p[unit]]) }],
       bands: [{ color: "#3a9d6a", points: m.forecast.map(p => [p.t, p[unit + "_low"],
                                                                 p[unit + "_high"]]) }],
-      limits, fmtY: v => num(v, 2), empty: "No traffic for this model yet." });
+      limits, fmtY: M.qty, empty: "No traffic for this model yet." });
   }
 
   function model(m) {
     const c = m.capacity;
     return section(m.model,
       h("div", { class: "cards" },
-        metric("rps_now", "Requests/s now", m.now.rps, num(m.now.rps, 3)),
-        metric("tps_now", "Tokens/s now", m.now.tps, num(m.now.tps, 1)),
+        metric("rps_now", "Requests/s now", m.now.rps, M.qty(m.now.rps)),
+        metric("tps_now", "Tokens/s now", m.now.tps, M.qty(m.now.tps)),
         metric("capacity", "Capacity", c ? c.rps || c.tps : null,
-               c ? [c.rps ? num(c.rps, 2) + " req/s" : null,
-                    c.tps ? num(c.tps, 0) + " tok/s" : null].filter(Boolean).join(", ")
+               c ? [c.rps ? M.qty(c.rps) + " req/s" : null,
+                    c.tps ? M.qty(c.tps) + " tok/s" : null].filter(Boolean).join(", ")
                  : "not configured", c ? c.source : "set capacity: in margin.yaml"),
         metric("crosses_80pct_at", "Forecast reaches 80 %", m.crosses_80pct_at,
                m.crosses_80pct_at ? when(m.crosses_80pct_at) : "not within the horizon"),
@@ -49,7 +49,9 @@
     return {
       refresh: async () => {
         const d = await M.api.get("/admin/capacity", { horizon });
-        fill(body, d.models.length ? d.models.map(model)
+        // Models with a configured capacity first: theirs is the forecast that matters.
+        const models = d.models.slice().sort((a, b) => (!a.capacity) - (!b.capacity));
+        fill(body, models.length ? models.map(model)
           : h("p", { class: "muted" }, "No model has traffic or a capacity: entry yet."));
       },
     };

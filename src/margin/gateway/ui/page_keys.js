@@ -84,6 +84,7 @@
         }),
         h("button", { type: "button", class: "link", onclick: () => editor.replaceChildren() },
           "cancel")));
+      editor.scrollIntoView({ block: "nearest" });
     }
 
     async function revoke(k) {
@@ -94,10 +95,9 @@
 
     const toggle = h("label", { class: "inline" }, h("input", { type: "checkbox", onchange: ev => {
       showRevoked = ev.target.checked; M.refreshNow(); } }), " show revoked keys");
-    fill(el, h("h1", {}, "Keys"), secret,
-         h("div", { class: "two" },
-           h("div", {}, section("Keys", toggle, list), editor),
-           section("Create a key", form("key-create-form", null, "Create key", create))));
+    fill(el, h("h1", {}, "Keys"), secret, editor,
+         section("Create a key", form("key-create-form", null, "Create key", create)),
+         section("Keys", toggle, list));
 
     function render(keys) {
       fill(list, table([

@@ -37,7 +37,7 @@
             { empty: "none recorded" }),
       h("h3", {}, "Upstream attempts"),
       table([{ label: "#", value: x => x.i },
-             { label: "detail", value: x => JSON.stringify(x.a) }],
+             { label: "detail", class: "wrap", value: x => JSON.stringify(x.a) }],
             (d.attempts || []).map((a, i) => ({ i: i + 1, a })), { empty: "none" })];
     if ("prompt" in d) {
       parts.push(h("h3", {}, "Prompt"), h("pre", { class: "content" },
@@ -87,7 +87,9 @@
 
     function render(page) {
       const cols = [
-        { label: "time", value: r => when(r.ts) },
+        { label: "time", value: r => new Date(r.ts * 1000).toLocaleString("en-GB", {
+            month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit",
+            second: "2-digit" }) },
         { label: "user", value: r => r.user || "–" },
         { label: "team", value: r => r.team || "–" },
         { label: "feature", value: r => r.feature || "–" },

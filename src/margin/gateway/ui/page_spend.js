@@ -57,17 +57,19 @@
                     points: d.pareto.map(x => [x.share_of_users, x.share_of_spend]) },
                   { name: "even spread", color: "#b8b8b8", dashed: true,
                     points: d.pareto.length ? [[0, 0], [1, 1]] : [] }],
-          x0: 0, x1: 1, fmtX: pct, fmtY: pct, empty: "No user spent anything." }),
+          x0: 0, x1: 1, yMax: 1, xTicks: [0, 0.2, 0.4, 0.6, 0.8, 1],
+          fmtX: v => (v * 100).toFixed(0) + " %", fmtY: v => (v * 100).toFixed(0) + " %",
+          empty: "No user spent anything." }),
         paretoNote(d.pareto));
       const bots = section("Bot-like users",
         table([{ label: "user", value: f => f.group },
-               { label: "why", value: f => f.reason },
+               { label: "why", class: "wrap", value: f => f.reason },
                { label: "req/min", class: "num", value: f => num(f.rate_per_min, 1) },
                { label: "gap CV", class: "num", value: f => num(f.interarrival_cv, 2) },
                { label: "repeated prompts", class: "num",
                  value: f => pct(f.repeated_prompt_share) }],
               d.flagged, { empty: "None of the biggest spenders looks like a bot." }));
-      fill(body, over, h("div", { class: "two" }, totals, h("div", {}, pareto, bots)));
+      fill(body, over, h("div", { class: "two" }, pareto, bots), totals);
     }
 
     function paretoNote(curve) {
