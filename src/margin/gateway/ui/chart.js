@@ -122,9 +122,11 @@
       svg.append(s("line", { x1: PAD.l, x2: W - PAD.r, y1: sy(l.y), y2: sy(l.y),
                              stroke: l.color, class: "limit" }));
       const right = i % 2 === 0;
-      svg.append(s("text", { x: right ? W - PAD.r - 4 : PAD.l + 4, y: sy(l.y) - 4,
-                             class: "tick limit-label", "text-anchor": right ? "end" : "start",
-                             fill: l.color }, l.label));
+      const label = s("text", { x: right ? W - PAD.r - 4 : PAD.l + 4, y: sy(l.y) - 4,
+                                class: "tick", "text-anchor": right ? "end" : "start" },
+                      l.label);
+      label.style.fill = l.color;  // over the ticks' grey (CSSOM: allowed by the CSP)
+      svg.append(label);
     });
     spec.lines.forEach((l, i) => {
       if (!l.points.length) return;
