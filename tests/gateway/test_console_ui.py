@@ -15,7 +15,8 @@ import yaml
 
 from margin.auth.config import ConsoleConfig
 from margin.config import load_settings
-from margin.errors import AuthenticationError, PermissionDenied
+from margin.auth.session_stores import RedisSessions
+from margin.errors import AuthenticationError, Overloaded, PermissionDenied
 from margin.gateway.app import create_app
 from margin.gateway.console_session import ConsoleAuth, cookie_value
 from margin.gateway.console_ui import load_assets
@@ -175,12 +176,71 @@ def test_cookie_is_secure_over_https_and_console_can_be_turned_off(tmp_path, mon
 def test_session_expires_after_its_ttl():
     now = [1000.0]
     auth = ConsoleAuth(MASTER, ConsoleConfig(session_ttl_s=60), clock=lambda: now[0])
-    public, cookie = auth.login(b'{"key": "%s"}' % MASTER.encode(), "127.0.0.1", False)
-    headers = {"cookie": "other=1; " + cookie.split(";")[0]}
-    auth.authorize("GET", headers)
-    auth.authorize("POST", {**headers, "x-csrf-token": public["csrf_token"]})
-    with pytest.raises(PermissionDenied):
-        auth.authorize("DELETE", headers)
-    now[0] += 60
-    with pytest.raises(AuthenticationError):
-        auth.authorize("GET", headers)
+
+    async def run() -> None:
+        public, cookie = await auth.login(b'{"key": "%s"}' % MASTER.encode(), "127.0.0.1",
+                                          False)
+        headers = {"cookie": "other=1; " + cookie.split(";")[0]}
+        await auth.authorize("GET", headers)
+        await auth.authorize("POST", {**headers, "x-csrf-token": public["csrf_token"]})
+        with pytest.raises(PermissionDenied):
+            await auth.authorize("DELETE", headers)
+        now[0] += 60
+        with pytest.raises(AuthenticationError):
+            await auth.authorize("GET", headers)
+    asyncio.run(run())
+
+
+def test_sessions_in_redis_are_known_to_every_worker(redis_url):
+    import redis.asyncio as aioredis
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    cfg = ConsoleConfig(session_ttl_s=30)
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        # Two workers: each its own ConsoleAuth, one Redis between them.
+        one, two = (ConsoleAuth(MASTER, cfg, store=RedisSessions(client, prefix, 30))
+                    for _ in range(2))
+        public, cookie = await one.login(b'{"key": "%s"}' % MASTER.encode(), None, False)
+        headers = {"cookie": cookie.split(";")[0],
+                   "x-csrf-token": public["csrf_token"]}
+        await two.authorize("PATCH", headers)
+        sid = cookie_value(headers)
+        stored = [k async for k in client.scan_iter(prefix + "*")]
+        assert len(stored) == 1 and sid.encode() not in stored[0]
+        assert 0 < await client.pttl(stored[0]) <= 30_000
+        assert sid.encode() not in await client.get(stored[0])
+        await two.logout("POST", headers, False)
+        with pytest.raises(AuthenticationError):
+            await one.authorize("GET", headers)
+        await client.aclose()
+        # A Redis that does not answer refuses (503), it does not let anyone in.
+        dead = aioredis.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
+        gone = ConsoleAuth(MASTER, cfg, store=RedisSessions(dead, prefix, 30))
+        with pytest.raises(Overloaded):
+            await gone.authorize("GET", headers)
+        await dead.aclose()
+    asyncio.run(run())
+
+
+def test_two_replicas_share_logins_through_redis(tmp_path, monkeypatch, fake_upstream,
+                                                 redis_url):
+    extra = {"redis_url": redis_url,
+             "console": {"redis_prefix": f"t{uuid.uuid4().hex[:8]}:"}}
+    a, b = (ThreadServer(create_app(_gateway(tmp_path, monkeypatch, fake_upstream.url, MASTER,
+                                             **extra))).start() for _ in range(2))
+    try:
+        r = _login(a.url)
+        sid = cookie_value({"cookie": r.headers["set-cookie"].split(";")[0]})
+        token = r.json()["csrf_token"]
+        with httpx.Client(cookies={"margin_session": sid}, timeout=30) as c:
+            assert c.get(b.url + "/ui/session").json()["csrf_token"] == token
+            assert c.get(b.url + "/admin/overview").status_code == 200
+            assert c.post(b.url + "/ui/logout", headers={"x-csrf-token": token}
+                          ).status_code == 200
+            c.cookies.set("margin_session", sid)
+            assert c.get(a.url + "/admin/overview").status_code == 401
+    finally:
+        a.stop()
+        b.stop()

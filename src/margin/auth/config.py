@@ -52,9 +52,9 @@ class ConsoleConfig(_Strict):
     """The browser console at ``/ui`` (docs/console.md). With a master key set it asks for
     the key once and keeps a session: an HttpOnly, SameSite=Strict cookie holding a random
     id (only its hash is kept) and a CSRF token every write must echo. Without a master key
-    it answers loopback clients only and says that the gateway is open. Sessions live in
-    the process that created them: behind several workers or replicas, log in again where
-    the cookie is not known."""
+    it answers loopback clients only and says that the gateway is open. With Redis
+    (``console.redis_url`` or the top-level ``redis_url``) sessions are shared by every
+    worker and replica; without, they live in the process that created them."""
 
     yaml_example: ClassVar[str] = """
         console:
@@ -73,3 +73,9 @@ class ConsoleConfig(_Strict):
     login answers 429 with ``Retry-After`` without looking at the key."""
     failed_login_window_s: float = Field(300.0, gt=0)
     """The window the failed logins are counted in."""
+    redis_url: str | None = None
+    """Redis for sessions; default: the top-level ``redis_url`` (none: in process)."""
+    redis_prefix: str = "margin:"
+    """Prefix of margin's keys in Redis."""
+    redis_timeout_s: float = Field(1.0, gt=0)
+    """Longest wait for Redis; past it the login or the request answers 503."""

@@ -22,6 +22,9 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+session_digest = _digest  # what a shared store keys a session by
+
+
 @dataclass(frozen=True)
 class Session:
     csrf_token: str

@@ -57,7 +57,7 @@ class Admin:
                                code="admin_disabled")
         elif self.sessions is not None and presented_key(headers) is None:
             # No key in a header: the browser console's session cookie (with CSRF on writes).
-            self.sessions.authorize(scope["method"], headers)
+            await self.sessions.authorize(scope["method"], headers)
         else:
             self.guard(headers)
         body = await read_body(scope, receive, self.max_body, self.body_timeout_s)

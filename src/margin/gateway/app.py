@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from margin.auth.admin import token_guard
+from margin.auth.session_stores import RedisSessions
 from margin.errors import MarginError, NotFound, UpstreamError, error_body
 from margin.gateway import health, openapi, rejections, validate
 from margin.gateway.admin import Admin
@@ -46,8 +47,7 @@ class GatewayApp:
         self.gw = gateway
         self.proxy = Proxy(gateway)
         s = gateway.settings
-        sessions = (ConsoleAuth(gateway.master_key, s.console)
-                    if gateway.master_key and s.console.enabled else None)
+        sessions = console_auth(gateway)
         self.admin = Admin(gateway, sessions)
         self.ui = ConsoleUI(s.console, sessions, keys=gateway.keys is not None,
                             log_content=s.ledger.log_content,
@@ -197,6 +197,18 @@ class GatewayApp:
         names = self._models_names()
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "margin"} for n in names]}
+
+
+def console_auth(gateway: Gateway) -> ConsoleAuth | None:
+    """The console's logins, when there is a master key to log in with; sessions in Redis
+    when one is configured, so every worker and replica knows them."""
+    cfg = gateway.settings.console
+    if not gateway.master_key or not cfg.enabled:
+        return None
+    url = cfg.redis_url or gateway.settings.redis_url
+    store = (RedisSessions(gateway.redis.client(url, cfg.redis_timeout_s), cfg.redis_prefix,
+                           cfg.session_ttl_s) if url else None)
+    return ConsoleAuth(gateway.master_key, cfg, store=store)
 
 
 def _metrics_guard(gateway: Gateway) -> Any:

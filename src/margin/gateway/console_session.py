@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from margin.auth.admin import is_master
 from margin.auth.config import ConsoleConfig
-from margin.auth.sessions import COOKIE_NAME, CSRF_HEADER, Session, SessionStore, csrf_ok
+from margin.auth.session_stores import MemorySessions, Sessions
+from margin.auth.sessions import COOKIE_NAME, CSRF_HEADER, Session, csrf_ok
 from margin.auth.throttle import FailureThrottle
 from margin.errors import AuthenticationError, BadRequest, PermissionDenied, RateLimited
 from margin.jsonbody import parse_json_object
@@ -34,25 +35,27 @@ def cookie_value(headers: dict[str, str], name: str = COOKIE_NAME) -> str | None
 
 
 class ConsoleAuth:
-    """Sessions of one process, created by logging in with the master key."""
+    """Sessions created by logging in with the master key, kept in ``store`` (this
+    process's memory unless given Redis's, ``auth/session_stores.py``)."""
 
     def __init__(self, master_key: str, cfg: ConsoleConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 store: Sessions | None = None) -> None:
         self.master_key = master_key
         self.ttl_s = cfg.session_ttl_s
         self.clock = clock
-        self.store = SessionStore(cfg.session_ttl_s)
+        self.store = store or MemorySessions(cfg.session_ttl_s)
         # A guesser pays a 429 per window instead of getting unlimited tries at the key.
         self.throttle = FailureThrottle(cfg.failed_logins_per_client,
                                         cfg.failed_login_window_s, clock)
 
-    def session(self, headers: dict[str, str]) -> Session | None:
-        return self.store.get(cookie_value(headers), self.clock())
+    async def session(self, headers: dict[str, str]) -> Session | None:
+        return await self.store.get(cookie_value(headers), self.clock())
 
-    def authorize(self, method: str, headers: dict[str, str]) -> None:
+    async def authorize(self, method: str, headers: dict[str, str]) -> None:
         """Let a request in on its session cookie, or raise: 401 without a live session,
         403 for a write whose ``X-CSRF-Token`` is not the session's."""
-        s = self.session(headers)
+        s = await self.session(headers)
         if s is None:
             raise AuthenticationError("Admin endpoints need the master key (Authorization: "
                                       "Bearer <master key>) or a console session (log in "
@@ -62,8 +65,8 @@ class ConsoleAuth:
                                    f"the session's {CSRF_HEADER} header.",
                                    code="csrf_token_invalid")
 
-    def login(self, body: bytes, client: str | None, https: bool
-              ) -> tuple[dict[str, Any], str]:
+    async def login(self, body: bytes, client: str | None, https: bool
+                    ) -> tuple[dict[str, Any], str]:
         """The session's public part and the Set-Cookie header value, or raise."""
         subject = client or "unknown"
         wait_s = self.throttle.retry_after_s(subject)
@@ -77,18 +80,18 @@ class ConsoleAuth:
         if not is_master(key, self.master_key):
             self.throttle.failed(subject)
             raise AuthenticationError("That is not the master key.", code="invalid_master_key")
-        new = self.store.create(self.clock())
+        new = await self.store.create(self.clock())
         cookie = (f"{COOKIE_NAME}={new.session_id}; HttpOnly; SameSite=Strict; Path=/; "
                   f"Max-Age={int(self.ttl_s)}" + ("; Secure" if https else ""))
         return self.public(new.session), cookie
 
-    def logout(self, method: str, headers: dict[str, str], https: bool) -> str:
+    async def logout(self, method: str, headers: dict[str, str], https: bool) -> str:
         """Revoke the request's session (its write needs the CSRF token like any other);
         the Set-Cookie value that clears the cookie."""
         sid = cookie_value(headers)
-        if sid and self.store.get(sid, self.clock()) is not None:
-            self.authorize(method, headers)
-            self.store.revoke(sid)
+        if sid and await self.store.get(sid, self.clock()) is not None:
+            await self.authorize(method, headers)
+            await self.store.revoke(sid)
         return (f"{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
                 + ("; Secure" if https else ""))
 

@@ -83,7 +83,7 @@ class ConsoleUI:
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET",
                                    allow="GET, HEAD")
         if rest == "session":
-            await send_json(send, 200, self._session(request_headers(scope)), _NO_STORE)
+            await send_json(send, 200, await self._session(request_headers(scope)), _NO_STORE)
             return
         name = "index.html" if rest == "" else (
             rest[len("assets/"):] if rest.startswith("assets/") else None)
@@ -92,12 +92,12 @@ class ConsoleUI:
             raise NotFound(f"no such console file: {path[:200]}", code="unknown_url")
         await self._send_asset(scope, send, asset, html=rest == "")
 
-    def _session(self, headers: dict[str, str]) -> dict[str, Any]:
+    async def _session(self, headers: dict[str, str]) -> dict[str, Any]:
         base = {"keys": self.keys, "log_content": self.log_content,
                 "refresh_interval_s": self.cfg.refresh_interval_s}
         if self.auth is None:
             return {"mode": "open", "authenticated": True, "csrf_token": None, **base}
-        s = self.auth.session(headers)
+        s = await self.auth.session(headers)
         if s is None:
             return {"mode": "master_key", "authenticated": False, "csrf_token": None, **base}
         return {"mode": "master_key", "authenticated": True, **self.auth.public(s), **base}
@@ -107,7 +107,7 @@ class ConsoleUI:
             raise NotFound("no master key is set: the console needs no login",
                            code="login_disabled")
         body = await read_body(scope, receive, self.max_body, self.body_timeout_s)
-        public, cookie = self.auth.login(body, client_address(scope), _https(scope))
+        public, cookie = await self.auth.login(body, client_address(scope), _https(scope))
         await send_json(send, 200, public, [*_NO_STORE, (b"set-cookie", cookie.encode())])
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,7 +115,8 @@ class ConsoleUI:
         if self.auth is None:
             await send_json(send, 200, {"logged_out": False}, _NO_STORE)
             return
-        cookie = self.auth.logout(scope["method"], request_headers(scope), _https(scope))
+        cookie = await self.auth.logout(scope["method"], request_headers(scope),
+                                        _https(scope))
         await send_json(send, 200, {"logged_out": True},
                         [*_NO_STORE, (b"set-cookie", cookie.encode())])
 
