@@ -38,9 +38,10 @@ def gateway_config(upstream: str, ledger: str) -> dict:
         "ledger": {"url": ledger},
         "server": {"drain_delay_s": 0},
         "limits": {"budgets": [
-            {"scope": "team", "name": "team-00", "usd": 900, "period": "month"},
-            {"scope": "team", "name": "team-01", "usd": 2500, "period": "month"},
-            {"scope": "feature", "name": "feature-00", "usd": 1500, "period": "month"}]},
+            # team-00 and feature-00 run out before the month ends; team-01 does not.
+            {"scope": "team", "name": "team-00", "usd": 30, "period": "month"},
+            {"scope": "team", "name": "team-01", "usd": 100, "period": "month"},
+            {"scope": "feature", "name": "feature-00", "usd": 60, "period": "month"}]},
         "capacity": {"gpt-4o-mini": {"rpm": 4}, "gpt-4o": {"replica_rps": 0.02, "replicas": 2},
                      "local-llama": {"replica_rps": 0.01, "replicas": 1}},
     }

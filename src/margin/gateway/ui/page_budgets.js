@@ -22,17 +22,26 @@
       return h("span", { class: "muted" }, "not before the period ends");
     }
     const band = b.exhaustion_low || b.exhaustion_high
-      ? ` (between ${day(b.exhaustion_low)} and ${b.exhaustion_high ? day(b.exhaustion_high)
-          : "after the end"})` : "";
-    return h("span", { class: "warn", "data-metric": "exhaustion_at",
-                       "data-value": String(b.exhaustion_at) }, when(b.exhaustion_at), band);
+      ? `80 % band: ${b.exhaustion_low ? day(b.exhaustion_low) : "–"} to `
+        + (b.exhaustion_high ? day(b.exhaustion_high) : "after the end") : null;
+    return [h("div", { class: "warn", "data-metric": "exhaustion_at",
+                       "data-value": String(b.exhaustion_at) }, when(b.exhaustion_at)),
+            band ? h("div", { class: "muted small" }, band) : null];
   }
 
+  // One line per alert; the message is the tooltip (the table above has the due ones).
   function alerts(list) {
     if (!list.length) return h("span", { class: "muted" }, "none");
-    return h("ul", { class: "plain" }, list.map(a => h("li", {},
-      h("span", { class: "tag" }, a.kind), " ",
-      a.at ? when(a.at) + ": " : "due: ", a.message)));
+    return list.map(a => h("div", { title: a.message },
+      h("span", { class: "tag" }, a.kind.replace(/_/g, " ")), " ",
+      a.at ? when(a.at) : h("span", { class: "muted" }, "due")));
+  }
+
+  function projected(x) {
+    if (x.projected_usd === null || x.projected_usd === undefined) return "–";
+    return [h("div", {}, usd(x.projected_usd)),
+            h("div", { class: "muted small" },
+              `${usd(x.projected_low_usd)} – ${usd(x.projected_high_usd)}`)];
   }
 
   M.pages.budgets = function (el) {
@@ -43,28 +52,27 @@
         const [b, a] = await Promise.all([M.api.get("/admin/budgets"),
                                           M.api.get("/admin/alerts")]);
         const due = section("Forecast alerts",
-          table([{ label: "kind", value: x => h("span", { class: "tag" }, x.kind) },
+          table([{ label: "kind", value: x => h("span", { class: "tag" },
+                                                   x.kind.replace(/_/g, " ")) },
                  { label: "scope", value: x => x.scope },
                  { label: "predicted", value: x => when(x.predicted_at) },
                  { label: "sent", value: x => x.fired_at ? when(x.fired_at) : "not yet" },
-                 { label: "message", class: "wrap", value: x => x.message }],
+                 { label: "message", class: "wrap wide", value: x => x.message }],
                 a.alerts, { empty: "No budget is projected to run out, and no model to "
                                    + "cross 80 % of its capacity." }));
         const list = section("Budgets this period",
           table([{ label: "scope", value: x => x.scope },
-                 { label: "period", value: x => `${x.period} (${day(x.period_start)} – `
-                                                + `${day(x.period_end)})` },
+                 { label: "period", value: x => [h("div", {}, x.period),
+                   h("div", { class: "muted small" },
+                     `${day(x.period_start)} – ${day(x.period_end)}`)] },
                  { label: "limit", class: "num", value: x => usd(x.limit_usd) },
                  { label: "spent", class: "num", value: x => h("span", {
                      "data-metric": "budget_spent_usd", "data-value": String(x.spent_usd) },
                    usd(x.spent_usd)) },
                  { label: "used", value: useBar },
-                 { label: "projected at end", class: "num", value: x =>
-                     x.projected_usd === null || x.projected_usd === undefined ? "–"
-                       : `${usd(x.projected_usd)} (${usd(x.projected_low_usd)} – `
-                         + `${usd(x.projected_high_usd)})` },
+                 { label: "projected at end", class: "num", value: projected },
                  { label: "runs out", value: exhaustion },
-                 { label: "alerts", class: "wrap", value: x => alerts(x.alerts) }],
+                 { label: "alerts", value: x => alerts(x.alerts) }],
                 b.budgets, { rowAttrs: x => ({ "data-scope": x.scope }),
                              empty: "No budgets: set limits.budgets, or a budget on a key." }));
         fill(body, due, list);
