@@ -367,3 +367,25 @@ def test_no_page_logged_a_console_error(logged_in):
         open_page(d, page)
         time.sleep(0.3)
     assert severe_logs(d) == []
+
+
+def test_an_open_gateway_says_so_and_has_no_keys_page(env, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    d = env["driver"]
+    gw = GatewayProcess(tmp_path, {
+        "models": [fake_model("small", "http://127.0.0.1:9")],
+        "ledger": {"url": str(tmp_path / "open.db")}}, env={"MARGIN_MASTER_KEY": ""}).start()
+    try:
+        d.get(gw.url + "/ui")
+        banner = wait_for(lambda: (b := d.find_element(By.ID, "banner")).is_displayed() and b,
+                          "the open-gateway banner")
+        assert "No master key is set" in banner.text and "loopback" in banner.text
+        assert not d.find_element(By.ID, "login").is_displayed()
+        open_page(d, "overview")
+        assert metric(d, "requests") == 0
+        open_page(d, "keys")
+        assert "need a master key" in d.find_element(By.ID, "page").text
+        assert severe_logs(d) == []
+    finally:
+        gw.stop()

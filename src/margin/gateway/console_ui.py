@@ -22,11 +22,11 @@ from typing import Any
 
 from margin.auth.config import ConsoleConfig
 from margin.errors import NotFound, PermissionDenied
+from margin.gateway.admin import LOOPBACK
 from margin.gateway.console_session import ConsoleAuth
 from margin.gateway.http import (MethodNotAllowed, Receive, Scope, Send, client_address,
                                  read_body, request_headers, send_json)
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MAX_LOGIN_BODY = 4096
 _TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
