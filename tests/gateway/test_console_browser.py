@@ -183,6 +183,11 @@ def open_page(driver, name: str) -> None:
         driver.find_element(By.ID, "error").text
 
 
+def click(driver, selector: str, by: str = "css selector") -> None:
+    """Click what ``selector`` finds, again if a refresh redrew it in between."""
+    wait_for(lambda: driver.find_element(by, selector).click() or True, f"to click {selector}")
+
+
 def severe_logs(driver) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -295,7 +300,7 @@ def test_requests_log_filters_paginates_and_opens_details(logged_in):
     box.send_keys("bob", Keys.TAB)
     wait_for(lambda: (r := _table_rows(d)) and all(u == "bob" for _, u in r)
              and len(r) == min(50, bob), "the table filtered to bob")
-    d.find_element(By.XPATH, "//div[@class='pager']/button[contains(., 'older')]").click()
+    click(d, "//div[@class='pager']/button[contains(., 'older')]", By.XPATH)
     wait_for(lambda: "page 2" in d.find_element(By.CLASS_NAME, "pager").text, "page 2")
     wait_for(lambda: (r := _table_rows(d)) and all(u == "bob" for _, u in r)
              and len(r) == min(50, bob - 50), "the second page of bob's requests")
@@ -304,7 +309,7 @@ def test_requests_log_filters_paginates_and_opens_details(logged_in):
     # A request sent through the gateway: its details, without its prompt.
     mine = ledger.one("SELECT id FROM requests WHERE feature = 'support' ORDER BY ts DESC")[0]
     wait_for(lambda: any(i == mine for i, _ in _table_rows(d)), "the unfiltered log again")
-    d.find_element(By.CSS_SELECTOR, f'tr[data-request-id="{mine}"]').click()
+    click(d, f'tr[data-request-id="{mine}"]')
     detail = wait_for(lambda: (e := d.find_element(By.ID, "request-detail")).is_displayed() and
                       mine in e.text and e, "the request's details")
     assert "stage timings" in detail.text.lower() and "prompt tokens" in detail.text
@@ -330,15 +335,15 @@ def test_a_key_created_in_the_ui_works_at_once_then_edit_and_revoke(logged_in):
     assert api.get(f"/admin/keys/{key_id}").json()["rpm"] == 100
     # Edit its limit, then revoke it: both through the page.
     wait_for(lambda: d.find_elements(By.CSS_SELECTOR, f'tr[data-key-id="{key_id}"]'), "its row")
-    d.find_element(By.CSS_SELECTOR, f'tr[data-key-id="{key_id}"] [data-action="edit"]').click()
+    click(d, f'tr[data-key-id="{key_id}"] [data-action="edit"]')
     edit = wait_for(lambda: d.find_element(By.ID, "key-edit-form"), "the edit form")
     rpm = edit.find_element(By.NAME, "rpm")
     rpm.clear()
     rpm.send_keys("7")
     edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(lambda: api.get(f"/admin/keys/{key_id}").json()["rpm"] == 7, "rpm 7 saved")
-    d.find_element(By.CSS_SELECTOR, f'tr[data-key-id="{key_id}"] [data-action="revoke"]').click()
-    d.switch_to.alert.accept()
+    click(d, f'tr[data-key-id="{key_id}"] [data-action="revoke"]')
+    wait_for(lambda: d.switch_to.alert, "the confirmation").accept()
     wait_for(lambda: api.get(f"/admin/keys/{key_id}").json()["status"] == "revoked", "revoked")
     wait_for(lambda: chat(gw.url, secret, "after revoke").status_code == 401,
              "the revoked key refused")

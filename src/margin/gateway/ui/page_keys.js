@@ -120,9 +120,13 @@
         keys, { class: "keys", empty: "No keys yet.", rowAttrs: k => ({ "data-key-id": k.id }) }));
     }
 
+    let shown = null;  // what the list shows, as JSON: an unchanged list is not redrawn
     return {
       refresh: async () => {
         const d = await M.api.get("/admin/keys", showRevoked ? { all: "1" } : {});
+        const text = JSON.stringify(d.data);
+        if (text === shown) return;
+        shown = text;
         render(d.data);
       },
     };

@@ -77,6 +77,9 @@
 
     async function open(id) {
       openId = id;
+      for (const tr of tableBox.querySelectorAll("tr[data-request-id]")) {
+        tr.classList.toggle("selected", tr.dataset.requestId === id);
+      }
       const d = await M.api.get("/admin/requests/" + encodeURIComponent(id));
       if (openId !== id) return;
       fill(side, h("div", { class: "detail-head" }, h("h2", {}, "Request"),
@@ -114,12 +117,17 @@
           cursors.push(page.next_cursor); M.refreshNow(); } }, "older →"));
     }
 
+    let shown = null;  // the page shown, as JSON: an unchanged page is not redrawn
     return {
       refresh: async () => {
         const params = Object.assign({ limit: PAGE_ROWS }, f);
         const cursor = cursors[cursors.length - 1];
         if (cursor) params.cursor = cursor;
-        render(await M.api.get("/admin/requests", params));
+        const page = await M.api.get("/admin/requests", params);
+        const text = JSON.stringify([page, cursors.length]);
+        if (text === shown) return;
+        shown = text;
+        render(page);
       },
     };
   };
