@@ -1,0 +1,29 @@
+"""The forecast from the end of a history with its 80 % band: the raw band, calibrated when
+``cfg.calibrate``, turned from log-ratio offsets into rates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from margin.plan.forecast.calibration import aci_factors, band_scores
+from margin.plan.forecast.config import ForecastConfig
+from margin.plan.forecast.origins import PointForecasts, bucket_steps, eps_for
+from margin.plan.forecast.residual_band import raw_band
+
+
+def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
+                           cfg: ForecastConfig, fc: PointForecasts | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point forecast and band from the end of ``values`` (or of ``fc.values[:len(values)]``)."""
+    origin = len(values)
+    fc = fc or PointForecasts(values, n_out, day, cfg)
+    point, lo, hi, _ = raw_band(fc, origin)
+    if cfg.calibrate:
+        leads, scores = band_scores(fc, origin)
+        f = aci_factors(leads, scores, n_out, bucket_steps(day, n_out), cfg.coverage, cfg.aci_gain)
+        mid = (lo + hi) / 2
+        lo, hi = mid - (mid - lo) * f, mid + (hi - mid) * f
+    eps = eps_for(values)
+    lower = np.maximum((point + eps) * np.exp(lo) - eps, 0.0)
+    upper = np.maximum((point + eps) * np.exp(hi) - eps, 0.0)
+    return point, lower, upper
