@@ -20,9 +20,14 @@ def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
     point, lo, hi, _ = raw_band(fc, origin)
     if cfg.calibrate:
         leads, scores = band_scores(fc, origin)
-        f = aci_factors(leads, scores, n_out, bucket_steps(day, n_out), cfg.coverage, cfg.aci_gain)
+        bucket = bucket_steps(day, n_out)
+        if cfg.calibrate_sides:
+            f_lo = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=-1)
+            f_hi = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=1)
+        else:
+            f_lo = f_hi = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain)
         mid = (lo + hi) / 2
-        lo, hi = mid - (mid - lo) * f, mid + (hi - mid) * f
+        lo, hi = mid - (mid - lo) * f_lo, mid + (hi - mid) * f_hi
     eps = eps_for(values)
     lower = np.maximum((point + eps) * np.exp(lo) - eps, 0.0)
     upper = np.maximum((point + eps) * np.exp(hi) - eps, 0.0)

@@ -20,4 +20,5 @@ class ForecastConfig:
     residual_origins: int = 28          # past origins whose errors make the intervals
     calibration_origins: int = 14       # past origins whose band misses calibrate the band
     calibrate: bool = True              # rescale the band by its own past misses (see below)
-    aci_gain: float = 1.0               # log-scale step per unit of excess miss rate
+    aci_gain: float = 2.0               # log-scale step per unit of excess miss rate
+    calibrate_sides: bool = True        # calibrate the upper and lower halves apart
