@@ -153,3 +153,17 @@ def test_each_half_of_the_band_is_calibrated_on_its_own_misses() -> None:
     even = [np.concatenate([np.zeros(16), [1.5, 1.5, -1.5, -1.5]])] * 3
     for side in (1, -1):
         assert aci_factors(leads20, even, 20, 20, 0.8, 2.0, side=side)[0] == pytest.approx(1.0)
+
+
+def test_too_few_past_bands_to_calibrate_on_keeps_the_raw_rule() -> None:
+    # Five days of history: the bands of earlier origins rest on under two origins' errors, so
+    # there is nothing to calibrate on; the band is the raw one with its few-origins widening.
+    rng = np.random.default_rng(3)
+    y = weekly_shape(5 * 24) * np.exp(rng.normal(0, 0.1, 5 * 24))
+    cal = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600))
+    raw = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600, calibrate=False))
+    for a, b in zip(cal, raw):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    narrow = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600,
+                                                              min_calibration_origins=0))
+    assert (narrow[2] - narrow[1]).mean() < (cal[2] - cal[1]).mean()   # the widening is there

@@ -1,5 +1,6 @@
 """The forecast from the end of a history with its 80 % band: the raw band, calibrated when
-``cfg.calibrate``, turned from log-ratio offsets into rates."""
+``cfg.calibrate`` (and there are past bands enough to calibrate on), turned from log-ratio
+offsets into rates."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
     """Point forecast and band from the end of ``values`` (or of ``fc.values[:len(values)]``)."""
     origin = len(values)
     fc = fc or PointForecasts(values, n_out, day, cfg)
-    point, lo, hi, _ = raw_band(fc, origin)
+    point, lo, hi, k = raw_band(fc, origin)
     if cfg.calibrate:
         leads, scores = band_scores(fc, origin)
         bucket = bucket_steps(day, n_out)
-        if cfg.calibrate_sides:
+        if len(scores) < cfg.min_calibration_origins:
+            f_lo = f_hi = np.full(n_out, np.sqrt(10 / k) if 0 < k < 10 else 1.0)
+        elif cfg.calibrate_sides:
             f_lo = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=-1)
             f_hi = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=1)
         else:

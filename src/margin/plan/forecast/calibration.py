@@ -13,7 +13,9 @@ miss budget: a forecast that runs low for a while (NASA's last weeks) misses abo
 widening both halves by one factor would leave the top too low and the bottom needlessly wide.
 With ``aci_gain`` 2 this was chosen on the backtest rows of the shared traces (mean distance
 from 80 % coverage 3.6 points, against 3.8 with one factor at gain 1) and checked on derived
-traces held out (docs/planner.md).
+traces held out (docs/planner.md). With fewer than ``min_calibration_origins`` (3) past bands to
+learn from, the band is not calibrated but widened by sqrt(10/k) for k < 10 past origins, as the
+raw band is: one or two past bands say more about those days than about the band's width.
 """
 
 from __future__ import annotations

@@ -22,3 +22,4 @@ class ForecastConfig:
     calibrate: bool = True              # rescale the band by its own past misses (see below)
     aci_gain: float = 2.0               # log-scale step per unit of excess miss rate
     calibrate_sides: bool = True        # calibrate the upper and lower halves apart
+    min_calibration_origins: int = 3    # fewer past bands to learn from: the raw band's widening
