@@ -48,10 +48,13 @@ class HpaPolicy:
 
     def params(self) -> dict:
         s = self.spec
-        return {"metric": s.metric, "target": s.target, "min_replicas": s.min_replicas,
-                "max_replicas": s.max_replicas,
-                "scale_down_window_s": s.scale_down.stabilization_window_s,
-                "scale_up_window_s": s.scale_up.stabilization_window_s}
+        out = {"metric": s.metric, "target": s.target, "min_replicas": s.min_replicas,
+               "max_replicas": s.max_replicas,
+               "scale_down_window_s": s.scale_down.stabilization_window_s,
+               "scale_up_window_s": s.scale_up.stabilization_window_s}
+        if s.metric == "rate":
+            out["rate_window_s"] = s.rate_window_s
+        return out
 
 
 @dataclass(frozen=True)
