@@ -65,7 +65,7 @@ def hpa_manifest(spec: HpaSpec, target: Target = Target()) -> dict:
         metric = {"type": "Pods", "pods": {"metric": {"name": IN_FLIGHT_METRIC}, "target": {
             "type": "AverageValue", "averageValue": _quantity(spec.target)}}}
     elif spec.metric == "rate":
-        # Needs an external-metrics adapter exposing sum(rate(margin_requests_total[1m])).
+        # Needs an external-metrics adapter serving sum(rate(margin_requests_total[...])).
         metric = {"type": "External", "external": {"metric": {"name": REQUEST_RATE_METRIC},
                   "target": {"type": "AverageValue", "averageValue": _quantity(spec.target)}}}
     elif spec.metric == "queue":

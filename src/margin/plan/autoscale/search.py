@@ -25,7 +25,7 @@ from margin.plan.autoscale.predictive import PredictivePolicy, PredictiveSpec, f
 from margin.plan.autoscale.sim import SimConfig, SimResult, simulate
 
 
-RATE_WINDOW_S = 30
+RATE_WINDOW_S = 30   # the rate() range of the predictive request-rate layer (two 15-s scrapes)
 
 
 def _over_counts(a: np.ndarray, lam_min: np.ndarray, r: np.ndarray, cfg: SimConfig) -> np.ndarray:
