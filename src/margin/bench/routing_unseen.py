@@ -157,7 +157,7 @@ def render_markdown(command: str, results: list[SplitResult], meta: dict[str, ob
                     unlabelled: list[tuple[str, int, float]] = ()) -> str:
     from margin.bench.report import header
 
-    lines = [header(command), "",
+    lines = ["## Learned router on sources it never saw (region guard)", "", header(command), "",
              f"Router: the default learned router ({meta['config']}); region: "
              f"{meta['centroids']} centroids, threshold at the {meta['flag_share']:.0%} "
              f"quantile of held-out training rows' similarity; outside it, the strong model "
