@@ -63,6 +63,22 @@ def test_hpa_scales_up_on_cpu_and_stays_inside_max() -> None:
     assert r.scale_events >= 1
 
 
+def test_hpa_on_request_rate_sizes_for_the_demand_not_what_was_served() -> None:
+    lagged = SimConfig(model=CFG.model, slo=CFG.slo, startup_s=30, metric_lag_s=20,
+                       metric_window_s=30)
+    s = hpa.HpaSpec(min_replicas=1, max_replicas=50, target=8.0, metric="rate", rate_window_s=20)
+    # 40 rps against one 10-rps replica: a CPU or in-flight reading is capped by what the one
+    # replica serves; the arrival rate says 40 / 8 = 5 replicas at once.
+    arr = np.concatenate([np.full(120, 4.0), np.full(600, 40.0)])
+    pol = HpaPolicy(s)
+    r = simulate(arr, pol, lagged, initial_replicas=1)
+    assert r.max_replicas == 5
+    # The metric is 20 s old, synced every 15 s: at t=135 it still reads 4 rps (one replica),
+    # at t=150 half the window is past the jump (22 rps: 3), at t=165 all of it (40 rps: 5).
+    assert list(r.replicas_per_min[:2]) == [1, 1]
+    assert r.replicas_per_min[2] == pytest.approx((30 * 1 + 15 * 3 + 15 * 5) / 60)
+
+
 def test_threshold_policy_steps_and_cooldowns() -> None:
     spec = ThresholdSpec(max_replicas=20, p95_high_ms=500, p95_low_ms=250, interval_s=15)
     arr = np.full(600, 200.0)                   # far above any capacity it can reach

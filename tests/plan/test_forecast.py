@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from margin.plan.forecast import (ForecastConfig, PointForecasts, backtest, forecast,
-                                  forecast_with_interval, seasonal_naive, wape)
+from margin.plan.forecast import (ForecastConfig, PointForecasts, aci_factors, backtest,
+                                  forecast, forecast_with_interval, seasonal_naive, wape)
 from margin.plan.series import RateSeries
 
 HOURS = 6 * 168
@@ -136,3 +136,34 @@ def test_calibration_follows_a_rise_in_volatility() -> None:
     assert raw.coverage < 0.72
     assert abs(cal.coverage - 0.8) < abs(raw.coverage - 0.8) - 0.04
     assert cal.wape_model == raw.wape_model   # calibration moves the band, not the forecast
+
+
+def test_each_half_of_the_band_is_calibrated_on_its_own_misses() -> None:
+    # Three past origins whose actuals all fell above the band (scores > 1 on the upper side):
+    # the upper half widens, the lower half (never missed) narrows; one factor widens both.
+    leads = [np.arange(24)] * 3
+    scores = [np.full(24, 1.5)] * 3
+    up = aci_factors(leads, scores, 24, 24, 0.8, 2.0, side=1)
+    down = aci_factors(leads, scores, 24, 24, 0.8, 2.0, side=-1)
+    both = aci_factors(leads, scores, 24, 24, 0.8, 2.0)
+    assert up[0] > 1 > down[0]
+    assert both[0] > 1
+    # misses on both sides, on budget: 2 of 20 above and 2 of 20 below the band (10 % each)
+    leads20 = [np.arange(20)] * 3
+    even = [np.concatenate([np.zeros(16), [1.5, 1.5, -1.5, -1.5]])] * 3
+    for side in (1, -1):
+        assert aci_factors(leads20, even, 20, 20, 0.8, 2.0, side=side)[0] == pytest.approx(1.0)
+
+
+def test_too_few_past_bands_to_calibrate_on_keeps_the_raw_rule() -> None:
+    # Five days of history: the bands of earlier origins rest on under two origins' errors, so
+    # there is nothing to calibrate on; the band is the raw one with its few-origins widening.
+    rng = np.random.default_rng(3)
+    y = weekly_shape(5 * 24) * np.exp(rng.normal(0, 0.1, 5 * 24))
+    cal = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600))
+    raw = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600, calibrate=False))
+    for a, b in zip(cal, raw):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    narrow = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600,
+                                                              min_calibration_origins=0))
+    assert (narrow[2] - narrow[1]).mean() < (cal[2] - cal[1]).mean()   # the widening is there

@@ -19,8 +19,8 @@ SPEC = hpa.HpaSpec(min_replicas=2, max_replicas=30, target=0.6, metric="cpu",
                    scale_down=replace(hpa.DEFAULT_SCALE_DOWN, stabilization_window_s=120))
 
 
-@pytest.mark.parametrize("metric,target", [("cpu", 0.6), ("inflight", 2.5), ("queue", 40),
-                                           ("latency", 500)])
+@pytest.mark.parametrize("metric,target", [("cpu", 0.6), ("inflight", 2.5), ("rate", 1.5),
+                                           ("queue", 40), ("latency", 500)])
 def test_hpa_validates_with_kubernetes_schema(metric: str, target: float) -> None:
     pytest.importorskip("kubernetes_validate")
     doc = hpa_manifest(replace(SPEC, metric=metric, target=target))

@@ -75,6 +75,28 @@ def test_keda_schedule_with_a_cpu_layer_uses_keda_cpu_trigger() -> None:
                                            "metadata": {"value": "55"}}
 
 
+def test_keda_schedule_with_a_request_rate_layer_keeps_only_that_trigger() -> None:
+    if not KEDA_SCHEMA.exists():
+        pytest.skip(f"KEDA schema not found at {KEDA_SCHEMA.resolve()} (shared data absent)")
+    rate = replace(REACTIVE, metric="rate", target=1.5, rate_window_s=30)
+    doc = sm.keda_predictive(sm.blocks(WEEK, 2), rate, 3, 1.5, startup_s=60)
+    assert sm.validate_keda_predictive(doc, str(KEDA_SCHEMA)) == []
+    metric = [t for t in doc["spec"]["triggers"] if t["type"] != "cron"]
+    # the replayed layer is the request rate alone (no in-flight trigger it was not replayed with)
+    assert [t["name"] for t in metric] == ["request-rate"]
+    assert metric[0]["metadata"]["threshold"] == "1.5"
+    assert metric[0]["metadata"]["query"].endswith("[30s]))")
+
+
+@pytest.mark.parametrize("metric,target", [("inflight", 3), ("rate", 1.5)])
+def test_hpa_schedule_validates_with_kubernetes_schemas_for_each_layer(metric: str,
+                                                                      target: float) -> None:
+    pytest.importorskip("kubernetes_validate")
+    docs = sm.hpa_schedule(sm.blocks(WEEK, 2), replace(REACTIVE, metric=metric, target=target),
+                           startup_s=60)
+    assert sm.validate_hpa_schedule(docs) == []
+
+
 def test_hpa_schedule_validates_with_kubernetes_schemas() -> None:
     pytest.importorskip("kubernetes_validate")
     docs = sm.hpa_schedule(sm.blocks(WEEK, 2), REACTIVE, startup_s=60)

@@ -165,3 +165,29 @@ def test_train_cli_rejects_bad_rows(tmp_path):
     both = CliRunner().invoke(route, ["train", "--data", str(data), "--out", "x.json",
                                       "--target-strong-share", "0.2", "--target-quality", "0.9"])
     assert both.exit_code == 2
+
+
+@needs_data
+@needs_minilm
+def test_train_reports_held_out_sources_inside_and_outside_the_region(tmp_path):
+    rows = _subset(240)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "router.json"
+    result = CliRunner().invoke(route, ["train", "--data", str(data), "--out", str(out),
+                                        "--folds", "3", "--hold-out-source", "gsm8k",
+                                        "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    held = report["held_out_sources"]
+    n_gsm8k = sum(r["source"] == "gsm8k" for r in rows)
+    assert held["sources"] == ["gsm8k"] and held["rows"] == n_gsm8k
+    assert report["rows"] == len(rows) - n_gsm8k  # trained without them
+    assert 0.0 <= held["flagged_share"] <= 1.0
+    assert held["apgr"] is None or 0.0 <= held["apgr"] <= 1.5
+    spec = json.loads(out.read_text())
+    assert spec["region"]["k"] >= 1 and 0 < spec["region"]["min_similarity"] < 1
+    # A prefix no row has is a clear error, not an empty report.
+    bad = CliRunner().invoke(route, ["train", "--data", str(data), "--out", str(out),
+                                     "--hold-out-source", "arc/"])
+    assert bad.exit_code == 2 and "no row's source starts with arc/" in bad.output

@@ -169,7 +169,9 @@ def test_learned_router_round_trips_train_serve_score(fake_upstream_factory, gat
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     router_path = tmp_path / "router.json"
     trained = cli.invoke(route, ["train", "--data", str(data), "--out", str(router_path),
-                                 "--folds", "2", "--target-strong-share", "0.5"])
+                                 "--folds", "2", "--target-strong-share", "0.5",
+                                 # 120 rows: the 2 % quantile would be their outliers
+                                 "--region-flag-share", "0.1"])
     assert trained.exit_code == 0, trained.output
     spec = json.loads(router_path.read_text())
     assert spec["kind"] == "learned" and spec["format"] == "margin-router"
@@ -183,7 +185,12 @@ def test_learned_router_round_trips_train_serve_score(fake_upstream_factory, gat
                     "router": {"kind": "learned", "path": str(router_path)}}],
         "ledger": {"url": db, "flush_interval_ms": 50},
         "cache": {"exact": {"enabled": False}}})
-    prompts = [r["prompt"] for r in rows[::12]]
+    # Prompts unlike every training row (GSM8K and MMLU): code, chit-chat, another language.
+    unlike = ["Refactor this Python: for i in range(len(xs)): ys.append(xs[i] * 2)",
+              "hey!! lol what r u up to this weekend? wanna grab pizza",
+              "Traduis en allemand : « Le train part à huit heures du matin »",
+              "SELECT name, COUNT(*) FROM orders GROUP BY name HAVING COUNT(*) > 3;"]
+    prompts = [r["prompt"] for r in rows[::12]] + unlike
     served = []
     for prompt in prompts:
         r = _post(gw.url, prompt)
@@ -201,9 +208,16 @@ def test_learned_router_round_trips_train_serve_score(fake_upstream_factory, gat
         note = row["notes"]["route"]
         assert note["router"] == "learned"
         assert note["strong_probability"] == pytest.approx(score["strong_probability"], abs=1e-3)
-        if abs(score["strong_probability"] - threshold) > 1e-3:  # clear of the boundary
+        assert note["outside_region"] == score["outside_region"]
+        assert note["region_similarity"] == pytest.approx(score["region_similarity"], abs=1e-3)
+        if score["outside_region"]:  # outside_region: strong (the default)
+            assert model == "large", (score, note)
+        elif abs(score["strong_probability"] - threshold) > 1e-3:  # clear of the boundary
             assert (model == "large") == score["strong"], (score, note)
     assert set(served) == {"small", "large"}, "a 50 % target sends some prompts each way"
+    outside = [s["outside_region"] for s in scores]
+    assert not any(outside[:-len(unlike)]), "training prompts are inside the region"
+    assert sum(outside[-len(unlike):]) >= 2, scores[-len(unlike):]
 
 
 def test_fallback_chain_order(tmp_path):

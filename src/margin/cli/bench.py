@@ -12,6 +12,7 @@ BENCHES: dict[str, str] = {
     "dialects": "margin.bench.dialects:dialects",
     "semantic-cache": "margin.bench.semantic_cache:semantic_cache",
     "routing": "margin.bench.routing:routing",
+    "routing-unseen": "margin.bench.routing_unseen:routing_unseen",
     "batching": "margin.bench.batching:batching",
     "models": "margin.bench.models:models",
     "limits": "margin.bench.limits:limits",

@@ -44,11 +44,22 @@ def route() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Cache prompt embeddings here (reused by later runs on the same rows).")
+@click.option("--region-centroids", type=click.IntRange(0, 4096), default=None,
+              help="Centroids that describe the training prompts (0: no region, nothing is "
+                   "ever flagged) [default: 256].")
+@click.option("--region-flag-share", type=click.FloatRange(0.0, 1.0, max_open=True),
+              default=None, help="Share of held-out training prompts allowed to fall outside "
+                                 "the region; sets its threshold [default: 0.02].")
+@click.option("--hold-out-source", "hold_out", multiple=True, metavar="PREFIX",
+              help="Leave rows whose source starts with PREFIX out of training and report "
+                   "how the router does on them, inside and outside its region "
+                   "(repeatable; e.g. gsm8k, mmlu/college_).")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train_command(data_path: str, out_path: str, target_strong_share: float | None,
                   target_quality: float | None, label: str, model_kind: str,
                   c_value: float | None, folds: int, seed: int, cache_dir: str | None,
-                  as_json: bool) -> None:
+                  region_centroids: int | None, region_flag_share: float | None,
+                  hold_out: tuple[str, ...], as_json: bool) -> None:
     """Train a learned router and write it as a small JSON file the gateway loads."""
     from margin.routing.dataset import (
         cached_embeddings,
@@ -67,6 +78,13 @@ def train_command(data_path: str, out_path: str, target_strong_share: float | No
         rows = read_rows(data_path)
     except (InputError, ValueError) as exc:
         _fail(str(exc))
+    unseen = [r for r in rows if hold_out and r.source.startswith(hold_out)]
+    if hold_out:
+        if not unseen:
+            _fail(f"{data_path}: no row's source starts with {' or '.join(hold_out)}")
+        rows = [r for r in rows if not r.source.startswith(hold_out)]
+        if not rows:
+            _fail(f"{data_path}: every row is held out; nothing is left to train on")
     weak, strong = correctness(rows)
     if strong.mean() <= weak.mean():
         _fail(f"{data_path}: the strong model is not better than the weak one on these rows")
@@ -76,6 +94,10 @@ def train_command(data_path: str, out_path: str, target_strong_share: float | No
                                  "seed": seed}
     if c_value is not None:
         overrides["c"] = c_value
+    if region_centroids is not None:
+        overrides["region_centroids"] = region_centroids
+    if region_flag_share is not None:
+        overrides["region_flag_share"] = region_flag_share
     config = DEFAULT_TRAIN_CONFIG.model_copy(update=overrides)
 
     from margin.embedding.minilm import DEFAULT_EMBEDDING_MODEL, shared_embedder
@@ -86,6 +108,9 @@ def train_command(data_path: str, out_path: str, target_strong_share: float | No
                                    embedder.encode, cache_dir, DEFAULT_EMBEDDING_MODEL)
     spec, report = train_router(prompts, embeddings, feature_matrix(prompts), weak, strong,
                                 config, target, DEFAULT_EMBEDDING_MODEL)
+    if unseen:
+        spec["training"]["held_out_sources"] = _unseen_report(
+            spec, unseen, hold_out, embedder, cache_dir, config.embed_max_chars)
     Path(out_path).write_text(json.dumps(spec, separators=(",", ":")) + "\n")
     if as_json:
         click.echo(json.dumps({"out": out_path, **spec["training"]}, indent=2))
@@ -96,7 +121,38 @@ def train_command(data_path: str, out_path: str, target_strong_share: float | No
                f"CPT(50%) {report.oof_cpt50:.1%}, CPT(80%) {report.oof_cpt80:.1%}")
     click.echo(f"threshold {report.threshold:.6f}: strong share {report.strong_share:.1%}, "
                f"expected quality {report.expected_quality:.4f}")
+    region = spec.get("region")
+    if region:
+        click.echo(f"region: {region['k']} centroids; {region['heldout_flag_share']:.1%} of "
+                   f"held-out training rows fall outside it (similarity < "
+                   f"{region['min_similarity']:.3f})")
+    seen = spec["training"].get("held_out_sources")
+    if seen:
+        def num(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+        click.echo(f"held-out sources ({', '.join(hold_out)}): {seen['rows']} rows, "
+                   f"{num(seen['flagged_share'])} outside the region; APGR "
+                   f"{num(seen['apgr'])} as trained, {num(seen['apgr_guarded'])} with "
+                   f"outside_region: strong; inside the region {num(seen.get('apgr_inside'))}, "
+                   f"outside {num(seen.get('apgr_outside'))} (random 0.5)")
     click.echo(f"wrote {out_path}")
+
+
+def _unseen_report(spec: dict[str, Any], rows: list[Any], prefixes: tuple[str, ...],
+                   embedder: Any, cache_dir: str | None, max_chars: int) -> dict[str, Any]:
+    from margin.embedding.minilm import DEFAULT_EMBEDDING_MODEL
+    from margin.routing.dataset import cached_embeddings, correctness, feature_matrix
+    from margin.routing.learned import LearnedRouter
+    from margin.routing.region_report import unseen_report
+
+    prompts = [r.prompt for r in rows]
+    embeddings = cached_embeddings([p[:max_chars] for p in prompts], embedder.encode,
+                                   cache_dir, DEFAULT_EMBEDDING_MODEL)
+    weak, strong = correctness(rows)
+    router = LearnedRouter(spec, embedder=embedder)
+    report = unseen_report(router, embeddings, feature_matrix(prompts),
+                           [p[:max_chars] for p in prompts], weak, strong)
+    return {"sources": list(prefixes), **report}
 
 
 def _parse_request(line: str, number: int) -> dict[str, Any]:
@@ -122,7 +178,10 @@ def score_command(router_path: str, batch_size: int) -> None:
     """Read JSON lines (prompt or messages) on stdin; print strong_probability per line.
 
     Output is one JSON object per input line, in input order:
-    {"strong_probability": 0.73, "strong": true} (plus "id" when the input line had one).
+    {"strong_probability": 0.73, "strong": true} (plus "id" when the input line had one,
+    and "region_similarity" and "outside_region" when the router file has a region: an
+    outside prompt is unlike everything the router was trained on, and the gateway routes
+    it by the route's outside_region policy).
     """
     from margin.routing.learned import LearnedRouter, load_router
 
@@ -134,18 +193,23 @@ def score_command(router_path: str, batch_size: int) -> None:
     for number, line in enumerate(sys.stdin, start=1):
         if line.strip():
             requests.append(_parse_request(line, number))
+    similarity = None
     if isinstance(router, LearnedRouter):
-        probabilities = router.strong_probabilities(requests, batch_size=batch_size)
+        probabilities, similarity = router.assess_many(requests, batch_size=batch_size)
         threshold = router.threshold
     else:
         probabilities = np.asarray([router.strong_probability(r) for r in requests])
         threshold = router.tier_boundaries(2)[0]
     out = sys.stdout
-    for request, p in zip(requests, probabilities):
+    for i, (request, p) in enumerate(zip(requests, probabilities)):
         record: dict[str, Any] = {}
         if "id" in request:
             record["id"] = request["id"]
         record["strong_probability"] = round(float(p), 6)
         record["strong"] = bool(p >= threshold)
+        if similarity is not None:
+            assert isinstance(router, LearnedRouter) and router.region is not None
+            record["region_similarity"] = round(float(similarity[i]), 4)
+            record["outside_region"] = bool(similarity[i] < router.region.min_similarity)
         out.write(json.dumps(record) + "\n")
     out.flush()

@@ -250,8 +250,11 @@ class Admission:
         self.stats.fallback = True
 
     async def _drop_connections(self) -> None:
+        # Idle ones only: closing a connection another request is reading from makes the
+        # client fail with AttributeError/TypeError instead of a ConnectionError (redis-py
+        # #2349), which is no longer a Redis fault the fallback catches but a 500.
         try:
-            await self.redis.connection_pool.disconnect()
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
         except Exception as exc:  # nothing to drop is fine; anything else is logged
             log.debug("could not drop Redis connections: %s", exc)
 

@@ -2,7 +2,7 @@
 out, and when a model's load will cross its capacity.
 
 Pure functions: hourly history and the clock in, projections out. The forecaster
-(``plan/forecast.py``: robust daily/weekly profile, empirical 80 % bands, plus the series'
+(``plan/forecast/``: robust daily/weekly profile, empirical 80 % bands, plus the series'
 own trend, ``monthly_growth``) sees an hourly series — cost per hour for a budget, requests/s and tokens/s for a model — ending at the
 last complete hour. A budget's projection is what it has spent so far plus the forecast
 for the rest of its period (the current hour counted for the part still to come); it runs

@@ -187,7 +187,8 @@ class LedgerWriter:
 
     def _flush_queue(self) -> None:
         while self._queue:
-            batch = self._drain(self.cfg.batch_size)
+            batch = self._drain(max(self.cfg.batch_size,
+                                    min(len(self._queue), self.cfg.catch_up_batch_size)))
             if not batch:
                 return
             if self._spool_has_rows() or not self._write(batch):

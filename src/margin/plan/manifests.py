@@ -23,6 +23,7 @@ from margin.plan.autoscale.policies import RayServeSpec
 KUBERNETES_VERSION = "1.30"
 IN_FLIGHT_METRIC = "margin_requests_in_flight"
 REQUESTS_METRIC = "margin_requests_total"
+REQUEST_RATE_METRIC = "margin_requests_per_second"   # an adapter's name for its rate()
 LATENCY_METRIC = "margin_request_latency_seconds"
 
 
@@ -38,6 +39,10 @@ def _quantity(x: float) -> str:
     """A Kubernetes quantity for a per-pod average: milli-units keep decimals exact."""
     milli = round(x * 1000)
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def _range(seconds: int) -> str:
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 def _metadata(t: Target) -> dict:
@@ -59,6 +64,10 @@ def hpa_manifest(spec: HpaSpec, target: Target = Target()) -> dict:
         # Needs a custom-metrics adapter (e.g. prometheus-adapter) exposing the gauge per pod.
         metric = {"type": "Pods", "pods": {"metric": {"name": IN_FLIGHT_METRIC}, "target": {
             "type": "AverageValue", "averageValue": _quantity(spec.target)}}}
+    elif spec.metric == "rate":
+        # Needs an external-metrics adapter serving sum(rate(margin_requests_total[...])).
+        metric = {"type": "External", "external": {"metric": {"name": REQUEST_RATE_METRIC},
+                  "target": {"type": "AverageValue", "averageValue": _quantity(spec.target)}}}
     elif spec.metric == "queue":
         metric = {"type": "External", "external": {"metric": {"name": "margin_queue_length"},
                   "target": {"type": "AverageValue", "averageValue": _quantity(spec.target)}}}
@@ -104,7 +113,7 @@ def keda_manifest(inflight_per_pod: float, rps_per_pod: float, spec: HpaSpec,
                     "threshold": f"{inflight_per_pod:g}"}},
                 {"type": "prometheus", "name": "request-rate", "metadata": {
                     "serverAddress": target.prometheus_url,
-                    "query": f"sum(rate({REQUESTS_METRIC}{sel}[1m]))",
+                    "query": f"sum(rate({REQUESTS_METRIC}{sel}[{_range(spec.rate_window_s)}]))",
                     "threshold": f"{rps_per_pod:g}"}},
             ],
         },

@@ -276,8 +276,11 @@ def _add_predictive(plan: AutoscalePlan, ctx: Context, cfg: SimConfig, arr: Arri
     plan.week_floor = [int(x) for x in week]
     plan.week_clock = "UTC" if ctx.trace.absolute_time else \
         "trace clock: second 0 of the trace taken as Monday 00:00 UTC"
-    plan.keda_predictive = sm.keda_predictive(bl, r, r.target, r.target / ctx.model.service_s,
-                                              cfg.startup_s)
+    # An in-flight target per pod is also a request rate per pod by Little's law (/ service
+    # time); a request-rate target is one already.
+    rps = r.target if r.metric == "rate" else r.target / ctx.model.service_s
+    inflight = r.target * ctx.model.service_s if r.metric == "rate" else r.target
+    plan.keda_predictive = sm.keda_predictive(bl, r, inflight, rps, cfg.startup_s)
     plan.hpa_schedule = sm.hpa_schedule(bl, r, cfg.startup_s)
     plan.problems["keda-predictive"] = sm.validate_keda_predictive(plan.keda_predictive,
                                                                    keda_schema)

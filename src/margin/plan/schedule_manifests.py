@@ -93,6 +93,9 @@ def keda_predictive(bl: list[Block], reactive: HpaSpec, inflight_per_pod: float,
     if reactive.metric == "cpu":
         doc["spec"]["triggers"] = [{"type": "cpu", "metricType": "Utilization", "metadata": {
             "value": str(round(reactive.target * 100))}}]
+    elif reactive.metric == "rate":   # the replayed layer is the request-rate trigger alone
+        doc["spec"]["triggers"] = [t for t in doc["spec"]["triggers"]
+                                   if t["name"] == "request-rate"]
     cron = []
     for i, b in enumerate(bl):
         if b.replicas <= reactive.min_replicas:

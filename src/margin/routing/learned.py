@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from margin.errors import ConfigError
 from margin.routing.base import Request, tier_for_probability
 from margin.routing.features import FEATURE_NAMES, extract_features, routing_text
 from margin.routing.ngrams import ngram_buckets, ngram_logit
+from margin.routing.region import Region
 from margin.routing.rules import RulesRouter, RulesRouterConfig
 
 ROUTER_FORMAT = "margin-router"
@@ -52,6 +54,17 @@ class LearnedRouterConfig(_Strict):
     """Overrides the file's threshold (two tiers) without retraining."""
     embedding_model_path: str | None = None
     """A sentence-transformers folder; unset = the bundled all-MiniLM-L6-v2."""
+    outside_region: Literal["strong", "rules", "router"] = "strong"
+    """A prompt unlike every prompt the router was trained on (outside the region stored in
+    its file): strong sends it to the largest tier, rules lets the rules router decide,
+    router trusts the learned router anyway. Files without a region flag nothing."""
+
+
+@dataclass(frozen=True)
+class Assessment:
+    strong_probability: float
+    region_similarity: float | None  # None: the router file has no region
+    outside_region: bool
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -112,6 +125,8 @@ class LearnedRouter:
             raise ConfigError("router model needs heads weak+strong, or gain")
         self.threshold = float(threshold if threshold is not None else spec["threshold"])
         self.score_quantiles = [float(v) for v in spec.get("score_quantiles", [])]
+        self.region = (Region.from_spec(spec["region"], self.embedding_dim)
+                       if spec.get("region") else None)
         self._embedder = embedder
         self._embedding_model_path = embedding_model_path
 
@@ -167,23 +182,38 @@ class LearnedRouter:
         Pass ``embedding`` when a semantic-cache stage already embedded the same text with
         the same model, to skip the second forward pass.
         """
+        return self.assess(request, embedding).strong_probability
+
+    def assess(self, request: Request,
+               embedding: Sequence[float] | np.ndarray | None = None) -> "Assessment":
+        """The strong probability and how the prompt sits against the router's region."""
         text = self.embedding_text(request)
         if embedding is None:
             embedding = self.embedder.encode([text])[0]
+        vector = np.asarray(embedding, dtype=np.float32)[None, :]
         features = np.asarray([extract_features(request)], dtype=np.float32)
-        return float(self.probabilities_from(np.asarray(embedding)[None, :], features,
-                                             [text])[0])
+        p = float(self.probabilities_from(vector, features, [text])[0])
+        if self.region is None:
+            return Assessment(p, None, False)
+        similarity = float(self.region.similarity(vector)[0])
+        return Assessment(p, similarity, similarity < self.region.min_similarity)
 
     def strong_probabilities(self, requests: Sequence[Request],
                              batch_size: int = 64) -> np.ndarray:
         """Batch scoring (one encoder call per ``batch_size`` requests), in input order."""
+        return self.assess_many(requests, batch_size)[0]
+
+    def assess_many(self, requests: Sequence[Request], batch_size: int = 64
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(strong probabilities, region similarities or None), in input order."""
         if not requests:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), None
         texts = [self.embedding_text(r) for r in requests]
         embeddings = np.concatenate([self.embedder.encode(texts[i:i + batch_size])
                                      for i in range(0, len(texts), batch_size)])
         features = np.asarray([extract_features(r) for r in requests], dtype=np.float32)
-        return self.probabilities_from(embeddings, features, texts)
+        p = self.probabilities_from(embeddings, features, texts)
+        return p, None if self.region is None else self.region.similarity(embeddings)
 
     # -- tiers --------------------------------------------------------------------------
     def tier_boundaries(self, n_tiers: int) -> list[float]:

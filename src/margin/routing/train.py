@@ -42,6 +42,7 @@ from margin.routing.learned import (
     encode_f16,
 )
 from margin.routing.ngrams import ngram_buckets
+from margin.routing.region import Region, fit_region
 from margin.routing.metrics import apgr, cpt, quality_curve, share_for_quality
 
 LabelKind = Literal["two_heads", "gain", "strong_wins", "weak_wrong"]
@@ -63,6 +64,11 @@ class TrainConfig(_Strict):
     # Prompts this similar (cosine) share a fold, so near-duplicates cannot leak.
     duplicate_cosine: float = Field(default=0.95, gt=0, le=1)
     embed_max_chars: int = Field(default=2000, ge=1)
+    # The region the router knows (``margin.routing.region``): centroids of the training
+    # prompts (0 = no region, never flagged) and the share of held-out training rows that
+    # fall outside it.
+    region_centroids: int = Field(default=256, ge=0)
+    region_flag_share: float = Field(default=0.02, ge=0, lt=1)
     seed: int = 0
 
 
@@ -302,6 +308,9 @@ def train_router(texts: Sequence[str], embeddings: np.ndarray, features: np.ndar
     threshold, share = threshold_for(target, oof, weak, strong)
     x, q = quality_curve(oof, weak, strong)
     final = fit(inputs, weak, strong, config)
+    region = (fit_region(inputs.embeddings, folds, config.region_centroids,
+                         config.region_flag_share, config.seed)
+              if config.region_centroids else None)
     report = TrainReport(
         rows=len(texts), folds=config.folds, groups=int(len(np.unique(groups))),
         q_weak=float(weak.mean()), q_strong=float(strong.mean()),
@@ -319,13 +328,14 @@ def train_router(texts: Sequence[str], embeddings: np.ndarray, features: np.ndar
         "expected_quality": report.expected_quality,
     }
     spec = router_spec(final, config, threshold, oof, int(embeddings.shape[1]), training,
-                       embedding_model)
+                       embedding_model, region)
     return spec, report
 
 
 def router_spec(model: FittedModel, config: TrainConfig, threshold: float,
                 heldout_scores: np.ndarray, embedding_dim: int, training: dict[str, Any],
-                embedding_model: str = "all-minilm-l6-v2") -> dict[str, Any]:
+                embedding_model: str = "all-minilm-l6-v2",
+                region: Region | None = None) -> dict[str, Any]:
     """The JSON-ready router file for a fitted model and its held-out scores."""
     heads = {}
     for name, head in model.heads.items():
@@ -333,7 +343,7 @@ def router_spec(model: FittedModel, config: TrainConfig, threshold: float,
         if "ngram_w" in head:
             out["ngram_w_f16"] = encode_f16(head["ngram_w"])
         heads[name] = out
-    return {
+    spec: dict[str, Any] = {
         "format": ROUTER_FORMAT, "version": ROUTER_VERSION, "kind": "learned",
         "embedding_model": embedding_model, "embedding_dim": embedding_dim,
         "embed_max_chars": config.embed_max_chars, "embed_weight": config.embed_weight,
@@ -350,6 +360,9 @@ def router_spec(model: FittedModel, config: TrainConfig, threshold: float,
             "config": config.model_dump(), **training,
         },
     }
+    if region is not None:
+        spec["region"] = region.to_spec()
+    return spec
 
 
 # Tuned on the shared GSM8K+MMLU rows with `margin bench routing` (see docs/benchmarks.md).

@@ -30,6 +30,7 @@ from margin.types import RequestContext, Response, Usage
 from margin.gateway.pipeline import Handler, Stage
 from margin.gateway.streaming import replay_to
 from margin.routing.base import tier_for_probability
+from margin.routing.rules import RulesRouter
 from margin.routing.cascade import check_answer, strip_logprobs, with_logprobs
 from margin.routing.config import (CascadeRouterConfig, LearnedRouteConfig, RouteConfig,
                                    check_routes)
@@ -68,6 +69,7 @@ class Route:
     config: RouteConfig
     router: Any  # has strong_probability(body) and tier_boundaries(n); None for a cascade
     boundaries: list[float] = field(default_factory=list)
+    rules: Any = None  # the rules router a learned route falls back to outside its region
 
     @property
     def kind(self) -> str:
@@ -188,14 +190,20 @@ class RouterStage(Stage):
         p: float | None = None
         error: str | None = None
         tier = 0
+        region: dict[str, Any] = {}
         if len(tiers) > 1:
             try:
                 if route.kind == "learned":  # an embedding: CPU work off the event loop
-                    p = await asyncio.to_thread(route.router.strong_probability, ctx.body,
-                                                self._reusable_embedding(ctx, route.router))
+                    seen = await asyncio.to_thread(route.router.assess, ctx.body,
+                                                   self._reusable_embedding(ctx, route.router))
+                    p = seen.strong_probability
+                    if seen.region_similarity is not None:
+                        region = {"region_similarity": round(seen.region_similarity, 4),
+                                  "outside_region": seen.outside_region}
+                    tier = self._tier_for(route, ctx.body, seen)
                 else:
                     p = route.router.strong_probability(ctx.body)
-                tier = tier_for_probability(p, route.boundaries)
+                    tier = tier_for_probability(p, route.boundaries)
             except Exception as exc:
                 # A router that cannot decide must not fail the request: the largest tier
                 # answers (quality first), and the ledger says why.
@@ -204,9 +212,23 @@ class RouterStage(Stage):
         note: dict[str, Any] = {"name": route.config.name, "router": route.kind, "tier": tier,
                                 "model": tiers[tier],
                                 "strong_probability": None if p is None else round(float(p), 5)}
+        note.update(region)
         if error is not None:
             note["error"] = error
         return tier, note
+
+    @staticmethod
+    def _tier_for(route: Route, body: Any, seen: Any) -> int:
+        policy = route.config.router.outside_region
+        if not seen.outside_region or policy == "router":
+            return tier_for_probability(seen.strong_probability, route.boundaries)
+        n = len(route.config.tiers)
+        if policy == "strong":
+            return n - 1
+        # rules: the hand-set router, which makes no claim to have learned this kind of prompt
+        if route.rules is None:
+            route.rules = RulesRouter()
+        return route.rules.choose_tier(body, n)
 
     @staticmethod
     def _reusable_embedding(ctx: RequestContext, router: Any) -> Any:

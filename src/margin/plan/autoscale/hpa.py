@@ -59,11 +59,12 @@ class HpaSpec:
     min_replicas: int = 1
     max_replicas: int = 10
     target: float = 0.7                    # utilisation (0-1) or average value per pod
-    metric: Literal["cpu", "inflight", "queue", "latency"] = "cpu"
+    metric: Literal["cpu", "inflight", "rate", "queue", "latency"] = "cpu"
     tolerance: float = 0.1
     scale_up: ScalingRules = DEFAULT_SCALE_UP
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
     sync_period_s: int = 15
+    rate_window_s: int = 60                # the rate() range of a request-rate metric
 
 
 @dataclass

@@ -12,8 +12,9 @@ from margin.plan.autoscale.sim import Observation
 
 
 class HpaPolicy:
-    """Kubernetes HPA on one metric: cpu (utilisation), inflight (per pod), queue (total, per pod
-    target) or latency (P95 in ms, an Object metric)."""
+    """Kubernetes HPA on one metric: cpu (utilisation), inflight (per pod), rate (arriving
+    requests/s, total, per pod target), queue (total, per pod target) or latency (P95 in ms, an
+    Object metric)."""
 
     def __init__(self, spec: hpa.HpaSpec, name: str | None = None) -> None:
         self.spec = spec
@@ -32,6 +33,11 @@ class HpaPolicy:
             ratio = obs.inflight_per_pod() / s.target
             return hpa.replicas_from_ratio(ratio, obs.ready, current, s.tolerance,
                                            missing=obs.starting)
+        if s.metric == "rate":
+            # An External AverageValue metric: ceil(total / per pod), whatever is ready, so a
+            # jump is seen whole rather than as the share of it the ready pods managed to serve.
+            return hpa.replicas_from_total(obs.arrival_rate(s.rate_window_s), s.target, current,
+                                           s.tolerance)
         if s.metric == "queue":
             return hpa.replicas_from_total(obs.queue(), s.target, current, s.tolerance)
         ratio = obs.p95_ms() / s.target
@@ -42,10 +48,13 @@ class HpaPolicy:
 
     def params(self) -> dict:
         s = self.spec
-        return {"metric": s.metric, "target": s.target, "min_replicas": s.min_replicas,
-                "max_replicas": s.max_replicas,
-                "scale_down_window_s": s.scale_down.stabilization_window_s,
-                "scale_up_window_s": s.scale_up.stabilization_window_s}
+        out = {"metric": s.metric, "target": s.target, "min_replicas": s.min_replicas,
+               "max_replicas": s.max_replicas,
+               "scale_down_window_s": s.scale_down.stabilization_window_s,
+               "scale_up_window_s": s.scale_up.stabilization_window_s}
+        if s.metric == "rate":
+            out["rate_window_s"] = s.rate_window_s
+        return out
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ class PredictiveSpec:
     @property
     def label(self) -> str:
         r = self.reactive
-        what = f"cpu {r.target:.0%}" if r.metric == "cpu" else f"in-flight {r.target:g}/pod"
+        what = {"cpu": f"cpu {r.target:.0%}", "rate": f"request rate {r.target:g}/s per pod"
+                }.get(r.metric, f"in-flight {r.target:g}/pod")
         floor = {"upper": "upper band", "point": "forecast", "mid": "mid band"}[self.band]
         if self.floor_share != 1.0:
             floor = f"{self.floor_share:.0%} of {floor}"

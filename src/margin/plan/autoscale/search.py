@@ -25,6 +25,9 @@ from margin.plan.autoscale.predictive import PredictivePolicy, PredictiveSpec, f
 from margin.plan.autoscale.sim import SimConfig, SimResult, simulate
 
 
+RATE_WINDOW_S = 30   # the rate() range of the predictive request-rate layer (two 15-s scrapes)
+
+
 def _over_counts(a: np.ndarray, lam_min: np.ndarray, r: np.ndarray, cfg: SimConfig) -> np.ndarray:
     """Expected requests over the SLO in each minute with ``r[m]`` replicas ready all minute.
 
@@ -200,22 +203,31 @@ def predictive_candidates(cfg: SimConfig, lo: int, hi: int, history: np.ndarray,
     ``history`` is the trace before the replay (per second, NaN in gaps): the forecast for each
     replayed day is made from it and the replayed days before that day.
     """
-    k = cfg.model.concurrency
+    k, rps = cfg.model.concurrency, cfg.model.replica_rps
     seen = np.where(valid, arrivals, np.nan) if valid is not None else arrivals
     full = np.concatenate([history, seen])
-    # (band, share of it planned, reactive metric, target: utilisation or share of concurrency,
-    # scale-down window)
-    grid = [("point", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)] \
-        if quick else \
+    # (band, share of it planned, reactive metric, target: utilisation, share of concurrency
+    # (in-flight) or of a replica's requests/s (rate), scale-down window). The request-rate
+    # variants (chosen on the shared ServeGen and NASA traces) hold pods for 15 minutes:
+    # ServeGen's load dips for one 10-minute window and comes back, and a pod given back in
+    # the dip is a minute late for the return.
+    rate = [("point", 0.7, "rate", 0.75, 900)]
+    grid = [("point", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)] + \
+        rate if quick else \
         [("point", 1.0, "inflight", 0.625, 300), ("point", 0.7, "inflight", 0.625, 300),
          ("point", 1.0, "inflight", 0.5, 300), ("point", 1.0, "cpu", 0.5, 60),
-         ("mid", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)]
+         ("mid", 1.0, "inflight", 0.625, 300), ("upper", 1.0, "inflight", 0.75, 300)] + rate + \
+        [("point", 0.85, "rate", 0.75, 900), ("point", 0.7, "rate", 0.8, 900)]
     floors: dict[tuple[str, float], np.ndarray] = {}
     out = []
     for band, share, metric, target, down in grid:
-        value = round(target * k, 3) if metric == "inflight" else target
-        spec = PredictiveSpec(reactive=_hpa_spec(metric, value, down, lo, hi), band=band,
-                              floor_share=share)
+        value = {"inflight": round(target * k, 3), "rate": round(target * rps, 3)}.get(metric,
+                                                                                     target)
+        reactive = _hpa_spec(metric, value, down, lo, hi)
+        if metric == "rate":
+            # a 30-s rate() (two 15-s scrapes) sees a jump 15 s sooner than the usual 1m
+            reactive = replace(reactive, rate_window_s=RATE_WINDOW_S)
+        spec = PredictiveSpec(reactive=reactive, band=band, floor_share=share)
         if (band, share) not in floors:
             floors[band, share] = floor_schedule(full, len(history), len(arrivals), cfg, spec)
         out.append(Candidate("predictive", spec.label,

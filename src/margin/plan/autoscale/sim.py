@@ -68,6 +68,12 @@ class Observation:
         ready = float(self._sim.readyc[a:b].mean()) if b > a else float(self.ready)
         return self.inflight_total(window_s) / ready if ready > 0 else 0.0
 
+    def arrival_rate(self, window_s: int | None = None) -> float:
+        """Requests arriving per second over the window (what the gateway counts as they come
+        in, ``rate(margin_requests_total[1m])``): the demand, not what the pods managed."""
+        a, b = self._range(window_s)
+        return float(self._sim.arr[a:b].mean()) if b > a else 0.0
+
     def queue(self, window_s: int | None = None) -> float:
         a, b = self._range(window_s)
         return float(self._sim.backlog[a:b].mean()) if b > a else 0.0
