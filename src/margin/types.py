@@ -218,6 +218,7 @@ class RequestContext:
     # what saved money on this request (exact_cache, semantic_cache, route:<name>,
     # cascade:<name>, compression, downgrade), set once it is answered
     optimization: str | None = None
+    optimization_saved_usd: float | None = None
     # set on a shadow evaluation's own context: the request it re-ran and the verdict
     shadow: ShadowOf | None = None
 

@@ -26,7 +26,7 @@ def _ctx() -> RequestContext:
     ctx.prompt_hash, ctx.tokens_before_compression, ctx.tokens_after_compression = "h", 20, 12
     ctx.notes = {"batch_id": 3}
     ctx.response_text = "hello"
-    ctx.optimization = "route:auto"
+    ctx.optimization, ctx.optimization_saved_usd = "route:auto", 0.002
     ctx.shadow = ShadowOf(request_id="r0", judge="exact", agreement=False, score=0.0)
     return ctx
 

@@ -70,6 +70,8 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "reasoning_tokens": u.reasoning_tokens,
         "dialect": ctx.dialect,
         "optimization": ctx.optimization,
+        "optimization_saved_usd": (round(ctx.optimization_saved_usd, 12)
+                                   if ctx.optimization_saved_usd is not None else None),
         "shadow_of": None,
         "judge": None,
         "agreement": None,

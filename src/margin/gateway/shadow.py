@@ -118,6 +118,7 @@ class ShadowRunner:
         if saving is None:
             return None
         ctx.optimization = saving.optimization
+        ctx.optimization_saved_usd = saving.saved_usd
         if saving.optimization.startswith(("route:", "cascade:")):
             ctx.notes["routing_saved_usd"] = round(saving.saved_usd, 12)
         if self.enabled:
