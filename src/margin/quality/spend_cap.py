@@ -14,6 +14,8 @@ from typing import Callable
 from margin.quality.config import ShadowConfig
 
 _DAY_S = 86400
+# sums of floats drift by ulps: a reservation exactly filling the allowance still fits
+_EPS_USD = 1e-12
 
 
 @dataclass(slots=True)
@@ -64,7 +66,7 @@ class ShadowSpend:
     def reserve(self, optimization: str, worst_usd: float) -> Reservation | None:
         """Hold ``worst_usd`` for one shadow; None when either cap would be passed."""
         worst_usd = max(worst_usd, 0.0)
-        if worst_usd > self.allowance_usd(optimization):
+        if worst_usd > self.allowance_usd(optimization) + _EPS_USD:
             return None
         day = self._today()
         d = self._day(day)
