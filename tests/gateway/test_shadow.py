@@ -278,3 +278,42 @@ def test_f_semantic_cache_hits_are_shadowed_against_the_upstream(fake_upstream_f
     (report,) = quality_json(db)
     assert (report["optimization"], report["served"], report["shadow_samples"],
             report["agreement"]) == ("semantic_cache", 2, 2, 0.5)
+
+
+def test_admin_quality_answers_the_cli_numbers_and_refuses_bad_parameters(
+        fake_upstream_factory, gateway_factory, tmp_path):
+    master = "master-shadow-test"
+    small = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    large = fake_upstream_factory(
+        answer_fn=lambda req: WRONG if "odd" in last_user(req) else RIGHT)
+    db = str(tmp_path / "l.db")
+    gw = gateway_factory(route_config(small.url, large.url, db),
+                         env={"MARGIN_MASTER_KEY": master})
+    auth = {"authorization": f"Bearer {master}"}
+    for i in range(6):
+        r = ask(gw.url, f"Is {i} {'odd' if i % 2 else 'even'}?", headers=auth)
+        assert r.status_code == 200, r.text
+    rows(db, 12)
+    got = httpx.get(gw.url + "/admin/quality", params={"since": "1h", "by": "route"},
+                    headers=auth).json()
+    (entry,) = got["optimizations"]
+    assert got["by"] == "route" and entry["route"] == "auto"
+    assert (entry["served"], entry["shadow_samples"], entry["agreement"]) == (6, 6, 0.5)
+    (cli,) = quality_json(db, "--by", "route")
+    assert {k: cli[k] for k in ("served", "agreement", "agreement_low", "evaluation_usd")} == \
+        {k: entry[k] for k in ("served", "agreement", "agreement_low", "evaluation_usd")}
+    bad = httpx.get(gw.url + "/admin/quality", params={"by": "colour"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(gw.url + "/admin/quality").status_code == 401
+    metrics = httpx.get(gw.url + "/metrics", headers=auth).text
+    assert 'margin_shadow_runs_total{optimization="route:auto",outcome="agree"} 3.0' in metrics
+    assert 'margin_shadow_runs_total{optimization="route:auto",outcome="disagree"} 3.0' in metrics
+    assert 'margin_evaluation_cost_usd_total{optimization="route:auto"}' in metrics
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    for args in (["--db", str(tmp_path / "none.db")], ["--by", "colour"],
+                 ["--since", "yesterdayish", "--db", str(tmp_path / "none.db")]):
+        out = subprocess.run([sys.executable, "-m", "margin.cli.main", "quality", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (args, out.stderr)

@@ -73,6 +73,8 @@ def quality_report(db: Database, since_s: float | None = None, until_s: float | 
         raise ValueError(f"cannot group quality by {by!r}: one of {', '.join(QUALITY_GROUPS)}")
     col = QUALITY_GROUPS[by]
     o_group = "NULL" if col is None else (col if col.startswith("COALESCE") else f"o.{col}")
+    # PostgreSQL refuses a constant in GROUP BY: group on the optimisation alone then
+    group_by = "" if col is None else f", {o_group}"
 
     w, p = _window("o", since_s, until_s)
     where = " AND ".join(["o.shadow_of IS NULL", *w])
@@ -80,7 +82,7 @@ def quality_report(db: Database, since_s: float | None = None, until_s: float | 
     served = db.query(
         f"SELECT o.optimization, {o_group}, COUNT(*), SUM(COALESCE(o.optimization_saved_usd, 0))"
         f" FROM requests o WHERE {where} AND o.optimization IS NOT NULL"
-        f" GROUP BY o.optimization, {o_group}", p)
+        f" GROUP BY o.optimization{group_by}", p)
 
     w, p = _window("s", since_s, until_s)
     s_where = " AND ".join(["s.shadow_of IS NOT NULL", "s.optimization IS NOT NULL", *w])
@@ -93,7 +95,7 @@ def quality_report(db: Database, since_s: float | None = None, until_s: float | 
     else:
         shadows = db.query(f"SELECT s.optimization, {o_group}, {measures} FROM requests s "
                            f"LEFT JOIN requests o ON o.id = s.shadow_of WHERE {s_where} "
-                           f"GROUP BY s.optimization, {o_group}", p)
+                           f"GROUP BY s.optimization{group_by}", p)
 
     keys: dict[tuple[str, Any], dict[str, Any]] = {}
     for opt, group, n, saved in served:
