@@ -93,6 +93,16 @@ def ask(client: Any, url: str, model: str, text: str) -> Any:
     return r
 
 
+def shadow_outcomes(client: Any, gw: str) -> dict[str, float]:
+    """The gateway's ``margin_shadow_runs_total`` by outcome (busy and capped included)."""
+    out: dict[str, float] = {}
+    for line in client.get(gw + "/metrics").text.splitlines():
+        if line.startswith("margin_shadow_runs_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = out.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def quality(db: str) -> list[dict[str, Any]]:
     out = subprocess.run([sys.executable, "-m", "margin.cli.main", "quality", "--db", db,
                           "--json"], capture_output=True, text=True, check=True)
@@ -153,11 +163,12 @@ def part_a(n_pairs: int, workdir: Path, client: Any, semantic: dict[str, Any],
                 hits += 1
                 right += r.json()["choices"][0]["message"]["content"] == answer(p["text_b"])
         wait_quiet(db)
+        outcomes = shadow_outcomes(client, gw)
     finally:
         stop(proc)
     return {"settings": semantic, "sample_rate": sample_rate, "queries": len(picked),
             "hits": hits, "true_precision_all_hits": right / hits if hits else None,
-            "report": quality(db)}
+            "shadow_outcomes": outcomes, "report": quality(db)}
 
 
 def part_b(n_rows: int, workdir: Path, client: Any) -> dict[str, Any]:
@@ -180,12 +191,16 @@ def part_b(n_rows: int, workdir: Path, client: Any) -> dict[str, Any]:
         "routes": [{"name": "auto", "tiers": ["weak", "strong"], "router": {"kind": "rules"}}],
         "quality": {"shadow": {"enabled": True, "sample_rate": 1.0, "max_share_of_savings": 5.0,
                                "default_max_tokens": 400,
+                               # a batch run: every sampled shadow waits its turn on MiniLM
+                               # instead of being skipped as busy (live traffic: keep 4)
+                               "max_concurrent": 256, "timeout_s": 600,
                                "judge": {"kind": "embedding", "threshold": 0.9}}},
     }, workdir)
     try:
         for r in rows:
             ask(client, gw, "auto", r["prompt"])
         wait_quiet(db)
+        outcomes = shadow_outcomes(client, gw)
     finally:
         stop(proc)
     con = sqlite3.connect(db)
@@ -205,7 +220,7 @@ def part_b(n_rows: int, workdir: Path, client: Any) -> dict[str, Any]:
     judged = len(joined)
     as_good = confusion["agree_weak_right"] + confusion["disagree_weak_right"]
     return {"prompts": len(rows), "judged": judged, "true_as_good": as_good / max(judged, 1),
-            "confusion": confusion,
+            "confusion": confusion, "shadow_outcomes": outcomes,
             "mean_cosine_weak_as_good": round(sum(scores[True]) / max(len(scores[True]), 1), 4),
             "mean_cosine_weak_worse": round(sum(scores[False]) / max(len(scores[False]), 1), 4),
             "report": quality(db)}
