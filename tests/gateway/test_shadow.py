@@ -317,3 +317,33 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         out = subprocess.run([sys.executable, "-m", "margin.cli.main", "quality", *args],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, (args, out.stderr)
+
+
+def test_cascades_and_compression_are_shadowed_on_their_own_reference_paths(
+        fake_upstream_factory, gateway_factory, tmp_path):
+    small = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    large = fake_upstream_factory(answer_fn=lambda req: WRONG)
+    db = str(tmp_path / "l.db")
+    cfg = route_config(small.url, large.url, db)
+    cfg["routes"] = [{"name": "auto", "tiers": ["small", "large"],
+                      "router": {"kind": "cascade", "checks": {"min_chars": 5}}}]
+    cfg["compression"] = {"enabled": True}  # whitespace: runs of spaces become one
+    gw = gateway_factory(cfg)
+    assert ask(gw.url, "Which planet is largest?").headers["x-margin-model"] == "small"
+    spaced = "Please     answer:     " + "which      moon      is      largest?      " * 8
+    assert ask(gw.url, spaced, "small").status_code == 200
+    got = rows(db, 4)
+    by_id = {r["id"]: r for r in got}
+    shadows = {by_id[r["shadow_of"]]["optimization"]: r for r in got if r["shadow_of"]}
+    assert set(shadows) == {"cascade:auto", "compression"}
+    # the cascade stopped at the small tier; its reference is the top tier, which differs
+    cascade = shadows["cascade:auto"]
+    assert (cascade["model"], cascade["agreement"]) == ("large", 0)
+    # compression's reference is the same model with the prompt as the client sent it
+    comp = shadows["compression"]
+    assert (comp["model"], comp["agreement"]) == ("small", 1)
+    sent = [b["messages"][-1]["content"] for b in small.app.bodies]
+    assert spaced in sent and any(s != spaced and "moon" in s for s in sent)
+    report = {r["optimization"]: r for r in quality_json(db)}
+    assert report["cascade:auto"]["agreement"] == 0.0
+    assert report["compression"]["agreement"] == 1.0
