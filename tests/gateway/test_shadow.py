@@ -347,3 +347,21 @@ def test_cascades_and_compression_are_shadowed_on_their_own_reference_paths(
     report = {r["optimization"]: r for r in quality_json(db)}
     assert report["cascade:auto"]["agreement"] == 0.0
     assert report["compression"]["agreement"] == 1.0
+
+
+def test_a_budget_downgrade_is_shadowed_on_the_model_asked_for(fake_upstream_factory,
+                                                               gateway_factory, tmp_path):
+    small = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    large = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    db = str(tmp_path / "l.db")
+    cfg = route_config(small.url, large.url, db)
+    cfg["limits"] = {"budgets": [{"scope": "user", "name": "bob", "usd": 1e-9, "period": "day",
+                                  "on_exhausted": "downgrade", "downgrade_to": "small"}]}
+    gw = gateway_factory(cfg)
+    r = ask(gw.url, "Tell me about tides.", "large", headers={"x-margin-user": "bob"})
+    assert r.status_code == 200 and r.headers["x-margin-model"] == "small"
+    got = rows(db, 2)
+    (original,) = [x for x in got if x["shadow_of"] is None]
+    (shadow,) = [x for x in got if x["shadow_of"] is not None]
+    assert original["optimization"] == "downgrade" and original["user_id"] == "bob"
+    assert (shadow["model"], shadow["agreement"], shadow["user_id"]) == ("large", 1, None)

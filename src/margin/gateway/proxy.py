@@ -102,7 +102,10 @@ class Proxy:
                 record()
                 await send_json(send, response.status, payload, h, raw)
                 # Only now, with the answer out: its reference path, maybe, in the background
-                self.gw.shadows.offer(ctx, saving, response)
+                try:
+                    self.gw.shadows.offer(ctx, saving, response)
+                except Exception:  # evaluation must never fail an answered request
+                    log.exception("could not start the shadow of %s", ctx.request_id)
         except MarginError as exc:
             ctx.fail(exc.status_code, exc.error_type, exc.message)
             if not sent:

@@ -55,6 +55,7 @@ from margin.upstreams.base import Upstream
 log = logging.getLogger("margin.shadow")
 
 EVALUATION_FEATURE = "evaluation"
+_SHUTDOWN_WAIT_S = 5.0
 _NOT_SENT = ("stream", "stream_options")
 
 
@@ -104,7 +105,9 @@ class ShadowRunner:
             await asyncio.to_thread(self.judge.load)  # seconds: not on the first shadow
 
     async def aclose(self) -> None:
-        await self.tasks.aclose(self.cfg.timeout_s if self.running else 1.0)
+        # Shadows are best effort: a short wait at shutdown, then they are cancelled (a
+        # cancelled shadow leaves no row), so they never hold up a rollout.
+        await self.tasks.aclose(min(self.cfg.timeout_s, _SHUTDOWN_WAIT_S))
 
     # -- on the request path ----------------------------------------------------------
     def cost_of(self, model: str, usage: Usage) -> float:
