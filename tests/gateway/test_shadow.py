@@ -11,7 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from importlib import resources
+
 import httpx
+import jsonschema
 import pytest
 
 from margin.metering.db import connect
@@ -69,11 +72,18 @@ def last_user(req: dict[str, Any]) -> str:
     return str(req["messages"][-1]["content"])
 
 
+QUALITY_SCHEMA = json.loads((resources.files("margin.metering") / "schemas" /
+                             "quality.schema.json").read_text())
+
+
 def quality_json(db_url: str, *args: str) -> list[dict[str, Any]]:
+    """``margin quality --json``, checked against the schema shipped with the package."""
     out = subprocess.run([sys.executable, "-m", "margin.cli.main", "quality", "--db", db_url,
                           "--json", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    data = json.loads(out.stdout)
+    jsonschema.Draft202012Validator(QUALITY_SCHEMA).validate(data)
+    return data
 
 
 def route_config(small_url: str, large_url: str, db: str, **shadow: Any) -> dict[str, Any]:
@@ -296,6 +306,7 @@ def test_admin_quality_answers_the_cli_numbers_and_refuses_bad_parameters(
     rows(db, 12)
     got = httpx.get(gw.url + "/admin/quality", params={"since": "1h", "by": "route"},
                     headers=auth).json()
+    jsonschema.Draft202012Validator(QUALITY_SCHEMA).validate(got["optimizations"])
     (entry,) = got["optimizations"]
     assert got["by"] == "route" and entry["route"] == "auto"
     assert (entry["served"], entry["shadow_samples"], entry["agreement"]) == (6, 6, 0.5)
