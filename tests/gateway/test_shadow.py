@@ -376,3 +376,30 @@ def test_a_budget_downgrade_is_shadowed_on_the_model_asked_for(fake_upstream_fac
     (shadow,) = [x for x in got if x["shadow_of"] is not None]
     assert original["optimization"] == "downgrade" and original["user_id"] == "bob"
     assert (shadow["model"], shadow["agreement"], shadow["user_id"]) == ("large", 1, None)
+
+
+def test_an_llm_judge_is_a_declared_model_and_its_cost_is_on_the_shadow_row(
+        fake_upstream_factory, gateway_factory, tmp_path):
+    small = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    large = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    judged: list[dict[str, Any]] = []
+
+    def verdict(req: dict[str, Any]) -> str:
+        judged.append(req)
+        return 'Verdict: {"verdict": "disagree", "score": 0.25}'
+
+    judge = fake_upstream_factory(answer_fn=verdict)
+    db = str(tmp_path / "l.db")
+    cfg = route_config(small.url, large.url, db, judge={"kind": "llm", "model": "judge",
+                                                        "rubric": "Compare strictly."})
+    cfg["models"].append(fake_model("judge", judge.url))
+    gw = gateway_factory(cfg)
+    assert ask(gw.url, "What is 7 plus 8?").status_code == 200
+    (shadow,) = [r for r in rows(db, 2) if r["shadow_of"]]
+    assert (shadow["judge"], shadow["agreement"], shadow["judge_score"]) == ("llm", 0, 0.25)
+    notes = json.loads(shadow["notes"])
+    assert notes["judge_cost_usd"] > 0 and shadow["cost_usd"] > notes["judge_cost_usd"]
+    (req,) = judged
+    assert req["messages"][0]["content"] == "Compare strictly."
+    assert "What is 7 plus 8?" in req["messages"][1]["content"] and RIGHT in \
+        req["messages"][1]["content"]
