@@ -22,6 +22,7 @@ from margin.cache.config import CacheConfig
 from margin.limits.config import LimitsConfig, ModelCapacity
 from margin.observe.config import MetricsConfig
 from margin.compression.config import CompressionConfig
+from margin.quality.config import LlmJudgeConfig, QualityConfig
 from margin.routing.config import RouteConfig
 from margin.configbase import Strict as _Strict
 from margin.upstreams.config import (BatchConfig, DeploymentConfig, HTTPModelConfig,
@@ -227,6 +228,8 @@ class Settings(_Strict):
     capacity: dict[str, ModelCapacity] = Field(default_factory=dict)
     """What each model can take (by model name), for the capacity forecast and its alert:
     ``{small: {replica_rps: 4, replicas: 3}, gpt-4o: {rpm: 10000, tpm: 2000000}}``."""
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    """Shadow evaluation: what the savings cost in quality."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":
@@ -235,6 +238,10 @@ class Settings(_Strict):
             if m.name in seen:
                 raise ValueError(f"model name {m.name!r} is declared twice")
             seen.add(m.name)
+        judge = self.quality.shadow.judge
+        if isinstance(judge, LlmJudgeConfig) and judge.model not in seen:
+            raise ValueError(f"quality.shadow.judge.model: {judge.model!r} is not a declared "
+                             "model")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

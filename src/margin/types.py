@@ -134,6 +134,17 @@ class Call:
 
 
 @dataclass(slots=True)
+class ShadowOf:
+    """What makes a request a shadow evaluation: the request it re-ran the reference way
+    and the judge's verdict (``agreement`` None: not judged, the reason in notes)."""
+
+    request_id: str
+    judge: str
+    agreement: bool | None = None
+    score: float | None = None
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     endpoint: Endpoint
@@ -204,6 +215,12 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     # extra payload for the ledger row's ``notes`` column (small, JSON-serialisable)
     notes: dict[str, Any] = field(default_factory=dict)
+    # what saved money on this request (exact_cache, semantic_cache, route:<name>,
+    # cascade:<name>, compression, downgrade), set once it is answered
+    optimization: str | None = None
+    optimization_saved_usd: float | None = None
+    # set on a shadow evaluation's own context: the request it re-ran and the verdict
+    shadow: ShadowOf | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e6

@@ -10,7 +10,7 @@ from margin.gateway.record import ledger_row
 from margin.metering import schema
 from margin.metering.db import connect
 from margin.metering.ledger import LedgerWriter
-from margin.types import Attempt, RequestContext
+from margin.types import Attempt, RequestContext, ShadowOf
 
 
 def _ctx() -> RequestContext:
@@ -26,6 +26,8 @@ def _ctx() -> RequestContext:
     ctx.prompt_hash, ctx.tokens_before_compression, ctx.tokens_after_compression = "h", 20, 12
     ctx.notes = {"batch_id": 3}
     ctx.response_text = "hello"
+    ctx.optimization, ctx.optimization_saved_usd = "route:auto", 0.002
+    ctx.shadow = ShadowOf(request_id="r0", judge="exact", agreement=False, score=0.0)
     return ctx
 
 

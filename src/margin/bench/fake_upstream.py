@@ -10,6 +10,10 @@ many cached prompt / reasoning tokens in the usage details, ``!chunk_ms=N`` wait
 after each streamed chunk (a stream that stays in progress). ``GET /_stats``
 reports what it received (calls per endpoint, embedding batch sizes).
 
+``answer_fn`` (tests only, not a flag): a function of the request body returning the
+answer's text (or None for the usual one), so fakes standing for two tiers can answer the
+same prompt differently, deterministically.
+
 It returns ``n`` choices and stops each at ``max_tokens`` / ``max_completion_tokens``. With
 ``billing=True`` (``--billing``) it bills like a provider: usage counted by a real BPE
 tokenizer over everything a provider bills (``margin.bench.billing``); else tokens are words.
@@ -22,7 +26,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -38,8 +42,10 @@ def _tokens(text: str) -> int:
 
 class FakeUpstream:
     def __init__(self, delay_ms: float = 0.0, answer_words: int = 12, name: str = "fake",
-                 stream_usage: bool = True, billing: bool = False) -> None:
+                 stream_usage: bool = True, billing: bool = False,
+                 answer_fn: Callable[[dict[str, Any]], str | None] | None = None) -> None:
         self.delay_s = delay_ms / 1000
+        self.answer_fn = answer_fn
         self.billing = billing
         if billing:
             from margin.bench import billing as _billing
@@ -128,7 +134,10 @@ class FakeUpstream:
 
     def _answer(self, req: dict[str, Any], directive: dict[str, str]) -> str:
         cap = self._cap(req)
-        if "text" in directive:
+        chosen = self.answer_fn(req) if self.answer_fn is not None else None
+        if chosen is not None:
+            text = chosen
+        elif "text" in directive:
             text = directive["text"]
         else:
             words = self.answer_words if cap is None or self.billing else min(cap,

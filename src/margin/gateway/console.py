@@ -6,6 +6,7 @@ page, each parsing its parameters (``console_params``), then building the page
     GET /admin/spend?by=&bucket=&…          GET /admin/capacity?horizon=7d
     GET /admin/requests?limit=&cursor=&…    GET /admin/anomalies?since=7d
     GET /admin/requests/<request_id>        GET /admin/alerts
+    GET /admin/quality?since=7d&by=optimization
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from margin.limits import projections
 from margin.limits.forecasts import ForecastCache
 from margin.metering.console_queries import DIMENSIONS, BadCursor
 from margin.metering.db import Database, connect
+from margin.metering.quality_queries import QUALITY_GROUPS, quality_report
 from margin.types import AdminRequest
 
 DAY_S = 86_400
@@ -76,7 +78,7 @@ class Console:
         self.handlers: dict[str, Callable[[AdminRequest], Any]] = {
             "overview": self.overview, "spend": self.spend, "budgets": self.budgets,
             "requests": self.requests, "capacity": self.capacity,
-            "anomalies": self.anomalies, "alerts": self.alerts}
+            "anomalies": self.anomalies, "alerts": self.alerts, "quality": self.quality}
 
     def names(self) -> list[str]:
         return list(self.handlers)
@@ -188,6 +190,16 @@ class Console:
         key = ("anomalies", int(since // 3600), int(now // 3600))
         return await self._run(lambda db: self.forecasts.get(
             key, lambda: pages.anomalies(db, since, now, cfg)))
+
+    async def quality(self, req: AdminRequest) -> Any:
+        q = params.single(req, ("since", "until", "by"))
+        now = self.clock()
+        since = params.instant(q, "since", now, now - 7 * DAY_S)
+        until = params.instant(q, "until", now, None)
+        by = params.choice(q, "by", QUALITY_GROUPS, "optimization")
+        rows = await self._run(lambda db: quality_report(db, since, until, by))
+        return {"generated_at": now, "since": since, "until": until, "by": by,
+                "optimizations": [r.to_json(by) for r in rows]}
 
     async def alerts(self, req: AdminRequest) -> Any:
         params.single(req, ())

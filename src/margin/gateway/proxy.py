@@ -5,9 +5,7 @@ request answered gets exactly one row."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -17,9 +15,11 @@ from margin.gateway.dialects import Dialect
 from margin.gateway.http import (Receive, Scope, Send, client_address, read_body,
                                  request_headers, send_json)
 from margin.gateway.record import ledger_row, prompt_hash
+from margin.gateway.request_ids import new_request_id
 from margin.gateway.service import Gateway
 from margin.gateway.streaming import DONE, sse, sse_error, text_of
 from margin.metering.charge import finalize_cost
+from margin.quality.optimizations import Saving
 from margin.types import RequestContext, Response
 
 log = logging.getLogger("margin.gateway")
@@ -27,18 +27,8 @@ log = logging.getLogger("margin.gateway")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 
-# Request ids: a random per-process prefix and a counter. As unique as uuid4 across
-# replicas, without a getrandom() system call on every request.
-_ID_PREFIX = os.urandom(10).hex()
-_ID_COUNTER = itertools.count(1)
-
-
 # How long an answer may take before the gateway starts watching for the client leaving.
 _WATCH_AFTER_S = 0.05
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
 class Proxy:
@@ -58,14 +48,16 @@ class Proxy:
         self.gw.metrics.in_flight.inc()
         sent = False
         recorded = False
+        sent_body: dict[str, Any] | None = None  # the body as it entered the pipeline
+        saving: Saving | None = None
 
         def record() -> None:
             # The row is journaled before the answer's last bytes leave, so no client can
             # hold an answer whose row a kill -9 could still take away.
-            nonlocal recorded
+            nonlocal recorded, saving
             if not recorded:
                 recorded = True
-                self._finish(ctx)
+                saving = self._finish(ctx, sent_body)
 
         try:
             t0 = time.perf_counter_ns()
@@ -89,6 +81,7 @@ class Proxy:
                 ctx.user = body["user"]
             ctx.prompt_hash = prompt_hash(ctx)
             ctx.stage_ms["parse"] = (time.perf_counter_ns() - t0) / 1e6
+            sent_body = ctx.body
             response = await self._answer_unless_abandoned(ctx, receive)
             if response is None:
                 return  # the client left; nothing to send, the row says 499
@@ -108,6 +101,11 @@ class Proxy:
                 sent = True
                 record()
                 await send_json(send, response.status, payload, h, raw)
+                # Only now, with the answer out: its reference path, maybe, in the background
+                try:
+                    self.gw.shadows.offer(ctx, saving, response)
+                except Exception:  # evaluation must never fail an answered request
+                    log.exception("could not start the shadow of %s", ctx.request_id)
         except MarginError as exc:
             ctx.fail(exc.status_code, exc.error_type, exc.message)
             if not sent:
@@ -258,14 +256,17 @@ class Proxy:
                 ctx.response_text = "".join(texts)
             finalize_cost(ctx, self.gw.prices)
 
-    def _finish(self, ctx: RequestContext) -> None:
+    def _finish(self, ctx: RequestContext, sent_body: dict[str, Any] | None) -> Saving | None:
         ctx.latency_ms = ctx.elapsed_ms()
         ctx.overhead_ms = max(ctx.latency_ms - ctx.upstream_ms, 0.0)
+        saving = None
         try:
+            saving = self.gw.shadows.note(ctx, sent_body)
             self.gw.metrics.observe(ctx)
             self.gw.ledger.submit(ledger_row(ctx, log_content=self.log_content))
         except Exception:  # accounting must never take the gateway down; it is logged
             log.exception("could not record request %s", ctx.request_id)
+        return saving
 
     def _margin_headers(self, ctx: RequestContext, with_cost: bool) -> list[tuple[bytes, bytes]]:
         h = [(b"x-margin-request-id", ctx.request_id.encode()),

@@ -69,7 +69,19 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "cache_write_tokens": u.cache_write_tokens,
         "reasoning_tokens": u.reasoning_tokens,
         "dialect": ctx.dialect,
+        "optimization": ctx.optimization,
+        "optimization_saved_usd": (round(ctx.optimization_saved_usd, 12)
+                                   if ctx.optimization_saved_usd is not None else None),
+        "shadow_of": None,
+        "judge": None,
+        "agreement": None,
+        "judge_score": None,
     }
+    if ctx.shadow is not None:
+        sh = ctx.shadow
+        row["shadow_of"], row["judge"] = sh.request_id, sh.judge
+        row["agreement"] = None if sh.agreement is None else int(sh.agreement)
+        row["judge_score"] = None if sh.score is None else round(float(sh.score), 6)
     if log_content:
         subject = (ctx.body.get("messages") if ctx.endpoint == "chat"
                    else ctx.body.get("prompt") if ctx.endpoint == "completions"

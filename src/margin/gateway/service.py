@@ -19,7 +19,9 @@ from margin.config import ModelConfig, Settings
 from margin.errors import NotFound
 from margin.gateway import pipeline
 from margin.gateway.embeddings import embed_via
+from margin.gateway.request_ids import new_request_id
 from margin.gateway.services import RedisClients, Services
+from margin.gateway.shadow import ShadowRunner
 from margin.gateway.stages import build_stages
 from margin.limits.alerts import Alerter, DatabaseLatch, RedisLatch
 from margin.limits.projections import ForecastWatcher
@@ -98,6 +100,10 @@ class Gateway:
             metrics=self.metrics, ledger_url=settings.ledger.url, redis=self.redis,
             alerter=self.alerter, keys=self.keys, master_key=self.master_key)
         self.stages = build_stages(settings, self.services)
+        self.shadows = ShadowRunner(
+            settings.quality.shadow, self.models, self.upstreams, self.prices, self.metrics,
+            self.ledger.submit, {r.name: list(r.tiers) for r in settings.routes},
+            new_request_id, log_content=settings.ledger.log_content)
         self.handler = pipeline.build(self.stages, self.dispatch)
         self.metrics.watch_caches(self.cache_sizes)
         self.started = False
@@ -139,12 +145,14 @@ class Gateway:
         await asyncio.gather(*(u.start() for u in self.upstreams.values()))
         for stage in self.stages:
             await stage.start()
+        await self.shadows.start()
         self.started = True
         log.info("gateway ready in %.1f s: models %s", time.perf_counter() - t0,
                  ", ".join(self.models))
 
     async def stop(self) -> None:
-        for part in [*reversed(self.stages), *reversed(self.background)]:
+        # Shadows in flight finish (or are cancelled) while upstreams and the ledger are up.
+        for part in [self.shadows, *reversed(self.stages), *reversed(self.background)]:
             try:
                 await part.aclose()
             except Exception:

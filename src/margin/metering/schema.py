@@ -94,6 +94,17 @@ COLUMNS: tuple[Column, ...] = (
     _c("cache_write_tokens", int, 0, since=4),
     _c("reasoning_tokens", int, 0, since=4),     # completion tokens spent thinking (a part)
     _c("dialect", str, "openai", since=4),       # openai | messages | responses
+    # what saved money on this row: exact_cache, semantic_cache, route:<name>,
+    # cascade:<name>, compression, downgrade (NULL: nothing did)
+    _c("optimization", str, since=5),
+    # what it saved (USD; for a route or downgrade an estimate: see quality/optimizations.py)
+    _c("optimization_saved_usd", float, since=5),
+    # a shadow evaluation's row: the request it re-ran the reference way, the judge, and
+    # its verdict (1 agree, 0 disagree, NULL not judged: failed, or the judge could not)
+    _c("shadow_of", str, since=5),
+    _c("judge", str, since=5),
+    _c("agreement", int, since=5),
+    _c("judge_score", float, since=5),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -122,6 +122,14 @@ class GatewayMetrics:
         self.saved = Counter("margin_saved_usd", "Cost avoided by caching", ["model"], registry=r)
         self.events = Counter("margin_events", "Notable events (cache backend down, …)",
                               ["event"], registry=r)
+        # optimization: exact_cache, semantic_cache, compression, downgrade, route:<name>,
+        # cascade:<name> (declared routes only); outcome: agree, disagree, not_judged,
+        # failed, capped (the spend cap said no), busy (too many shadows at once)
+        self.shadow_runs = Counter("margin_shadow_runs", "Shadow evaluations",
+                                   ["optimization", "outcome"], registry=r)
+        self.evaluation_cost = Counter("margin_evaluation_cost_usd",
+                                       "Spent on shadow evaluations", ["optimization"],
+                                       registry=r)
 
         # labels() costs a lock and a dict build per call; children are cached per label
         # set, which the cardinality rule bounds.
@@ -175,6 +183,11 @@ class GatewayMetrics:
                   self._listed(ctx.feature, self.features)).inc(ctx.cost_usd)
         if ctx.saved_usd:
             child(self.saved, model).inc(ctx.saved_usd)
+
+    def observe_shadow(self, optimization: str, outcome: str, cost_usd: float = 0.0) -> None:
+        self._child(self.shadow_runs, optimization, outcome).inc()
+        if cost_usd:
+            self._child(self.evaluation_cost, optimization).inc(cost_usd)
 
     def render(self) -> bytes:
         """The exposition text; blocking (run it in a worker thread, not on the loop)."""

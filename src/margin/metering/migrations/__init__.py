@@ -95,6 +95,10 @@ MIGRATIONS: dict[int, list[Step]] = {
     # Every kind of token a provider bills, and the API the client spoke (``dialect``:
     # openai | messages | responses).
     4: schema.added_in(4),
+    # Quality: which optimisation saved money on a row, and shadow evaluations' rows
+    # (``shadow_of`` the original request, the judge and its verdict).
+    5: [*schema.added_in(5),
+        "CREATE INDEX IF NOT EXISTS requests_shadow_of ON requests (shadow_of)"],
     # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
     # rows already there; the request log's keyset index.
     7: [*rollups.ddl(), rollups.rebuild],

@@ -1,0 +1,117 @@
+"""Quality settings (the ``quality:`` section of margin.yaml): shadow evaluation of the
+requests a saving answered. Imported by ``margin.config``: nothing here imports it back."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import Field
+
+from margin.configbase import Strict as _Strict
+
+DEFAULT_RUBRIC = (
+    "You compare two answers to the same request. The REFERENCE answer came from the "
+    "reference model; the CANDIDATE answer is what the user got. Decide whether the "
+    "candidate is as correct and as useful as the reference for this request (wording may "
+    "differ). Reply with one line of JSON and nothing else: "
+    '{"verdict": "agree" or "disagree", "score": a number from 0 to 1}.')
+
+
+class ExactJudgeConfig(_Strict):
+    """The two answers agree when their normalised text is equal (case, whitespace and
+    surrounding punctuation ignored), when both parse as JSON and the values are equal,
+    or when both call the same tools with the same arguments."""
+
+    kind: Literal["exact"] = "exact"
+    """Equality of normalised text, parsed JSON or tool calls."""
+
+
+class EmbeddingJudgeConfig(_Strict):
+    """The two answers agree when the cosine of their embeddings (the bundled MiniLM,
+    shared with the semantic cache and the router) is at least ``threshold``; the score is
+    the cosine."""
+
+    kind: Literal["embedding"] = "embedding"
+    """Cosine of the answers' MiniLM embeddings."""
+    threshold: float = Field(0.9, ge=-1.0, le=1.0)
+    """Lowest cosine counted as agreement."""
+
+
+class JsonSchemaJudgeConfig(_Strict):
+    """The answer the user got agrees when it validates against the request's
+    ``response_format`` JSON schema; a request without a schema is not judged (agreement
+    NULL, the reason in notes)."""
+
+    kind: Literal["json_schema"] = "json_schema"
+    """The saved answer validates against the request's schema."""
+
+
+class LlmJudgeConfig(_Strict):
+    """A configured model compares the two answers with a rubric and answers a verdict and
+    a score from 0 to 1; its cost is part of the shadow row's cost (and of the spend cap)."""
+
+    kind: Literal["llm"] = "llm"
+    """A judge model and a rubric."""
+    model: str
+    """The judge: one of the declared models."""
+    rubric: str = DEFAULT_RUBRIC
+    """The judge's instructions (system message); it must ask for a JSON line with
+    ``verdict`` (agree / disagree) and ``score``."""
+    max_tokens: int = Field(64, ge=1)
+    """Completion tokens the judge may use (its worst case in the spend cap)."""
+
+
+JudgeConfig = Annotated[Union[ExactJudgeConfig, EmbeddingJudgeConfig, JsonSchemaJudgeConfig,
+                              LlmJudgeConfig], Field(discriminator="kind")]
+
+
+class ShadowConfig(_Strict):
+    """For a sample of the requests a saving answered — a semantic-cache hit (exact hits
+    with ``include_exact_cache``), a route or cascade that answered below its top tier, a
+    compressed prompt, a budget downgrade — the gateway also runs the reference path after
+    the client has its answer: the same request to the upstream without that saving (the
+    requested model instead of the cache, the top tier, the original prompt, the model
+    before the downgrade). A judge compares the two answers; the result is a ledger row
+    with feature ``evaluation`` and ``shadow_of`` = the original request, charged to no
+    user, key or team budget and to no rate limit. Non-streamed chat and completions
+    requests only."""
+
+    enabled: bool = False
+    """Run shadow evaluations (off by default: they cost money)."""
+    sample_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Share of saved requests that are also run the reference way."""
+    max_share_of_savings: float = Field(0.2, ge=0.0)
+    """Per day and per optimisation, shadows never spend more than this share of what
+    that optimisation saved."""
+    daily_cap_usd: float = Field(10.0, ge=0.0)
+    """Shadows spend at most this much per UTC day in this process (all optimisations)."""
+    include_exact_cache: bool = False
+    """Shadow exact-cache hits too (the same request answered again: mostly a check of
+    the model's determinism)."""
+    judge: JudgeConfig = Field(default_factory=EmbeddingJudgeConfig)
+    """How a shadow's answer is compared with the one the user got."""
+    max_concurrent: int = Field(4, ge=1)
+    """Shadows running at once, at most; a sampled request that finds them all busy is
+    skipped (counted in ``margin_shadow_runs_total{outcome="busy"}``)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Longest one shadow (reference call and judge) may take; past it the row says 504."""
+    default_max_tokens: int = Field(1024, ge=1)
+    """Completion cap sent with a reference call whose request set none, so that its
+    worst-case reservation holds."""
+
+
+class QualityConfig(_Strict):
+    """What the savings cost in quality, measured on live traffic."""
+
+    yaml_example: ClassVar[str] = """
+        quality:
+          shadow:
+            enabled: true
+            sample_rate: 0.05          # share of saved requests also run the reference way
+            max_share_of_savings: 0.2  # never spend more than this share of what was saved
+            daily_cap_usd: 10
+            judge: {kind: embedding, threshold: 0.9}   # exact | embedding | json_schema | llm
+    """
+
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    """Shadow evaluation of the requests a saving answered."""
