@@ -262,6 +262,7 @@ class Proxy:
         saving = None
         try:
             saving = self.gw.shadows.note(ctx, sent_body)
+            self.gw.calibrations.stamp(ctx.notes)
             self.gw.metrics.observe(ctx)
             self.gw.ledger.submit(ledger_row(ctx, log_content=self.log_content))
         except Exception:  # accounting must never take the gateway down; it is logged

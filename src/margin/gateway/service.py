@@ -21,6 +21,7 @@ from margin.gateway import pipeline
 from margin.gateway.embeddings import embed_via
 from margin.gateway.request_ids import new_request_id
 from margin.gateway.services import RedisClients, Services
+from margin.gateway.calibration import Calibrations, knobs_for
 from margin.gateway.shadow import ShadowRunner
 from margin.gateway.stages import build_stages
 from margin.limits.alerts import Alerter, DatabaseLatch, RedisLatch
@@ -104,6 +105,12 @@ class Gateway:
             settings.quality.shadow, self.models, self.upstreams, self.prices, self.metrics,
             self.ledger.submit, {r.name: list(r.tiers) for r in settings.routes},
             new_request_id, log_content=settings.ledger.log_content)
+        url = settings.redis_url
+        self.calibrations = Calibrations(
+            settings.quality, knobs_for(settings.quality, self.stages), self.metrics,
+            self.redis.client(url, settings.limits.redis_timeout_s) if url else None,
+            settings.limits.redis_prefix)
+        self.shadows.on_result.append(self.calibrations.on_result)
         self.handler = pipeline.build(self.stages, self.dispatch)
         self.metrics.watch_caches(self.cache_sizes)
         self.started = False
@@ -146,13 +153,15 @@ class Gateway:
         for stage in self.stages:
             await stage.start()
         await self.shadows.start()
+        await self.calibrations.start()
         self.started = True
         log.info("gateway ready in %.1f s: models %s", time.perf_counter() - t0,
                  ", ".join(self.models))
 
     async def stop(self) -> None:
         # Shadows in flight finish (or are cancelled) while upstreams and the ledger are up.
-        for part in [self.shadows, *reversed(self.stages), *reversed(self.background)]:
+        for part in [self.shadows, self.calibrations, *reversed(self.stages),
+                     *reversed(self.background)]:
             try:
                 await part.aclose()
             except Exception:

@@ -69,6 +69,8 @@ class ShadowResult:
     status: int
     verdict: Verdict | None
     cost_usd: float
+    # the original row's notes.calibrated: {optimisation: [setting, version]}
+    calibrated: dict[str, Any] | None = None
 
 
 class ShadowRunner:
@@ -217,7 +219,8 @@ class ShadowRunner:
                        else "agree" if verdict.agreement else "disagree")
             self.metrics.observe_shadow(opt, outcome, ctx.cost_usd)
             result = ShadowResult(original.request_id, opt, original.route, ctx.status,
-                                  verdict if ctx.status == 200 else None, ctx.cost_usd)
+                                  verdict if ctx.status == 200 else None, ctx.cost_usd,
+                                  original.notes.get("calibrated"))
             for callback in self.on_result:
                 callback(result)
         finally:

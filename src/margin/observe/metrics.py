@@ -53,6 +53,22 @@ class _AllWorkers:
                 yield family
 
 
+class _SettingCollector:
+    """The setting each calibrated knob has in this process (shared by replicas when the
+    calibration lives in Redis)."""
+
+    def __init__(self, source: Callable[[], dict[str, float]]) -> None:
+        self.source = source
+
+    def collect(self):
+        g = GaugeMetricFamily("margin_calibrated_setting",
+                              "Threshold in force for each calibrated optimisation",
+                              labels=["optimization"])
+        for name, value in sorted(self.source().items()):
+            g.add_metric([name], value)
+        yield g
+
+
 class _LedgerCollector:
     def __init__(self, source: Callable[[], dict[str, float]]) -> None:
         self.source = source
@@ -130,6 +146,10 @@ class GatewayMetrics:
         self.evaluation_cost = Counter("margin_evaluation_cost_usd",
                                        "Spent on shadow evaluations", ["optimization"],
                                        registry=r)
+        # kind: tighten, loosen (online calibration of a threshold from shadow verdicts)
+        self.calibration_changes = Counter("margin_calibration_changes",
+                                           "Threshold changes made by online calibration",
+                                           ["optimization", "kind"], registry=r)
 
         # labels() costs a lock and a dict build per call; children are cached per label
         # set, which the cardinality rule bounds.
@@ -157,6 +177,9 @@ class GatewayMetrics:
 
     def watch_ledger(self, source: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LedgerCollector(source))
+
+    def watch_calibration(self, source: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_SettingCollector(source))
 
     def observe(self, ctx: RequestContext) -> None:
         model = self.model_label(ctx.served_model or ctx.requested_model)

@@ -100,6 +100,34 @@ class ShadowConfig(_Strict):
     worst-case reservation holds."""
 
 
+class QualityTarget(_Strict):
+    """The agreement an optimisation must keep with its reference path."""
+
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    """Lowest shadow agreement allowed: the calibrated threshold is the loosest whose
+    agreement's lower 95 % bound (Wilson) stays at or above it."""
+
+
+class CalibrationConfig(_Strict):
+    """How a target moves its threshold (``targets``): tighten one step at once when the
+    agreement measured at the current setting falls below the target, loosen one step
+    slowly when its lower bound is surely above it."""
+
+    step: float = Field(0.01, gt=0.0, le=0.5)
+    """One move of the threshold."""
+    max_change: float = Field(0.2, gt=0.0, le=1.0)
+    """The threshold stays within this of where it started (the configured or calibrated
+    value)."""
+    min_samples: int = Field(50, ge=1)
+    """Shadow verdicts at one setting before it may be loosened."""
+    min_samples_tighten: int = Field(20, ge=1)
+    """Shadow verdicts at one setting before it may be tightened."""
+    loosen_after_s: float = Field(600.0, ge=0.0)
+    """A setting holds at least this long before it is loosened."""
+    refresh_s: float = Field(5.0, gt=0.0)
+    """How often a replica reads the setting the others may have changed (with Redis)."""
+
+
 class QualityConfig(_Strict):
     """What the savings cost in quality, measured on live traffic."""
 
@@ -111,7 +139,17 @@ class QualityConfig(_Strict):
             max_share_of_savings: 0.2  # never spend more than this share of what was saved
             daily_cap_usd: 10
             judge: {kind: embedding, threshold: 0.9}   # exact | embedding | json_schema | llm
+          targets:                     # online calibration from the shadows' verdicts
+            semantic_cache: {min_agreement: 0.97}
     """
 
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     """Shadow evaluation of the requests a saving answered."""
+    targets: dict[str, QualityTarget] = Field(default_factory=dict)
+    """Online calibration, per optimisation: ``semantic_cache`` (its score threshold) or
+    ``route:<name>`` of a two-tier rules or learned route (its strong-call threshold),
+    moved from shadow verdicts to keep ``min_agreement`` (needs ``shadow.enabled``). The
+    setting is shared by replicas through ``redis_url`` and written on each ledger row
+    (``notes.calibrated``)."""
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    """How targets move their thresholds."""
