@@ -233,7 +233,8 @@ class CompressionTotals:
 
 def compression_totals(db: Database, filters: Filters = Filters()) -> CompressionTotals:
     """No rollup holds token counts before compression: one aggregate over the matching
-    rows that have them (no rows are fetched)."""
+    rows that have them, read from their partial index (migration 8) when no attribution
+    filter is given."""
     where, params = filters.where("tokens_before_compression IS NOT NULL",
                                   "tokens_after_compression IS NOT NULL")
     n, before, after = db.query(
