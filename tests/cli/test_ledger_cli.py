@@ -87,6 +87,11 @@ def test_stats_json_by_stage_and_by_user(tmp_path):
     assert "not measured" in out.stdout
     out = _run("ledger", "stats", "--db", db)
     assert "approximate" in out.stdout
+    by_endpoint = json.loads(_run("ledger", "stats", "--db", db, "--by", "endpoint",
+                                  "--json").stdout)
+    assert {g["endpoint"]: (g["requests"], g["cost_usd"]) for g in by_endpoint["groups"]} == {
+        e: (k, round(c, 8)) for e, k, c in con.execute(
+            "SELECT endpoint, COUNT(*), SUM(cost_usd) FROM requests GROUP BY endpoint")}
     all_rows = json.loads(_run("ledger", "stats", "--db", db, "--json").stdout)
     (n_all, first, last), = con.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM requests")
     assert all_rows["requests"] == n_all == 11
