@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import astuple
 import uuid
 from pathlib import Path
 
@@ -181,3 +182,14 @@ def test_the_sql_rule_would_catch_a_stray_query():
     assert _SQL_ON_REQUESTS.search('db.query("SELECT cost_usd FROM requests WHERE ts > ?")')
     assert _SQL_ON_REQUESTS.search("INSERT INTO requests (id) VALUES (?)")
     assert not _SQL_ON_REQUESTS.search("from requests import Session")
+
+
+def test_endpoint_sums_are_the_raw_totals(db):
+    # No rollup keeps the endpoint: ``margin ledger stats --by endpoint`` groups the rows.
+    from margin.metering import console_queries
+
+    got = console_queries.endpoint_sums(db, Filters(since_s=T0 + 3600))
+    want = dict(queries.totals_by(db, "endpoint", Filters(since_s=T0 + 3600)))
+    assert set(got) == set(want) == {"chat"}
+    assert astuple(got["chat"].totals()) == pytest.approx(astuple(want["chat"]))
+    assert got["chat"].latency_ms_sum == pytest.approx(sum(5.0 + i for i in (3, 4, 5)))

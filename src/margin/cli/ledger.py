@@ -46,7 +46,7 @@ def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
     Read from the hourly and daily rollups the console reads, so it answers as fast on a
     ledger of millions of rows and shows the console's numbers. Sums are exact. P50/P95/P99
     of upstream, overhead and each stage come from the rollups' histograms and are
-    approximate (about ±13 %). No rollup keeps the whole request's time distribution: its
+    approximate (about ±13 %; coarser below 0.05 ms). No rollup keeps the whole request's time distribution: its
     P50/P95/P99 (overall and per group) are null / "-" (not measured) and only its mean is
     given. --by endpoint reads the raw rows (no rollup keeps the endpoint): slower.
     """
