@@ -58,7 +58,16 @@ def test_local_chat_embeddings_and_ledger_stats(local_gateway):
                          cwd=workdir, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
     assert report["requests"] == 4
-    assert {g["stage"] for g in report["groups"]} >= {"parse", "upstream", "total", "overhead"}
+    stages = {g["stage"]: g for g in report["groups"]}
+    assert set(stages) >= {"parse", "upstream", "total", "overhead"}
+    # Read from the rollups: the whole request's mean (its percentiles are not kept) and
+    # upstream's count and exact mean, as the rows themselves say.
+    assert stages["total"]["p50_ms"] is None
+    assert stages["total"]["mean_ms"] == round(sum(r["latency_ms"] for r in rows) / 4, 3)
+    upstream = [r["upstream_ms"] for r in rows if r["upstream_ms"]]
+    assert stages["upstream"]["requests"] == len(upstream)
+    assert stages["upstream"]["mean_ms"] == pytest.approx(sum(upstream) / len(upstream),
+                                                          abs=1e-3)
 
 
 def test_concurrent_requests_to_one_llama_context_are_serialised(local_gateway):

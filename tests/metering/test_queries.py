@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import astuple
 import uuid
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def _rows() -> list[dict]:
                     "status": status, "cache": cache, "cost_usd": cost,
                     "saved_usd": 0.01 if cache != "miss" else 0.0, "prompt_tokens": 10 + i,
                     "completion_tokens": i, "latency_ms": 5.0 + i, "prompt_hash": f"h{i % 2}",
-                    "notes": orjson.dumps({"batch_id": i}).decode() if i % 2 else None})
+                    "notes": orjson.dumps({"batch_id": i}).decode() if i % 2 else None,
+                    "tokens_before_compression": 100 + i if i % 3 == 0 else None,
+                    "tokens_after_compression": 60 if i % 3 == 0 else None})
     return out
 
 
@@ -126,9 +129,15 @@ def test_request_times_oldest_first_and_limited(db):
 
 
 def test_row_reads(db):
-    rows = queries.stats_rows(db, Filters(since_s=T0 + 3600))
-    assert [r.cost_usd for r in rows] == pytest.approx([0.25, 0.05, 1.00])
-    assert rows[0].model is None and rows[0].requested_model == "large"
+    assert queries.time_span(db, Filters(since_s=T0 + 3600)) == (T0 + 3600 + 3, T0 + 7200 + 5)
+    assert queries.time_span(db, Filters(user="alice")) == (T0, T0 + 7200 + 5)
+    assert queries.time_span(db, Filters(user="nobody")) == (None, None)
+    compressed = [i for i in range(len(ROWS)) if i % 3 == 0]
+    c = queries.compression_totals(db)
+    assert (c.requests, c.tokens_before, c.tokens_after) == (
+        len(compressed), sum(100 + i for i in compressed), 60 * len(compressed))
+    c = queries.compression_totals(db, Filters(since_s=T0 + 3600))
+    assert (c.requests, c.tokens_before) == (1, 103)
     recent = queries.recent(db, 2)
     assert [r["cost_usd"] for r in recent] == pytest.approx([1.00, 0.05])
     assert list(recent[0]) == list(queries.RECENT_COLUMNS)
@@ -173,3 +182,14 @@ def test_the_sql_rule_would_catch_a_stray_query():
     assert _SQL_ON_REQUESTS.search('db.query("SELECT cost_usd FROM requests WHERE ts > ?")')
     assert _SQL_ON_REQUESTS.search("INSERT INTO requests (id) VALUES (?)")
     assert not _SQL_ON_REQUESTS.search("from requests import Session")
+
+
+def test_endpoint_sums_are_the_raw_totals(db):
+    # No rollup keeps the endpoint: ``margin ledger stats --by endpoint`` groups the rows.
+    from margin.metering import console_queries
+
+    got = console_queries.endpoint_sums(db, Filters(since_s=T0 + 3600))
+    want = dict(queries.totals_by(db, "endpoint", Filters(since_s=T0 + 3600)))
+    assert set(got) == set(want) == {"chat"}
+    assert astuple(got["chat"].totals()) == pytest.approx(astuple(want["chat"]))
+    assert got["chat"].latency_ms_sum == pytest.approx(sum(5.0 + i for i in (3, 4, 5)))

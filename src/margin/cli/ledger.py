@@ -41,20 +41,38 @@ def ledger() -> None:
 @click.option("--by", type=click.Choice(stats.GROUPS), default="stage", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats_cmd(db_url: str, since: str | None, by: str, as_json: bool) -> None:
-    """Latency percentiles per stage (or group), cost per user/feature/model/day."""
+    """Latency percentiles per stage (or group), cost per user/feature/model/day.
+
+    Read from the hourly and daily rollups the console reads, so it answers as fast on a
+    ledger of millions of rows and shows the console's numbers. Sums are exact. P50/P95/P99
+    of upstream, overhead and each stage come from the rollups' histograms and are
+    approximate (about ±13 %; coarser below 0.05 ms). No rollup keeps the whole request's time distribution: its
+    P50/P95/P99 (overall and per group) are null / "-" (not measured) and only its mean is
+    given. --by endpoint reads the raw rows (no rollup keeps the endpoint): slower.
+    """
     db = open_db(db_url)
-    rows = queries.stats_rows(db, queries.Filters(since_s=parse_since(since)))
-    result = stats.summary(rows, by)
+    try:
+        result = stats.summary(db, queries.Filters(since_s=parse_since(since)), by)
+    finally:
+        db.close()
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
+    lat = result["latency"]["mean_ms"]
     click.echo(f"{result['requests']} requests, {result['errors']} errors, "
                f"cost {result['cost_usd']:.6f} USD, cache hit rate "
-               f"{result['cache']['hit_rate']:.1%} (saved {result['cache']['saved_usd']:.6f} USD)")
+               f"{result['cache']['hit_rate']:.1%} (saved {result['cache']['saved_usd']:.6f} USD)"
+               + (f", mean latency {lat:.1f} ms" if lat is not None else ""))
     cols = ([by, "requests", "p50_ms", "p95_ms", "p99_ms", "mean_ms"] if by == "stage" else
             [by, "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
-             "saved_usd", "p50_ms", "p95_ms", "p99_ms"])
+             "saved_usd", "mean_ms"])
     click.echo(_table(result["groups"], cols))
+    if by == "stage":
+        click.echo("percentiles are approximate (rollup histograms, about ±13 %); the total's "
+                   "are not measured (no rollup keeps them), its mean is exact")
+    else:
+        click.echo("mean_ms: mean whole-request latency; its percentiles are not measured "
+                   "(no rollup keeps them)")
     comp = result["compression"]
     if comp["requests"]:
         click.echo(f"compression: {comp['tokens_saved']} tokens saved on {comp['requests']} "

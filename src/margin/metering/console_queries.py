@@ -12,8 +12,8 @@ query; their sums are added here. The numbers are exactly those of the raw table
 writer updates the rollups in the transaction that inserts the rows).
 
 The request log reads the raw table with keyset pagination on ``(ts, id)``.
-The CLI (``margin spend``, ``margin anomalies``) and ``/admin/`` read through these
-functions.
+The CLI (``margin spend``, ``margin anomalies``, ``margin ledger stats``) and ``/admin/``
+read through these functions.
 """
 
 from __future__ import annotations
@@ -241,6 +241,21 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
                 for i in range(n):
                     acc[i] += float(values[i] or 0)
     return {k: Sums(tuple(v)) for k, v in out.items()}
+
+
+def endpoint_sums(db: Database, f: Filters) -> dict[str | None, Sums]:
+    """The sums per endpoint. No rollup keeps the endpoint (few ledgers have more than
+    one or two), so this is one grouped query over the ``requests`` table: a scan of the
+    window, much slower than the other reads here on a large ledger."""
+    where, params = f.where()
+    out = {}
+    for endpoint, *values in db.query(
+            f"SELECT endpoint, {_raw_measures(db)} FROM requests{where} GROUP BY endpoint",
+            params):
+        if values[0]:
+            out[None if endpoint in (None, "") else str(endpoint)] = Sums(
+                tuple(float(v or 0) for v in values))
+    return out
 
 
 def _key_value(g: str, v: Any, scale: int) -> Any:

@@ -211,42 +211,36 @@ def request_times(db: Database, filters: Filters, limit: int) -> list[tuple[floa
 
 # ------------------------------------------------------------------------- row reads
 
-@dataclass(frozen=True, slots=True)
-class StatsRow:
-    """What ``margin ledger stats`` needs of one request."""
-
-    ts: float
-    endpoint: str
-    user_id: str | None
-    team: str | None
-    feature: str | None
-    key_id: str | None
-    model: str | None
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    saved_usd: float
-    cache: str
-    latency_ms: float | None
-    upstream_ms: float | None
-    ttft_ms: float | None
-    overhead_ms: float | None
-    stage_ms: str | None
-    tokens_before_compression: int | None
-    tokens_after_compression: int | None
-    notes: str | None
-    requested_model: str | None
-
-
-STATS_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StatsRow))
-
-
-def stats_rows(db: Database, filters: Filters = Filters()) -> list[StatsRow]:
-    """The matching requests, oldest first."""
+def time_span(db: Database, filters: Filters = Filters()) -> tuple[float | None, float | None]:
+    """The oldest and newest matching row's time ((None, None) when none match); two
+    reads of the ``ts`` index, not a scan."""
     where, params = filters.where()
-    sql = f"SELECT {', '.join(STATS_COLUMNS)} FROM requests{where} ORDER BY ts"
-    return [StatsRow(*r) for r in db.query(sql, params)]
+    first = db.query(f"SELECT ts FROM requests{where} ORDER BY ts LIMIT 1", params)
+    if not first:
+        return None, None
+    last = db.query(f"SELECT ts FROM requests{where} ORDER BY ts DESC LIMIT 1", params)
+    return float(first[0][0]), float(last[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionTotals:
+    """The rows the compression stage saw and their prompt tokens before and after it."""
+
+    requests: int
+    tokens_before: int
+    tokens_after: int
+
+
+def compression_totals(db: Database, filters: Filters = Filters()) -> CompressionTotals:
+    """No rollup holds token counts before compression: one aggregate over the matching
+    rows that have them, read from their partial index (migration 8) when no attribution
+    filter is given."""
+    where, params = filters.where("tokens_before_compression IS NOT NULL",
+                                  "tokens_after_compression IS NOT NULL")
+    n, before, after = db.query(
+        "SELECT COUNT(*), SUM(tokens_before_compression), SUM(tokens_after_compression) "
+        f"FROM requests{where}", params)[0]
+    return CompressionTotals(int(n or 0), int(before or 0), int(after or 0))
 
 
 RECENT_COLUMNS: tuple[str, ...] = (

@@ -1,114 +1,145 @@
-"""Ledger statistics: latency percentiles per stage and group, cost per group, cache
-outcomes. Pure functions over the rows ``queries.stats_rows`` reads."""
+"""Ledger statistics for ``margin ledger stats``: latency per stage, cost per group, cache
+outcomes and compression savings, read through the console's query layer
+(``console_queries``) so that the CLI and the console show the same numbers and both
+answer from the rollups, not from every row.
+
+What the rollups can and cannot say, and so what this report says:
+
+- sums (requests, errors, tokens, cost, savings, cache outcomes) are exact;
+- P50/P95/P99 of gateway overhead, upstream time and each pipeline stage come from the
+  rollups' log-spaced histograms (``rollups.hist_quantile``): approximate, within about
+  ±13 %; the mean of upstream time is exact (a summed column), those of overhead and the
+  stages are read from the same histograms and are as approximate;
+- no rollup keeps a histogram of the whole request's time, nor anything of time to first
+  token: whole-request P50/P95/P99 (overall and per group) are None ("not measured"),
+  their mean is the rollups' latency sum over the requests (a row recorded without a
+  latency adds 0), and the ``ttft`` stage is not reported;
+- first/last row time and compression tokens are small indexed or aggregate reads of the
+  ``requests`` table; ``by="endpoint"`` groups the ``requests`` table itself (no rollup
+  keeps the endpoint), which on a large ledger is a scan.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from typing import Any, Iterable
+import math
+from typing import Any, Sequence
 
-import numpy as np
-import orjson
-
-from margin.metering.queries import StatsRow
+from margin.metering import console_queries as cq
+from margin.metering import queries, rollups
+from margin.metering.db import Database
+from margin.metering.queries import Filters
 
 GROUPS = ("stage", "model", "user", "feature", "team", "key", "day", "endpoint")
-Row = StatsRow  # one request, as ``queries.stats_rows`` reads it
+COST_BY = ("model", "user", "feature", "day")
+_ORDER = {"total": 0, "upstream": 1, "overhead": 3}
+DAY_S = 86_400
 
 
-def percentiles(values: Iterable[float]) -> dict[str, float | None]:
-    arr = np.fromiter((v for v in values if v is not None), dtype=float)
-    if arr.size == 0:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(arr.mean()), 3)}
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 3)
 
 
-def _key(row: Row, by: str) -> str:
-    if by == "day":
-        return dt.datetime.fromtimestamp(row.ts, dt.timezone.utc).strftime("%Y-%m-%d")
-    value = {"model": row.model or row.requested_model, "user": row.user_id, "team": row.team,
-             "feature": row.feature, "key": row.key_id, "endpoint": row.endpoint}[by]
-    return value if value else "-"
+def hist_mean(counts: Sequence[int]) -> float | None:
+    """The mean of a histogram, each bucket at its geometric middle (as approximate as
+    the histogram's quantiles)."""
+    n = sum(counts)
+    if n <= 0:
+        return None
+    total = 0.0
+    for i, c in enumerate(counts):
+        if c:
+            lo, hi = rollups.bucket_bounds(i)
+            total += c * ((lo + hi) / 2 if i == 0 else math.sqrt(lo * hi))
+    return total / n
 
 
-def by_stage(rows: list[Row]) -> list[dict[str, Any]]:
-    per: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r.stage_ms:
-            for stage, ms in orjson.loads(r.stage_ms).items():
-                per[stage].append(ms)
-        for name, v in (("upstream", r.upstream_ms), ("overhead", r.overhead_ms),
-                        ("total", r.latency_ms), ("ttft", r.ttft_ms)):
-            if v is not None and (name != "upstream" or v > 0):
-                per[name].append(v)
-    order = {"total": 0, "upstream": 1, "ttft": 2, "overhead": 3}
-    return [{"stage": s, "requests": len(v), **percentiles(v)}
-            for s, v in sorted(per.items(), key=lambda kv: (order.get(kv[0], 9), kv[0]))]
+def from_histogram(counts: Sequence[int], mean_ms: float | None = None) -> dict[str, Any]:
+    """P50/P95/P99 (and the mean, unless an exact one is given) of a rollup histogram."""
+    return {"p50_ms": _ms(rollups.hist_quantile(counts, 0.5)),
+            "p95_ms": _ms(rollups.hist_quantile(counts, 0.95)),
+            "p99_ms": _ms(rollups.hist_quantile(counts, 0.99)),
+            "mean_ms": _ms(hist_mean(counts) if mean_ms is None else mean_ms)}
 
 
-def by_group(rows: list[Row], by: str) -> list[dict[str, Any]]:
-    groups: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        groups[_key(r, by)].append(r)
+def whole_request(s: cq.Sums) -> dict[str, Any]:
+    """A group's whole-request latency: no rollup keeps its distribution, only its sum."""
+    return {"p50_ms": None, "p95_ms": None, "p99_ms": None,
+            "mean_ms": _ms(s.latency_ms_sum / s.requests) if s.requests else None}
+
+
+def by_stage(db: Database, f: Filters, whole: cq.Sums) -> list[dict[str, Any]]:
+    overhead, upstream = cq.latency_histograms(db, f)
     out = []
-    for key, rs in groups.items():
-        out.append({
-            by: key, "requests": len(rs),
-            "errors": sum(1 for r in rs if r.status >= 400),
-            "prompt_tokens": sum(r.prompt_tokens for r in rs),
-            "completion_tokens": sum(r.completion_tokens for r in rs),
-            "cost_usd": round(sum(r.cost_usd for r in rs), 8),
-            "saved_usd": round(sum(r.saved_usd for r in rs), 8),
-            **percentiles(r.latency_ms for r in rs),
-        })
+    if whole.requests:
+        out.append({"stage": "total", "requests": whole.requests, **whole_request(whole)})
+    n_up = sum(upstream)
+    if n_up:
+        out.append({"stage": "upstream", "requests": n_up,
+                    **from_histogram(upstream, whole.upstream_ms_sum / n_up)})
+    if sum(overhead):
+        out.append({"stage": "overhead", "requests": sum(overhead), **from_histogram(overhead)})
+    for stage, counts in cq.stage_histograms(db, f).items():
+        if sum(counts):
+            out.append({"stage": stage, "requests": sum(counts), **from_histogram(counts)})
+    out.sort(key=lambda g: (_ORDER.get(g["stage"], 9), g["stage"]))
+    return out
+
+
+def _group_sums(db: Database, f: Filters, by: str) -> list[tuple[str, cq.Sums]]:
+    if by == "day":
+        return [(dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d"), s)
+                for (t,), s in cq.sums(db, f, ("t",), DAY_S).items()]
+    if by == "endpoint":
+        return [(v or "-", s) for v, s in cq.endpoint_sums(db, f).items()]
+    return [(v or "-", s) for (v,), s in cq.sums(db, f, (by,)).items()]
+
+
+def by_group(db: Database, f: Filters, by: str) -> list[dict[str, Any]]:
+    out = [{by: key, "requests": s.requests, "errors": int(s.errors),
+            "prompt_tokens": int(s.prompt_tokens), "completion_tokens": int(s.completion_tokens),
+            "cost_usd": round(s.cost_usd, 8), "saved_usd": round(s.saved_usd, 8),
+            **whole_request(s)} for key, s in _group_sums(db, f, by)]
     out.sort(key=lambda g: (-g["cost_usd"], -g["requests"], g[by]))
     return out
 
 
-def cache_summary(rows: list[Row]) -> dict[str, Any]:
-    counts: dict[str, int] = defaultdict(int)
-    for r in rows:
-        counts[r.cache] += 1
-    n = len(rows) or 1
-    hits = counts.get("exact", 0) + counts.get("semantic", 0)
-    return {"outcomes": dict(counts), "hit_rate": round(hits / n, 4),
+def cache_summary(db: Database, f: Filters, whole: cq.Sums) -> dict[str, Any]:
+    counts = {k: s.requests for (k,), s in cq.sums(db, f, ("cache",)).items()}
+    n = whole.requests or 1
+    return {"outcomes": counts, "hit_rate": round(int(whole.cache_hits) / n, 4),
             "exact_hit_rate": round(counts.get("exact", 0) / n, 4),
             "semantic_hit_rate": round(counts.get("semantic", 0) / n, 4),
-            "saved_usd": round(sum(r.saved_usd for r in rows), 8)}
+            "saved_usd": round(whole.saved_usd, 8)}
 
 
-def compression_summary(rows: list[Row]) -> dict[str, Any]:
-    before = after = saved_usd = 0.0
-    n = 0
-    for r in rows:
-        if r.tokens_before_compression is None or r.tokens_after_compression is None:
-            continue
-        n += 1
-        before += r.tokens_before_compression
-        after += r.tokens_after_compression
-        if r.notes:
-            saved_usd += float(orjson.loads(r.notes).get("compression_saved_usd") or 0.0)
-    return {"requests": n, "tokens_before": int(before), "tokens_after": int(after),
-            "tokens_saved": int(before - after), "saved_usd": round(saved_usd, 8)}
+def compression_summary(db: Database, f: Filters, whole: cq.Sums) -> dict[str, Any]:
+    c = queries.compression_totals(db, f)
+    return {"requests": c.requests, "tokens_before": c.tokens_before,
+            "tokens_after": c.tokens_after, "tokens_saved": c.tokens_before - c.tokens_after,
+            "saved_usd": round(whole.saved_compression_usd, 8)}
 
 
-def summary(rows: list[Row], by: str = "stage") -> dict[str, Any]:
+def summary(db: Database, f: Filters = Filters(), by: str = "stage") -> dict[str, Any]:
+    """The whole report (``schemas/ledger-stats.schema.json``) for the rows ``f`` matches."""
     if by not in GROUPS:
         raise ValueError(f"by must be one of {GROUPS}")
+    whole = cq.total(db, f)
+    first_ts, last_ts = queries.time_span(db, f)
+    cost_by = {g: by_group(db, f, g) for g in COST_BY}
     return {
-        "requests": len(rows),
-        "errors": sum(1 for r in rows if r.status >= 400),
-        "first_ts": rows[0].ts if rows else None,
-        "last_ts": rows[-1].ts if rows else None,
-        "cost_usd": round(sum(r.cost_usd for r in rows), 8),
-        "prompt_tokens": sum(r.prompt_tokens for r in rows),
-        "completion_tokens": sum(r.completion_tokens for r in rows),
-        "latency": percentiles(r.latency_ms for r in rows),
+        "requests": whole.requests,
+        "errors": int(whole.errors),
+        "first_ts": first_ts,
+        "last_ts": last_ts,
+        "cost_usd": round(whole.cost_usd, 8),
+        "prompt_tokens": int(whole.prompt_tokens),
+        "completion_tokens": int(whole.completion_tokens),
+        "latency": whole_request(whole),
         "by": by,
-        "groups": by_stage(rows) if by == "stage" else by_group(rows, by),
-        "cost_by": {g: by_group(rows, g) for g in ("model", "user", "feature", "day")},
-        "cache": cache_summary(rows),
-        "compression": compression_summary(rows),
+        "groups": by_stage(db, f, whole) if by == "stage" else
+        cost_by[by] if by in cost_by else by_group(db, f, by),
+        "cost_by": cost_by,
+        "cache": cache_summary(db, f, whole),
+        "compression": compression_summary(db, f, whole),
     }
