@@ -101,3 +101,34 @@ def test_json_shape_has_the_documented_fields(db):
 def test_unknown_grouping_is_refused(db):
     with pytest.raises(ValueError):
         quality_report(db, by="colour")
+
+
+def test_out_of_region_share_per_route_and_the_calibrated_setting(tmp_path, request):
+    """A route's requests flagged outside its router's region, and the threshold the
+    newest row was served at, both read from the rows' notes."""
+    import orjson
+
+    for kind in ("sqlite", "postgresql"):
+        url = str(tmp_path / "r.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
+        w = LedgerWriter(LedgerConfig(url=url))
+        w.start()
+        for i in range(8):  # 8 routed requests: 2 outside the region (sent to the top tier)
+            outside = i < 2
+            notes = {"route": {"name": "auto", "outside_region": outside,
+                               "region_similarity": 0.2 if outside else 0.7},
+                     "calibrated": {"route:auto": [0.5 - 0.01 * i, i]}}
+            w.submit({"id": uuid.uuid4().hex, "ts": T0 + i, "endpoint": "chat", "status": 200,
+                      "route": "auto", "model": "large" if outside else "small",
+                      "optimization": None if outside else "route:auto",
+                      "optimization_saved_usd": None if outside else 0.001,
+                      "notes": orjson.dumps(notes).decode()})
+        w.close()
+        db = connect(url)
+        try:
+            (row,) = [r for r in quality_report(db, T0 - 10) if r.optimization == "route:auto"]
+        finally:
+            db.close()
+        assert row.served == 6
+        assert row.outside_region_share == pytest.approx(2 / 8), kind
+        assert row.setting == pytest.approx(0.43), kind  # the newest row's (i = 7)
+        assert row.to_json()["outside_region_share"] == 0.25

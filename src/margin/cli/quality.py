@@ -45,6 +45,10 @@ def quality(db_url: str, since: str, until: str | None, by: str, as_json: bool) 
     columns = ["optimization", *([by] if by != "optimization" else []), "served", "saved_usd",
                "shadow_samples", "failed", "agreement", "interval_95", "evaluation_usd",
                "quality_cost"]
+    columns += [c for c in ("outside_region_share", "setting")
+                if any(r.get(c) is not None for r in rows)]
     click.echo(table(rows, columns))
     click.echo("agreement: share of judged shadows whose answer the judge found equivalent "
-               "(Wilson 95 % interval); quality_cost: disagreement x share of traffic served")
+               "(Wilson 95 % interval); quality_cost: disagreement x share of traffic served; "
+               "outside_region_share: a route's requests unlike its router's training "
+               "prompts (sent by outside_region); setting: the calibrated threshold in force")

@@ -41,6 +41,11 @@ class QualityRow:
     # disagreement x share served: the share of all traffic estimated to have got an
     # answer the reference path would not have given
     quality_cost: float | None
+    # route:<name> only: share of the route's requests outside its learned router's region
+    # (None: not a route, or its router has no region)
+    outside_region_share: float | None = None
+    # the calibrated threshold in force on the window's newest row (None: not calibrated)
+    setting: float | None = None
 
     def to_json(self, by: str = "optimization") -> dict[str, Any]:
         out = asdict(self)
@@ -50,7 +55,7 @@ class QualityRow:
         for k in ("saved_usd", "evaluation_usd"):
             out[k] = round(out[k], 8)
         for k in ("share_served", "agreement", "agreement_low", "agreement_high",
-                  "quality_cost"):
+                  "quality_cost", "outside_region_share"):
             if out[k] is not None:
                 out[k] = round(out[k], 6)
         return out
@@ -104,6 +109,8 @@ def quality_report(db: Database, since_s: float | None = None, until_s: float | 
         keys.setdefault((opt, group), {}).update(
             samples=int(n), judged=int(judged or 0), agreed=int(agreed or 0),
             failed=int(failed or 0), cost=float(cost or 0))
+    regions = _outside_region(db, since_s, until_s)
+    settings = _settings_in_force(db, since_s, until_s)
     out = []
     for (opt, group), v in sorted(keys.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         judged, agreed = v.get("judged", 0), v.get("agreed", 0)
@@ -118,5 +125,45 @@ def quality_report(db: Database, since_s: float | None = None, until_s: float | 
             agreement_low=interval[0] if interval else None,
             agreement_high=interval[1] if interval else None,
             evaluation_usd=v.get("cost", 0.0),
-            quality_cost=None if agreement is None else (1 - agreement) * share))
+            quality_cost=None if agreement is None else (1 - agreement) * share,
+            outside_region_share=regions.get(opt.split(":", 1)[1]) if opt.startswith("route:")
+            else None,
+            setting=settings.get(opt)))
     return out
+
+
+def _outside_region(db: Database, since_s: float | None, until_s: float | None
+                    ) -> dict[str, float]:
+    """Per route: the share of its requests whose route note says ``outside_region``,
+    among those whose router had a region to say it."""
+    if db.dialect == "postgresql":
+        flag = "CAST(notes AS json)->'route'->>'outside_region'"
+        yes = f"{flag} = 'true'"
+    else:
+        flag = "json_extract(notes, '$.route.outside_region')"
+        yes = f"{flag} = 1"
+    w, p = _window("o", since_s, until_s)
+    # The pattern is a parameter: a literal % would read as a placeholder on PostgreSQL.
+    where = " AND ".join(["o.shadow_of IS NULL", "o.route IS NOT NULL", "o.notes LIKE ?", *w])
+    rows = db.query(f"SELECT o.route, COUNT(*), SUM(CASE WHEN {yes} THEN 1 ELSE 0 END) "
+                    f"FROM requests o WHERE {where} GROUP BY o.route",
+                    ["%outside_region%", *p])
+    return {str(r): int(out or 0) / int(n) for r, n, out in rows if n}
+
+
+def _settings_in_force(db: Database, since_s: float | None, until_s: float | None
+                       ) -> dict[str, float]:
+    """The calibrated settings (``notes.calibrated``) on the window's newest row."""
+    import orjson
+
+    w, p = _window("o", since_s, until_s)
+    where = " AND ".join(["o.shadow_of IS NULL", "o.notes LIKE ?", *w])
+    found = db.query(f"SELECT o.notes FROM requests o WHERE {where} ORDER BY o.ts DESC "
+                     "LIMIT 1", ["%calibrated%", *p])
+    if not found:
+        return {}
+    try:
+        calibrated = orjson.loads(found[0][0]).get("calibrated") or {}
+        return {str(k): float(v[0]) for k, v in calibrated.items()}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, IndexError):
+        return {}
