@@ -69,6 +69,8 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "cache_write_tokens": u.cache_write_tokens,
         "reasoning_tokens": u.reasoning_tokens,
         "dialect": ctx.dialect,
+        "experiment": ctx.experiment,
+        "arm": ctx.arm,
     }
     if log_content:
         subject = (ctx.body.get("messages") if ctx.endpoint == "chat"

@@ -94,6 +94,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("cache_write_tokens", int, 0, since=4),
     _c("reasoning_tokens", int, 0, since=4),     # completion tokens spent thinking (a part)
     _c("dialect", str, "openai", since=4),       # openai | messages | responses
+    _c("experiment", str, since=6),              # the A/B experiment the request is in
+    _c("arm", str, since=6),                     # and its arm
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -95,6 +95,9 @@ MIGRATIONS: dict[int, list[Step]] = {
     # Every kind of token a provider bills, and the API the client spoke (``dialect``:
     # openai | messages | responses).
     4: schema.added_in(4),
+    # A/B experiments: the experiment and arm each request was assigned to.
+    6: [*schema.added_in(6),
+        "CREATE INDEX IF NOT EXISTS requests_experiment_ts ON requests (experiment, ts)"],
     # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
     # rows already there; the request log's keyset index.
     7: [*rollups.ddl(), rollups.rebuild],
