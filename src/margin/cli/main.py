@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "spend": "margin.cli.spend:spend",
     "anomalies": "margin.cli.anomalies:anomalies",
     "alerts": "margin.cli.alerts:alerts",
+    "experiments": "margin.cli.experiments:experiments",
 }
 
 
