@@ -18,7 +18,7 @@ ALPHA = 0.05
 
 
 def _num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(v, 10)
+    return None if v is None or not math.isfinite(v) else round(float(v), 10)
 
 
 def _arm(rows: ArmRows) -> dict[str, Any]:
