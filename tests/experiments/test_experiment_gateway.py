@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 
 import httpx
@@ -41,7 +42,18 @@ def test_each_user_keeps_one_arm_and_the_report_names_the_cheaper(
             seen[user].add(arm)
             served = r.json().get("model", "")
             assert ("small" in served) == (arm == "small") or served == ""
+        admin: dict = {}
+        for _ in range(50):  # the ledger writer flushes every 20 ms, off the request path
+            r = client.get("/admin/experiments", params={"name": "size"})
+            assert r.status_code == 200, r.text
+            admin = r.json()
+            if sum(a["requests"] for a in admin["arms"]) == 200:
+                break
+            time.sleep(0.1)
+        listed = client.get("/admin/experiments").json()
     gw.stop()
+    assert listed["experiments"][0]["arms"] == ["control", "small"]
+    assert [a["arm"] for a in admin["arms"]] == ["control", "small"]
     assert all(len(arms) == 1 for arms in seen.values())  # stable per user
     per_user = Counter(next(iter(a)) for a in seen.values())
     assert 10 <= per_user["small"] <= 30  # 0.5 of 40 users, ±3.2 sd
@@ -61,6 +73,7 @@ def test_each_user_keeps_one_arm_and_the_report_names_the_cheaper(
     report = json.loads(out.stdout)
     assert {a["arm"]: a["requests"] for a in report["arms"]} == dict(ledger_counts)
     assert report["shadow"] == "no shadow samples"
+    assert report["arms"] == admin["arms"]  # one query function behind both
     assert report["verdict"][0].startswith("small is cheaper than control")
     assert report["comparisons"][0]["cost_significant"] is True
     by_arm = {a["arm"]: a for a in report["arms"]}
