@@ -15,8 +15,8 @@ EXPERIMENT = {"name": "semcache", "arms": [{"name": "on", "share": 0.5},
                                             "semantic_cache": False}]}
 QUESTIONS = [("How do I learn to play the guitar quickly?",
               "How can I learn to play guitar quickly?"),
-             ("What is the best way to learn Spanish fast?",
-              "What's the best way to learn Spanish quickly?")]
+             ("How do I learn to play the piano quickly?",
+              "How can I learn to play piano quickly?")]
 
 
 def test_semantic_cache_off_arm_never_hits(fake_upstream, gateway_factory):
@@ -36,11 +36,10 @@ def test_semantic_cache_off_arm_never_hits(fake_upstream, gateway_factory):
 
     # The "on" arm shows the cache works for this pair of texts; the "off" arm asks pairs
     # of its own (a text asked before would be an exact hit) and never gets a semantic hit,
-    # neither from its own earlier question nor from what the "on" arm stored.
+    # where the "on" arm's like pair does (checked by turning the override off).
     on, off = users["on"][0], users["off"][0]
     (q1, p1), (q2, p2) = QUESTIONS
     assert ask(on, q1) == ("semcache=on", "miss")
     assert ask(on, p1) == ("semcache=on", "semantic")
     assert ask(off, q2) == ("semcache=off", "miss")
     assert ask(off, p2) == ("semcache=off", "miss")
-    assert ask(off, "How could I learn to play the guitar fast?") == ("semcache=off", "miss")
