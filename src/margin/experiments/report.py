@@ -71,6 +71,12 @@ def _compare(control: ArmRows, arm: ArmRows) -> dict[str, Any]:
     return out
 
 
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<1e-10" if p < 1e-10 else f"{p:.3g}"
+
+
 def _verdict(cmp: dict[str, Any], shadow: bool) -> str:
     d = cmp["cost_difference_usd"]
     if d is None:
@@ -78,16 +84,16 @@ def _verdict(cmp: dict[str, Any], shadow: bool) -> str:
     cheaper, dearer = (cmp["arm"], cmp["control"]) if d < 0 else (cmp["control"], cmp["arm"])
     sig = "significant" if cmp["cost_significant"] else "not significant"
     need = cmp["cost_needed_per_arm"]
-    text = f"{cheaper} is cheaper than {dearer} per request ({sig}, p={cmp['cost_p_value']}"
+    text = f"{cheaper} is cheaper than {dearer} per request ({sig}, p={_p(cmp['cost_p_value'])}"
     text += f"; {need} requests per arm needed for this effect)" if need else ")"
     if not shadow:
         text += "; quality: no shadow samples"
     elif cmp["agreement_significant"] is None:
         text += "; quality: too few shadow samples in an arm"
     elif cmp["agreement_significant"]:
-        text += f"; quality differs (agreement p={cmp['agreement_p_value']})"
+        text += f"; quality differs (agreement p={_p(cmp['agreement_p_value'])})"
     else:
-        text += f"; no significant quality difference (agreement p={cmp['agreement_p_value']})"
+        text += f"; no significant quality difference (agreement p={_p(cmp['agreement_p_value'])})"
     return text
 
 

@@ -237,7 +237,10 @@ def _admin_paths() -> dict[str, Any]:
             ("/admin/capacity", "capacity", "Load per model against capacity, and forecast",
              ("horizon",)),
             ("/admin/anomalies", "anomalies", "Cost anomalies", ("since",)),
-            ("/admin/alerts", "alerts", "Budget exhaustion and capacity alerts", ())):
+            ("/admin/alerts", "alerts", "Budget exhaustion and capacity alerts", ()),
+            ("/admin/experiments", "experiments",
+             "A/B experiments, or one experiment's report (docs/experiments.md)",
+             ("name", "since"))):
         console[path] = _get(summary, op, {"type": "object"}, errors=_ADMIN_ERRORS)
         console[path]["get"]["parameters"] = query(*names)
     # /admin/requests/<request_id> is in docs/admin-api.md: a fuzzer can only guess ids.
