@@ -19,7 +19,7 @@ LEAVES = {"types": set(), "errors": set(), "configbase": set(), "tasks": set(),
           "units": {"margin.errors"}, "jsonbody": {"margin.errors"},
           "procs": {"margin.errors"}, "attribution": {"margin.errors"}, "memory": set()}
 SERVING = ("upstreams", "cache", "routing", "limits", "metering", "observe", "batching",
-           "compression", "auth", "plan", "embedding", "quality")
+           "compression", "auth", "plan", "embedding", "quality", "experiments")
 UPPER = ("margin.gateway", "margin.bench", "margin.cli")
 # Neither knows the other: the router stage (in the gateway) combines them.
 APART = {"routing": ("margin.upstreams",), "upstreams": ("margin.routing",)}

@@ -23,6 +23,7 @@ from margin.limits.config import LimitsConfig, ModelCapacity
 from margin.observe.config import MetricsConfig
 from margin.compression.config import CompressionConfig
 from margin.quality.config import LlmJudgeConfig, QualityConfig
+from margin.experiments.config import ExperimentConfig
 from margin.routing.config import RouteConfig
 from margin.configbase import Strict as _Strict
 from margin.upstreams.config import (BatchConfig, DeploymentConfig, HTTPModelConfig,
@@ -225,6 +226,9 @@ class Settings(_Strict):
     """Prompt compression for every request (a route may set its own)."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """What ``/metrics`` labels and who may read it."""
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+    """A/B experiments: arms assigned by a stable hash of the user or key
+    (docs/experiments.md)."""
     capacity: dict[str, ModelCapacity] = Field(default_factory=dict)
     """What each model can take (by model name), for the capacity forecast and its alert:
     ``{small: {replica_rps: 4, replicas: 3}, gpt-4o: {rpm: 10000, tpm: 2000000}}``."""
@@ -242,6 +246,9 @@ class Settings(_Strict):
         if isinstance(judge, LlmJudgeConfig) and judge.model not in seen:
             raise ValueError(f"quality.shadow.judge.model: {judge.model!r} is not a declared "
                              "model")
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ValueError("an experiment name is declared twice")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

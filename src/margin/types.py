@@ -145,6 +145,16 @@ class ShadowOf:
 
 
 @dataclass(slots=True)
+class ArmOverrides:
+    """What an experiment's arm changes for one request; None: as configured. Set by the
+    experiment stage, read by the semantic cache, compression and router stages."""
+
+    semantic_cache: bool | None = None
+    compression: bool | None = None
+    threshold: float | None = None  # a route's strong-call threshold
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     endpoint: Endpoint
@@ -213,6 +223,10 @@ class RequestContext:
     reserved_usd: float | None = None
     # headers a stage adds to the answer (x-ratelimit-*, x-margin-budget …)
     response_headers: dict[str, str] = field(default_factory=dict)
+    # the A/B experiment and arm this request is in, and what the arm overrides
+    experiment: str | None = None
+    arm: str | None = None
+    overrides: ArmOverrides | None = None
     # extra payload for the ledger row's ``notes`` column (small, JSON-serialisable)
     notes: dict[str, Any] = field(default_factory=dict)
     # what saved money on this request (exact_cache, semantic_cache, route:<name>,

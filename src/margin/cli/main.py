@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "anomalies": "margin.cli.anomalies:anomalies",
     "alerts": "margin.cli.alerts:alerts",
     "quality": "margin.cli.quality:quality",
+    "experiments": "margin.cli.experiments:experiments",
 }
 
 

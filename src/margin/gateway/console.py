@@ -78,7 +78,8 @@ class Console:
         self.handlers: dict[str, Callable[[AdminRequest], Any]] = {
             "overview": self.overview, "spend": self.spend, "budgets": self.budgets,
             "requests": self.requests, "capacity": self.capacity,
-            "anomalies": self.anomalies, "alerts": self.alerts, "quality": self.quality}
+            "anomalies": self.anomalies, "alerts": self.alerts, "quality": self.quality,
+            "experiments": self.experiments}
 
     def names(self) -> list[str]:
         return list(self.handlers)
@@ -209,3 +210,23 @@ class Console:
         return await self._run(lambda db: projections.alerts_payload(
             db, s.limits.budgets, s.capacity, self.tz, self._forecast_cfg(), now,
             self.forecasts))
+
+    async def experiments(self, req: AdminRequest) -> Any:
+        """``?name=NAME&since=7d``: the same report as ``margin experiments report``;
+        without ``name``: the configured experiments."""
+        from margin.experiments.report import experiment_report
+
+        q = params.single(req, ("name", "since"))
+        configured = {e.name: e for e in self.settings.experiments}
+        name = q.get("name")
+        if not name:
+            return {"experiments": [{"name": e.name, "enabled": e.enabled,
+                                     "arms": [a.name for a in e.arms]}
+                                    for e in configured.values()]}
+        if len(name) > 200:
+            raise BadRequest("name: at most 200 characters", code="invalid_parameter")
+        now = self.clock()
+        since = params.instant(q, "since", now, now - 7 * DAY_S)
+        exp = configured.get(name)
+        order = [a.name for a in exp.arms] if exp is not None else None
+        return await self._run(lambda db: experiment_report(db, name, since, order))

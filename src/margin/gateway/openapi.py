@@ -239,7 +239,10 @@ def _admin_paths() -> dict[str, Any]:
             ("/admin/anomalies", "anomalies", "Cost anomalies", ("since",)),
             ("/admin/alerts", "alerts", "Budget exhaustion and capacity alerts", ()),
             ("/admin/quality", "quality", "Per optimisation: served, saved, shadow agreement "
-             "with its Wilson interval, evaluation spend", ("since", "until", "by"))):
+             "with its Wilson interval, evaluation spend", ("since", "until", "by")),
+            ("/admin/experiments", "experiments",
+             "A/B experiments, or one experiment's report (docs/experiments.md)",
+             ("name", "since"))):
         console[path] = _get(summary, op, {"type": "object"}, errors=_ADMIN_ERRORS)
         console[path]["get"]["parameters"] = query(*names)
     # /admin/requests/<request_id> is in docs/admin-api.md: a fuzzer can only guess ids.

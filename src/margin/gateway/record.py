@@ -76,6 +76,8 @@ def ledger_row(ctx: RequestContext, *, log_content: bool) -> dict[str, Any]:
         "judge": None,
         "agreement": None,
         "judge_score": None,
+        "experiment": ctx.experiment,
+        "arm": ctx.arm,
     }
     if ctx.shadow is not None:
         sh = ctx.shadow

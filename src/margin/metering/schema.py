@@ -105,6 +105,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("judge", str, since=5),
     _c("agreement", int, since=5),
     _c("judge_score", float, since=5),
+    _c("experiment", str, since=6),              # the A/B experiment the request is in
+    _c("arm", str, since=6),                     # and its arm
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

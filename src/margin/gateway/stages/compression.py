@@ -63,7 +63,9 @@ class CompressionStage(Stage):
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
         cfg = self.config_for(ctx)
-        if not cfg.enabled or ctx.endpoint == "embeddings":
+        wanted = cfg.enabled if ctx.overrides is None or ctx.overrides.compression is None \
+            else ctx.overrides.compression
+        if not wanted or ctx.endpoint == "embeddings":
             return await call_next(ctx)
         similarity = self.similarity
         scorer = self.scorer

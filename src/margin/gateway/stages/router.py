@@ -191,6 +191,11 @@ class RouterStage(Stage):
         error: str | None = None
         tier = 0
         region: dict[str, Any] = {}
+        boundaries = route.boundaries
+        threshold = ctx.overrides.threshold if ctx.overrides is not None else None
+        if threshold is not None and boundaries:
+            # an experiment's arm: the top tier starts at its threshold
+            boundaries = [min(b, threshold) for b in boundaries[:-1]] + [threshold]
         if len(tiers) > 1:
             try:
                 if route.kind == "learned":  # an embedding: CPU work off the event loop
@@ -200,10 +205,10 @@ class RouterStage(Stage):
                     if seen.region_similarity is not None:
                         region = {"region_similarity": round(seen.region_similarity, 4),
                                   "outside_region": seen.outside_region}
-                    tier = self._tier_for(route, ctx.body, seen)
+                    tier = self._tier_for(route, ctx.body, seen, boundaries)
                 else:
                     p = route.router.strong_probability(ctx.body)
-                    tier = tier_for_probability(p, route.boundaries)
+                    tier = tier_for_probability(p, boundaries)
             except Exception as exc:
                 # A router that cannot decide must not fail the request: the largest tier
                 # answers (quality first), and the ledger says why.
@@ -218,10 +223,10 @@ class RouterStage(Stage):
         return tier, note
 
     @staticmethod
-    def _tier_for(route: Route, body: Any, seen: Any) -> int:
+    def _tier_for(route: Route, body: Any, seen: Any, boundaries: list[float]) -> int:
         policy = route.config.router.outside_region
         if not seen.outside_region or policy == "router":
-            return tier_for_probability(seen.strong_probability, route.boundaries)
+            return tier_for_probability(seen.strong_probability, boundaries)
         n = len(route.config.tiers)
         if policy == "strong":
             return n - 1

@@ -71,7 +71,8 @@ class SemanticCacheStage(Stage):
         await self.cache.close()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
-        if ctx.cache != "miss" or (ctx.model is not None and not ctx.model.cache):
+        off = ctx.overrides is not None and ctx.overrides.semantic_cache is False
+        if off or ctx.cache != "miss" or (ctx.model is not None and not ctx.model.cache):
             return await call_next(ctx)
         found = question_and_scope(ctx, "*" if self.share else ctx.tenant)
         if found is None or not found[0]:

@@ -99,6 +99,9 @@ MIGRATIONS: dict[int, list[Step]] = {
     # (``shadow_of`` the original request, the judge and its verdict).
     5: [*schema.added_in(5),
         "CREATE INDEX IF NOT EXISTS requests_shadow_of ON requests (shadow_of)"],
+    # A/B experiments: the experiment and arm each request was assigned to.
+    6: [*schema.added_in(6),
+        "CREATE INDEX IF NOT EXISTS requests_experiment_ts ON requests (experiment, ts)"],
     # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
     # rows already there; the request log's keyset index.
     7: [*rollups.ddl(), rollups.rebuild],
