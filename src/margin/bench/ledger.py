@@ -159,7 +159,10 @@ class Shapes:
             "notes": notes, "prompt": [None] * n, "response": [None] * n,
             "reserved_usd": [None] * n, "cache_write_tokens": [0] * n,
             "reasoning_tokens": [0] * n, "dialect": ["openai"] * n}
-        return list(zip(*(columns[c] for c in COLUMNS)))
+        columns["optimization"] = [None if c == "miss" else f"{c}_cache"
+                                   for c in cache_names.tolist()]
+        # Columns this generator has no shape for (shadow rows, experiments) stay NULL.
+        return list(zip(*(columns.get(c, [None] * n) for c in COLUMNS)))
 
 
 def build(url: str, shapes: Shapes, reuse: bool = False) -> dict[str, float] | None:
