@@ -85,10 +85,12 @@ class LedgerConfig(_Strict):
     """A SQLite file, or ``postgresql://user@host:port/db``."""
     batch_size: int = Field(500, ge=1)
     """Rows per insert."""
-    catch_up_batch_size: int = Field(5000, ge=1)
+    catch_up_batch_size: int = Field(1000, ge=1)
     """Rows per insert at most while more than ``batch_size`` are waiting: each rollup row
-    is then updated once for more ledger rows, so a writer that fell behind catches up
-    (about 1.3x the rows/s on PostgreSQL, measured with ``margin bench ledger``)."""
+    is then updated once for more ledger rows, so a writer that fell behind catches up.
+    5,000 doubled the PostgreSQL writer's rows/s but raised the gateway's resident memory
+    by 20-30 MB under a sustained backlog (tests/gateway/test_memory.py); 1,000 keeps it
+    flat."""
     flush_interval_ms: float = Field(200.0, gt=0)
     """How often the writer sends what is queued."""
     spool_path: str | None = None

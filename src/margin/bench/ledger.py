@@ -301,8 +301,8 @@ def _markdown(cmd: str, dialect: str, n: int, days: int, timings: dict[str, floa
         first = "-" if p["first_ms"] is None else f"{p['first_ms']:.1f}"
         lines.append(f"| {p['page']} | {p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {first} | "
                      f"{'yes' if p['ok'] else '**no**'} |")
-    lines += ["", "Writer with rollups on (journal on; batches of 500, of up to 5,000 while "
-              f"rows wait): {writer['rows']:,} rows "
+    lines += ["", "Writer with rollups on (journal on; batches of 500, of up to "
+              f"{LedgerConfig().catch_up_batch_size:,} while rows wait): {writer['rows']:,} rows "
               f"in {writer['seconds']} s = **{writer['rows_per_s']:,} rows/s** "
               f"(target ≥ 5,000: {'met' if writer['ok'] else '**not met**'})."]
     return "\n".join(lines)
