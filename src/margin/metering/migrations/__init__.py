@@ -110,6 +110,8 @@ MIGRATIONS: dict[int, list[Step]] = {
     8: ["CREATE INDEX IF NOT EXISTS requests_compressed_ts ON requests "
         "(ts, tokens_before_compression, tokens_after_compression) "
         "WHERE tokens_before_compression IS NOT NULL"],
+    # A key's role (NULL: user): viewer and admin keys may open the console.
+    10: ["ALTER TABLE api_keys ADD COLUMN role TEXT"],
 }
 
 
