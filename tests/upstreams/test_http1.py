@@ -1,0 +1,396 @@
+"""margin's HTTP/1.1 client against real sockets: servers written byte by byte here, so
+each test controls exactly what goes over the wire (lengths, chunks, closes, stalls)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import ssl
+from typing import Awaitable, Callable
+
+import pytest
+from aiohttp import ClientConnectionError, ClientPayloadError, ServerDisconnectedError
+
+from margin.upstreams.http1 import HTTPPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Server:
+    """A TCP server that reads each request's head and body, then runs ``handler``."""
+
+    def __init__(self, handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.ssl_ctx = ssl_ctx
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_ctx)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn_no = self.connections
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await r.readexactly(length)
+                self.requests.append(head + body)
+                await self.handler(r, w, conn_no)
+                if w.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def test_keep_alive_reuses_one_connection_and_sends_a_proper_request():
+    async def handler(r, w, n):
+        w.write(ok(b'{"n": %d}' % n))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}/v1",
+                            headers={"authorization": "Bearer k"})
+            bodies = []
+            for i in range(3):
+                resp = await pool.post("/v1/chat/completions", b'{"i": %d}' % i)
+                assert resp.status == 200 and resp.headers["Content-Length"] == "8"
+                bodies.append(await resp.read())
+            await pool.close()
+            return srv, bodies
+
+    srv, bodies = run(main())
+    assert bodies == [b'{"n": 1}'] * 3 and srv.connections == 1
+    head = srv.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"POST /v1/chat/completions HTTP/1.1"
+    assert {b"host: 127.0.0.1:%d" % srv.port, b"content-length: 8",
+            b"authorization: Bearer k"} <= set(head)
+    assert srv.requests[2].endswith(b'{"i": 2}')
+
+
+def test_a_chunked_stream_arrives_as_it_is_sent_and_splits_into_lines():
+    gate = asyncio.Event
+
+    async def main():
+        release = gate()
+
+        async def handler(r, w, n):
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n")
+            w.write(chunk(b"data: {\"a\": 1}\n\n"))
+            await w.drain()
+            await release.wait()
+            w.write(chunk(b"data: {\"b\"") + chunk(b": 2}\n\ndata: [DONE]\n\n") + b"0\r\n\r\n")
+
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/s", b"{}")
+            first = await asyncio.wait_for(resp.content.readany(), 5)  # before the rest exists
+            release.set()
+            lines = [line async for line in resp.content]
+            resp.release()
+            again = await pool.post("/s", b"{}")  # read to its end: the connection is reused
+            release.set()
+            rest = await again.read()
+            await pool.close()
+            return first, lines, rest, srv.connections
+
+    first, lines, rest, connections = run(main())
+    assert first == b'data: {"a": 1}\n\n'
+    assert lines == [b'data: {"b": 2}\n', b"\n", b"data: [DONE]\n", b"\n"]
+    assert rest.endswith(b"data: [DONE]\n\n") and connections == 1
+
+
+def test_a_body_until_close_ends_at_the_close_and_is_not_reused():
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await w.drain()
+        w.close()
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            a = await (await pool.post("/", b"")).read()
+            b = await (await pool.post("/", b"")).read()
+            await pool.close()
+            return a, b, srv.connections
+
+    assert run(main()) == (b"all of it", b"all of it", 2)
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_without_failing_the_request():
+    async def handler(r, w, n):
+        w.write(ok(b"conn %d" % n))
+        await w.drain()
+        if n == 1:
+            # Says keep-alive, then closes while idle: the race every pooled client meets.
+            await asyncio.sleep(0.05)
+            w.close()
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            first = await (await pool.post("/", b"")).read()
+            await asyncio.sleep(0.2)
+            second = await (await pool.post("/", b"")).read()
+            await pool.close()
+            return first, second, srv.connections
+
+    assert run(main()) == (b"conn 1", b"conn 2", 2)
+
+
+def test_a_reused_connection_closed_as_the_request_went_out_is_retried_once_on_a_new_one():
+    served: dict[int, int] = {}
+
+    async def handler(r, w, n):
+        served[n] = served.get(n, 0) + 1
+        if n == 1 and served[n] == 2:
+            w.close()  # the request arrived, the server had already decided to close
+            return
+        w.write(ok(b"conn %d" % n))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            first = await (await pool.post("/", b"a")).read()
+            second = await (await pool.post("/", b"b")).read()
+            await pool.close()
+            return first, second, srv.connections, [r[-1:] for r in srv.requests]
+
+    # Sent twice (once on each connection), answered once.
+    assert run(main()) == (b"conn 1", b"conn 2", 2, [b"a", b"b", b"b"])
+
+
+def test_a_close_mid_body_is_an_error_not_a_short_answer():
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
+        await w.drain()
+        w.close()
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            try:
+                with pytest.raises(ClientPayloadError):
+                    await resp.read()
+            finally:
+                await pool.close()
+
+    run(main())
+
+
+def test_a_server_that_closes_before_answering_a_new_connection_fails_the_request():
+    async def handler(r, w, n):
+        w.close()
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                with pytest.raises(ServerDisconnectedError):
+                    await pool.post("/", b"")
+            finally:
+                await pool.close()
+
+    run(main())
+
+
+def test_silence_longer_than_the_read_timeout_is_a_timeout_and_bytes_reset_it():
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(4):  # a byte every 0.15 s: never 0.3 s of silence
+            await asyncio.sleep(0.15)
+            w.write(chunk(b"x"))
+        await asyncio.sleep(5)
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", read_timeout_s=0.3)
+            resp = await pool.post("/", b"")
+            got = b""
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(asyncio.TimeoutError):
+                while True:
+                    got += await resp.content.readany()
+            waited = loop.time() - t0
+            resp.release()
+            assert pool.open_count() == 0  # a timed-out connection is never reused
+            await pool.close()
+            return got, waited
+
+    got, waited = run(main())
+    assert got == b"xxxx" and 0.85 < waited < 2.0
+
+
+def test_no_answer_within_the_read_timeout_and_a_refused_connection():
+    async def stall(r, w, n):
+        await asyncio.sleep(5)
+
+    async def main():
+        async with Server(stall) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", read_timeout_s=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await pool.post("/", b"")
+            await pool.close()
+            port = srv.port
+        refused = HTTPPool(f"http://127.0.0.1:{port}")
+        await asyncio.sleep(0.05)
+        with pytest.raises(ClientConnectionError, match="cannot connect"):
+            await refused.post("/", b"")
+        await refused.close()
+
+    run(main())
+
+
+def test_max_connections_makes_later_requests_wait_for_one_to_come_back():
+    async def main():
+        in_handler = 0
+        most = 0
+
+        async def handler(r, w, n):
+            nonlocal in_handler, most
+            in_handler += 1
+            most = max(most, in_handler)
+            await asyncio.sleep(0.05)
+            in_handler -= 1
+            w.write(ok(b"ok"))
+
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=2)
+
+            async def one():
+                return await (await pool.post("/", b"")).read()
+
+            answers = await asyncio.gather(*(one() for _ in range(6)))
+            assert pool.open_count() <= 2
+            await pool.close()
+            return answers, most, srv.connections
+
+    answers, most, connections = run(main())
+    assert answers == [b"ok"] * 6 and most == 2 and connections == 2
+
+
+def test_an_answer_given_back_unread_closes_its_connection():
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"part"))
+        await asyncio.sleep(0.3)
+        w.write(chunk(b"late") + b"0\r\n\r\n")
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            assert await resp.content.readany() == b"part"
+            resp.release()  # a client that left mid-stream
+            second = await pool.post("/", b"")
+            assert await second.content.readany() == b"part"  # not "late" from the first
+            second.release()
+            await pool.close()
+            return srv.connections
+
+    assert run(main()) == 2
+
+
+def test_gzip_is_decoded_and_a_large_body_survives_flow_control():
+    big = bytes(range(256)) * 8192  # 2 MiB, read slowly below
+
+    async def handler(r, w, n):
+        if n == 1 and len(srv_box[0].requests) == 1:
+            w.write(ok(gzip.compress(b"hello, compressed"), b"content-encoding: gzip\r\n"))
+        else:
+            w.write(ok(big))
+        await w.drain()
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            small = await (await pool.post("/", b"")).read()
+            resp = await pool.post("/", b"")
+            parts = []
+            while data := await resp.content.readany():
+                parts.append(data)
+                await asyncio.sleep(0.001)
+            resp.release()
+            await pool.close()
+            return small, b"".join(parts)
+
+    small, large = run(main())
+    assert small == b"hello, compressed" and large == big
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
+    cert_path, key_path = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_path, key_path)
+
+    async def handler(r, w, n):
+        w.write(ok(b"secret"))
+
+    async def main(trusted: bool):
+        async with Server(handler, server_ctx) as srv:
+            pool = HTTPPool(f"https://localhost:{srv.port}")
+            try:
+                if not trusted:
+                    with pytest.raises(ClientConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                        await pool.post("/", b"")
+                    return None
+                return await (await pool.post("/", b"")).read()
+            finally:
+                await pool.close()
+
+    assert run(main(trusted=False)) is None  # not in the trust store: refused
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # trusted the way OpenSSL reads it
+    assert run(main(trusted=True)) == b"secret"
