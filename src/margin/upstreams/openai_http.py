@@ -1,8 +1,8 @@
 """Any OpenAI-compatible HTTP API (OpenAI, vLLM, Ollama, llama.cpp server, TGI …).
 
 One connection pool per deployment, reused by every request: margin's lean HTTP/1.1
-client (``upstreams/http1.py``) unless the model sets ``http_client: aiohttp``; native
-provider APIs keep aiohttp's (``session()``). Upstream errors come
+client (``upstreams/http1.py``) unless the model sets ``http_client: aiohttp``. The native
+provider APIs (subclasses) send through the same ``HTTPDeployment.post``. Upstream errors come
 back as ``UpstreamError`` subclasses carrying the upstream's own message.
 
 Several deployments of one model (two API keys, two vLLM servers) share its traffic: each
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from margin.upstreams.config import DeploymentConfig, HTTPModelConfig
 from margin.upstreams.http1 import HTTPPool
@@ -62,7 +63,8 @@ class HTTPDeployment:
             self._headers["authorization"] = f"Bearer {key}"
         self._session: aiohttp.ClientSession | None = None
         self._pool: HTTPPool | None = None
-        self.base_path = urlsplit(self.base).path.rstrip("/")
+        parts = urlsplit(self.base)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
         self.in_flight = 0
         self.ewma_latency_ms = 0.0
 
@@ -85,11 +87,12 @@ class HTTPDeployment:
                                   read_timeout_s=self.model.timeout_s, headers=self._headers)
         return self._pool
 
-    async def post(self, path: str, data: bytes) -> Any:
-        """POST ``path`` (under the base URL) with the client the model chose."""
-        if self.model.http_client == "margin":
-            return await self.pool().post(self.base_path + path, data)
-        return await self.session().post(self.base + path, data=data)
+    async def post(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
+        """POST to ``url`` (on this deployment's origin, sent exactly as given) with the
+        client the model chose; ``headers`` on top of the deployment's own."""
+        if self.model.http_client == "margin" and url.startswith(self._origin):
+            return await self.pool().post(url[len(self._origin):] or "/", data, headers)
+        return await self.session().post(URL(url, encoded=True), data=data, headers=headers)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -218,7 +221,7 @@ class OpenAIHTTPUpstream(Upstream):
     async def _post(self, dep: HTTPDeployment, endpoint: str, body: dict[str, Any]
                     ) -> aiohttp.ClientResponse:
         try:
-            return await dep.post(_PATHS[endpoint], orjson.dumps(body))
+            return await dep.post(dep.base + _PATHS[endpoint], orjson.dumps(body))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:
