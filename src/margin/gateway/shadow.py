@@ -46,7 +46,8 @@ from margin.quality.embedding_judge import EmbeddingJudge
 from margin.quality.judges import build_judge
 from margin.quality.llm_judge import JudgeAnswer
 from margin.quality.optimizations import Saving, classify
-from margin.quality.spend_cap import ShadowSpend
+from margin.quality.shared_spend import RedisShadowSpend
+from margin.quality.spend_cap import ShadowSpend, SpendCapUnavailable
 from margin.quality.verdict import Verdict
 from margin.tasks import TaskSet
 from margin.types import Call, RequestContext, Response, ShadowOf, Usage
@@ -79,7 +80,8 @@ class ShadowRunner:
                  metrics: GatewayMetrics, submit: Callable[[dict[str, Any]], None],
                  tiers: Mapping[str, list[str]], new_id: Callable[[], str], *,
                  log_content: bool = False, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 spend: ShadowSpend | RedisShadowSpend | None = None) -> None:
         self.cfg = cfg
         self.models = models
         self.upstreams = upstreams
@@ -89,7 +91,8 @@ class ShadowRunner:
         self.tiers = tiers
         self.new_id = new_id
         self.log_content = log_content
-        self.spend = ShadowSpend(cfg, clock)
+        # one cap for all replicas when the gateway shares a Redis, else this process's
+        self.spend = spend if spend is not None else ShadowSpend(cfg, clock)
         self.rng = rng or random.Random()
         self.tasks = TaskSet("shadow evaluation")
         self.running = 0
@@ -105,11 +108,15 @@ class ShadowRunner:
     async def start(self) -> None:
         if self.enabled and isinstance(self.judge, EmbeddingJudge):
             await asyncio.to_thread(self.judge.load)  # seconds: not on the first shadow
+        if self.enabled:
+            await self.spend.start()
 
     async def aclose(self) -> None:
         # Shadows are best effort: a short wait at shutdown, then they are cancelled (a
         # cancelled shadow leaves no row), so they never hold up a rollout.
         await self.tasks.aclose(min(self.cfg.timeout_s, _SHUTDOWN_WAIT_S))
+        if self.enabled:
+            await self.spend.aclose()
 
     # -- on the request path ----------------------------------------------------------
     def cost_of(self, model: str, usage: Usage) -> float:
@@ -182,7 +189,11 @@ class ShadowRunner:
                 return
             body = self.reference_body(saving)
             worst = self.worst_case_usd(ref, body) + self.judge.worst_case_usd(original.body)
-            reservation = self.spend.reserve(opt, worst)
+            try:
+                reservation = await self.spend.reserve(opt, worst)
+            except SpendCapUnavailable:  # the shared cap cannot say: no shadow
+                self.metrics.observe_shadow(opt, "cap_unavailable")
+                return
             if reservation is None:
                 self.metrics.observe_shadow(opt, "capped")
                 return
@@ -210,7 +221,7 @@ class ShadowRunner:
                     ctx.notes["judge_reason"] = verdict.reason
                 if judge_cost:
                     ctx.notes["judge_cost_usd"] = round(judge_cost, 12)
-            self.spend.settle(reservation, ctx.cost_usd)
+            await self.spend.settle(reservation, ctx.cost_usd)
             ctx.latency_ms = ctx.elapsed_ms()
             ctx.overhead_ms = max(ctx.latency_ms - ctx.upstream_ms, 0.0)
             self.submit(ledger_row(ctx, log_content=self.log_content))

@@ -82,9 +82,11 @@ class ShadowConfig(_Strict):
     """Share of saved requests that are also run the reference way."""
     max_share_of_savings: float = Field(0.2, ge=0.0)
     """Per day and per optimisation, shadows never spend more than this share of what
-    that optimisation saved."""
+    that optimisation saved (with ``redis_url``: saved and spent by all replicas)."""
     daily_cap_usd: float = Field(10.0, ge=0.0)
-    """Shadows spend at most this much per UTC day in this process (all optimisations)."""
+    """Shadows spend at most this much per UTC day (all optimisations): in all replicas
+    together when ``redis_url`` is set (one account in Redis; Redis down: no shadows),
+    else in this process."""
     include_exact_cache: bool = False
     """Shadow exact-cache hits too (the same request answered again: mostly a check of
     the model's determinism)."""
