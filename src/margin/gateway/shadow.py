@@ -7,9 +7,11 @@ The flow, per request (``Proxy`` calls these):
    the optimisation that saved money (``ctx.optimization``; ``quality/optimizations.py``),
    writes a route's estimated saving into ``notes.routing_saved_usd`` (the rollups add it
    up), and credits the saving to today's shadow allowance.
-2. ``offer(ctx, saving, response)`` once the answer is sent: a sampled, non-streamed
-   request becomes a background task in this runner's ``TaskSet``, unless
-   ``max_concurrent`` shadows are running already (``busy``).
+2. ``offer(ctx, saving, response)`` once the answer is sent: a sampled request becomes a
+   background task in this runner's ``TaskSet``, unless ``max_concurrent`` shadows are
+   running already (``busy``). A stream is drawn before it is relayed
+   (``sample_stream``): only a drawn one keeps its chunks, and ``offer_stream`` assembles
+   them into the answer the client got once the stream has ended.
 3. The task reserves the worst case of the reference call and the judge on the spend cap
    (``quality/spend_cap.py``; ``capped`` when it does not fit), calls the reference model's
    upstream directly — never the pipeline, so no cache, admission, budget or rate limit
@@ -36,6 +38,7 @@ import orjson
 from margin.config import ModelConfig
 from margin.errors import MarginError, UpstreamTimeout
 from margin.gateway.record import ledger_row
+from margin.gateway.streaming import assemble, chunks_of, text_of
 from margin.limits.tokens import choices, requested_cap
 from margin.metering.charge import finalize_cost
 from margin.metering.pricing import PriceBook
@@ -138,12 +141,35 @@ class ShadowRunner:
         return saving
 
     def offer(self, ctx: RequestContext, saving: Saving | None, response: Response) -> None:
-        """After the answer is sent: maybe run this request's reference path."""
+        """After a non-streamed answer is sent: maybe run this request's reference path."""
         if saving is None or not self.enabled or response.is_stream or ctx.status != 200:
             return
-        if saving.optimization == "exact_cache" and not self.cfg.include_exact_cache:
-            return
         if self.rng.random() >= self.cfg.sample_rate:
+            return
+        self._start(ctx, saving, response)
+
+    def sample_stream(self, ctx: RequestContext) -> bool:
+        """Before a stream is relayed: is it drawn for a shadow? Only a drawn stream keeps
+        its chunks (``offer_stream`` gets them once it ends), so the relay of the others
+        stays as it was. The draw comes before the saving is known (a stream's is named
+        only when it ends), which samples saved streams at the same rate."""
+        return (self.enabled and ctx.shadow is None
+                and ctx.endpoint in ("chat", "completions")
+                and self.rng.random() < self.cfg.sample_rate)
+
+    def offer_stream(self, ctx: RequestContext, saving: Saving | None,
+                     chunks: list[dict[str, Any] | bytes]) -> None:
+        """After a drawn stream has ended: its chunks become one answer (parsed here, off
+        the relay), judged like a non-streamed one."""
+        if saving is None or not self.enabled or ctx.status != 200:
+            return
+        payload = assemble(chunks_of(chunks), ctx.endpoint)
+        if not payload.get("choices"):
+            return  # nothing that reads as an answer: never judged as one
+        self._start(ctx, saving, Response(200, payload))
+
+    def _start(self, ctx: RequestContext, saving: Saving, response: Response) -> None:
+        if saving.optimization == "exact_cache" and not self.cfg.include_exact_cache:
             return
         if self.running >= self.cfg.max_concurrent:
             self.metrics.observe_shadow(saving.optimization, "busy")
@@ -267,8 +293,6 @@ class ShadowRunner:
             return None
         reference = _payload(answer)
         if self.log_content:
-            from margin.gateway.streaming import text_of
-
             ctx.response_text = text_of(reference)
         return await self.judge.judge(original.body, _payload(response), reference)
 

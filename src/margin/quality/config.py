@@ -73,8 +73,8 @@ class ShadowConfig(_Strict):
     requested model instead of the cache, the top tier, the original prompt, the model
     before the downgrade). A judge compares the two answers; the result is a ledger row
     with feature ``evaluation`` and ``shadow_of`` = the original request, charged to no
-    user, key or team budget and to no rate limit. Non-streamed chat and completions
-    requests only."""
+    user, key or team budget and to no rate limit. Chat and completions requests,
+    streamed or not (a drawn stream's answer is assembled once it has ended)."""
 
     enabled: bool = False
     """Run shadow evaluations (off by default: they cost money)."""
