@@ -90,3 +90,31 @@ def test_streams_not_drawn_are_not_shadowed(fake_upstream_factory, gateway_facto
     # a quarter of 40 drawn: 10 expected (sd 2.7); outside [1, 20] has odds under 1e-4
     assert 1 <= len(shadows) <= 20
     assert large.app.calls.get("/chat/completions", 0) == len(shadows)
+
+
+def test_a_streamed_cache_hit_replayed_from_the_cache_is_shadowed_too(
+        fake_upstream_factory, gateway_factory, tmp_path):
+    # the hit's stream is built from the stored answer (chunks as dicts, not relayed bytes)
+    up = fake_upstream_factory(answer_fn=lambda req: RIGHT)
+    db = str(tmp_path / "l.db")
+    cfg = route_config(up.url, up.url, db, include_exact_cache=True)
+    gw = gateway_factory(cfg)
+    body = {"model": "small", "stream": True,
+            "messages": [{"role": "user", "content": "Name a prime above 90."}]}
+    caches = []
+    for _ in range(2):
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body,
+                          timeout=30) as r:
+            assert r.status_code == 200
+            caches.append(r.headers["x-margin-cache"])
+            text = "".join(
+                (json.loads(line[6:])["choices"][0].get("delta") or {}).get("content") or ""
+                for line in r.iter_lines()
+                if line.startswith("data: {") and json.loads(line[6:]).get("choices"))
+        assert text.strip() == RIGHT
+    assert caches == ["miss", "exact"]
+    got = rows(db, 3)
+    (hit,) = [r for r in got if r["cache"] == "exact"]
+    (shadow,) = [r for r in got if r["shadow_of"] is not None]
+    assert shadow["shadow_of"] == hit["id"] and hit["optimization"] == "exact_cache"
+    assert (shadow["model"], shadow["agreement"], shadow["status"]) == ("small", 1, 200)

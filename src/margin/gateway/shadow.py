@@ -155,6 +155,7 @@ class ShadowRunner:
         only when it ends), which samples saved streams at the same rate."""
         return (self.enabled and ctx.shadow is None
                 and ctx.endpoint in ("chat", "completions")
+                and (ctx.cache != "exact" or self.cfg.include_exact_cache)
                 and self.rng.random() < self.cfg.sample_rate)
 
     def offer_stream(self, ctx: RequestContext, saving: Saving | None,
