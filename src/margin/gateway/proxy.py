@@ -87,7 +87,14 @@ class Proxy:
                 return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
-                await self._send_stream(ctx, response, send, receive, record, dialect)
+                # a stream drawn for a shadow keeps its chunks; the others relay as before
+                kept: list[Any] | None = [] if self.gw.shadows.sample_stream(ctx) else None
+                await self._send_stream(ctx, response, send, receive, record, dialect, kept)
+                if kept is not None:
+                    try:
+                        self.gw.shadows.offer_stream(ctx, saving, kept)
+                    except Exception:  # evaluation must never fail an answered request
+                        log.exception("could not start the shadow of %s", ctx.request_id)
             else:
                 finalize_cost(ctx, self.gw.prices)
                 ctx.status = response.status
@@ -177,7 +184,9 @@ class Proxy:
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
                            receive: Receive, record: Callable[[], None],
-                           dialect: Dialect | None = None) -> None:
+                           dialect: Dialect | None = None,
+                           kept: list[Any] | None = None) -> None:
+        # ``kept``: where a stream drawn for a shadow keeps its chunks (bytes or dicts)
         assert response.stream is not None
         stream = response.stream
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
@@ -217,6 +226,8 @@ class Proxy:
                     if disconnected.is_set():
                         ctx.fail(499, "client_closed", "client closed the stream")
                         break
+                    if kept is not None:
+                        kept.append(chunk)  # parsed after the stream, only if shadowed
                     if type(chunk) is bytes:  # whole events, relayed as the upstream sent them
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
