@@ -394,3 +394,29 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
     assert run(main(trusted=False)) is None  # not in the trust store: refused
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # trusted the way OpenSSL reads it
     assert run(main(trusted=True)) == b"secret"
+
+
+def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on():
+    """A client that leaves while its request waits for a connection (the gateway cancels
+    the upstream call) must not take the wake-up with it: the next waiter gets the
+    connection instead of waiting for one that is already idle."""
+    async def handler(r, w, n):
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=1)
+            first = await pool.post("/", b"")
+            leaving = asyncio.ensure_future(pool.post("/", b""))
+            staying = asyncio.ensure_future(pool.post("/", b""))
+            await asyncio.sleep(0.05)  # both wait for the one connection
+            assert await first.read() == b"ok"  # it comes back: `leaving` is woken...
+            leaving.cancel()  # ...and cancelled before it ran
+            try:
+                resp = await asyncio.wait_for(staying, 2)
+                return await resp.read()
+            finally:
+                await pool.close()
+
+    assert run(main()) == b"ok"
+

@@ -453,6 +453,12 @@ class HTTPPool:
             self._waiting.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                # Woken, then cancelled before it ran (a client that left): the turn it
+                # was given goes to the next waiter, or that one waits for nothing.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
             finally:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
