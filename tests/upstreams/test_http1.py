@@ -420,3 +420,28 @@ def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on():
 
     assert run(main()) == b"ok"
 
+
+def test_an_error_mid_body_is_not_turned_into_a_clean_end_by_the_close_that_follows():
+    """A body that runs until the close fails (here: bytes that are not gzip); the close
+    the failure causes must not then read as the body's end, a short answer passed as whole."""
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n\r\n"
+                + gzip.compress(b"x" * 1000)[:20])
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"this is not gzip")
+        await asyncio.sleep(1)
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            await asyncio.sleep(0.2)  # the failure and the close happen while nobody reads
+            try:
+                with pytest.raises(ClientPayloadError):
+                    await resp.read()
+            finally:
+                await pool.close()
+
+    run(main())
+

@@ -89,6 +89,8 @@ class Body:
         self._wake()
 
     def _end(self) -> None:
+        if self._exc is not None:
+            return  # failed first (a timeout, bytes that do not decode): no end after that
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
@@ -238,8 +240,11 @@ class _Connection(asyncio.Protocol):
         return None  # and the transport closes
 
     def _end_at_close(self) -> None:
-        if (self._until_close and not self._complete and self._headers is not None
-                and self._headers.done() and not self._headers.exception()):
+        # Only a close that ends a sound answer: one that follows a failure (ours, on a
+        # timeout or bad bytes) must not make what arrived read as the whole body.
+        if (self._until_close and not self._complete and self.body._exc is None
+                and self._headers is not None and self._headers.done()
+                and not self._headers.exception()):
             self._complete = True
             self._keep_alive = False
             self.body._end()
