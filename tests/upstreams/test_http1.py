@@ -445,3 +445,44 @@ def test_an_error_mid_body_is_not_turned_into_a_clean_end_by_the_close_that_foll
 
     run(main())
 
+
+def test_closing_the_pool_fails_what_is_in_flight_and_sends_nothing_more():
+    """pool.close() (a reload, a shutdown) with requests in flight: an answer being read
+    until the close fails rather than ending short, a request waiting for its headers on a
+    reused connection is not sent again on a new one, and one waiting for a connection
+    fails instead of opening one on the closed pool."""
+    async def handler(r, w, n):
+        if len(srv_box[0].requests) <= 2:
+            await asyncio.sleep(0.05)  # both at once: two connections
+            w.write(ok(b"warm"))  # left to reuse
+            return
+        if len(srv_box[0].requests) == 3:
+            w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart of it")
+        await asyncio.sleep(2)
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=2)
+            async def warm():
+                return await (await pool.post("/", b"")).read()
+
+            assert await asyncio.gather(warm(), warm()) == [b"warm", b"warm"]
+            reading = await pool.post("/", b"")  # reused, read until the close
+            heads = asyncio.ensure_future(pool.post("/", b""))  # the other, reused
+            await asyncio.sleep(0.1)
+            queued = asyncio.ensure_future(pool.post("/", b""))  # waits for a slot
+            await asyncio.sleep(0.05)
+            await pool.close()
+            with pytest.raises(ClientConnectionError):
+                await reading.read()
+            with pytest.raises(ClientConnectionError):
+                await asyncio.wait_for(heads, 2)
+            with pytest.raises(ClientConnectionError):
+                await asyncio.wait_for(queued, 2)
+            await asyncio.sleep(0.1)
+            return len(srv.requests), srv.connections
+
+    assert run(main()) == (4, 2)  # warm twice, reading, heads: nothing sent after the close

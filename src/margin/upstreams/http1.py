@@ -100,7 +100,7 @@ class Body:
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._eof:
+        if not self._eof and self._exc is None:  # the first failure is the one to tell
             self._exc = exc
         self._wake()
 
@@ -373,6 +373,14 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        if not self._complete and not self.closed:
+            # Closed by us mid-answer (the pool closing, a reader that left): whoever
+            # still waits hears so, instead of a clean end from the close that follows.
+            self._keep_alive = False
+            exc = ClientConnectionError("the connection was closed mid-answer")
+            if self._headers is not None and not self._headers.done():
+                self._headers.set_exception(exc)
+            self.body._fail(exc)
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
@@ -444,6 +452,8 @@ class HTTPPool:
             raise
 
     async def _acquire(self, fresh: bool = False) -> _Connection:
+        if self._closed:  # closed while this request waited, or before its retry
+            raise ClientConnectionError("the connection pool is closed")
         now = self.loop.time()
         while not fresh and self._idle:
             conn = self._idle.pop()
@@ -467,6 +477,8 @@ class HTTPPool:
             finally:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
+            if self._closed:
+                raise ClientConnectionError("the connection pool is closed")
             if not fresh and self._idle:
                 return await self._acquire()
         return await self._connect()
@@ -524,6 +536,10 @@ class HTTPPool:
         for conn in list(self._open) + self._idle:
             conn.close()
         self._idle.clear()
+        while self._waiting:  # requests waiting for a connection: they fail, none opens
+            w = self._waiting.popleft()
+            if not w.done():
+                w.set_result(None)
         # Let the transports' close callbacks run before the loop moves on.
         await asyncio.sleep(0)
 
