@@ -486,3 +486,37 @@ def test_closing_the_pool_fails_what_is_in_flight_and_sends_nothing_more():
             return len(srv.requests), srv.connections
 
     assert run(main()) == (4, 2)  # warm twice, reading, heads: nothing sent after the close
+
+
+def test_a_retry_waiting_for_a_fresh_connection_while_another_is_idle_gets_one():
+    """The retry after the keep-alive race wants a connection of its own; when the pool is
+    full and one comes back idle, it must make room (close the idle one), not spin."""
+    served: dict[int, int] = {}
+
+    async def handler(r, w, n):
+        served[n] = served.get(n, 0) + 1
+        if n == 1 and served[n] == 1:
+            w.write(ok(b"warm"))
+        elif n == 1:
+            await asyncio.sleep(0.1)
+            w.close()  # the race: the reused connection closes with the request on it
+        else:
+            await asyncio.sleep(0.3)
+            w.write(ok(b"conn %d" % n))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=2)
+            assert await (await pool.post("/", b"")).read() == b"warm"
+
+            async def one():
+                return await (await pool.post("/", b"")).read()
+
+            # The first goes on the warm connection, the second opens another, the third
+            # waits, and takes the slot the closing one frees before the first's retry does.
+            answers = await asyncio.wait_for(asyncio.gather(one(), one(), one()), 5)
+            await pool.close()
+            return answers
+
+    answers = run(main())
+    assert sorted(answers) == [b"conn 2", b"conn 3", b"conn 4"]

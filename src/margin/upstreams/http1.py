@@ -463,7 +463,12 @@ class HTTPPool:
             conn.close()
         while len(self._open) >= self.max_connections:
             if self._idle:  # one came back while we waited
-                return await self._acquire(fresh)
+                if not fresh:
+                    return await self._acquire()
+                # A retry wants a connection of its own: the oldest idle one makes room
+                # (taking it instead would only spin here, re-entering this loop).
+                self._idle.pop(0).close()
+                continue
             waiter = self.loop.create_future()
             self._waiting.append(waiter)
             try:
