@@ -520,3 +520,31 @@ def test_a_retry_waiting_for_a_fresh_connection_while_another_is_idle_gets_one()
 
     answers = run(main())
     assert sorted(answers) == [b"conn 2", b"conn 3", b"conn 4"]
+
+
+def test_response_headers_past_the_limit_fail_instead_of_growing_without_bound():
+    """An upstream sending headers without end (bytes keep coming, so no read timeout)
+    must not hold memory without bound: aiohttp refused a line past 8 KiB; this client
+    refuses a head past 256 KiB, and keeps answering heads below that."""
+    async def handler(r, w, n):
+        size = 200 * 1024 if len(srv_box[0].requests) == 1 else 4 * 1024 * 1024
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(size // 65536):
+            w.write(b"x-big: " + b"a" * 65536 + b"\r\n")
+            await w.drain()
+        w.write(b"content-length: 2\r\n\r\nok")
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b"ok"  # 200 KiB: fine
+                with pytest.raises(ClientPayloadError, match="headers"):
+                    await pool.post("/", b"")
+            finally:
+                await pool.close()
+
+    run(main())

@@ -43,6 +43,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+_MAX_HEAD = 256 * 1024  # a response head past this is refused (aiohttp: 8 KiB a line)
 
 
 class _Origin:
@@ -220,6 +221,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._complete = False
         self._until_close = False  # neither a length nor chunks: the body ends at EOF
+        self._head_size = 0  # bytes of the response head (and 1xx answers) so far
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -234,6 +236,14 @@ class _Connection(asyncio.Protocol):
             self._broken(ClientPayloadError("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._broken(ClientPayloadError(f"malformed HTTP response: {exc}"))
+            return
+        # Still no headers after all of this: every byte of it was head. httptools keeps a
+        # header it has not finished in memory, so an endless one is cut off here.
+        if self._headers is not None and not self._headers.done():
+            self._head_size += len(data)
+            if self._head_size > _MAX_HEAD:
+                self._broken(ClientPayloadError(
+                    f"response headers over {_MAX_HEAD // 1024} KiB"))
 
     def eof_received(self) -> bool | None:
         self._end_at_close()
@@ -309,6 +319,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self._complete = False
         self._header_list = []
+        self._head_size = 0
         self.body = Body(self)
         self.parser = httptools.HttpResponseParser(self)
         self._headers = self.loop.create_future()
