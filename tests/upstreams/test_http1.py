@@ -296,7 +296,7 @@ def test_max_connections_makes_later_requests_wait_for_one_to_come_back():
     assert answers == [b"ok"] * 6 and most == 2 and connections == 2
 
 
-def test_an_answer_given_back_unread_closes_its_connection():
+def test_an_answer_given_back_unread_never_reaches_the_next_request():
     async def handler(r, w, n):
         w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"part"))
         await asyncio.sleep(0.3)
@@ -548,3 +548,36 @@ def test_response_headers_past_the_limit_fail_instead_of_growing_without_bound()
                 await pool.close()
 
     run(main())
+
+
+def test_a_stream_given_back_at_done_before_its_last_chunk_keeps_its_connection():
+    """The stream readers stop at ``data: [DONE]`` and give the answer back; servers write
+    the chunked terminator after it, often in a packet of its own. That connection is
+    finished off in the background and reused, not closed after every stream (a new TCP
+    and TLS handshake per request); one whose answer does not end soon is still closed."""
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                + chunk(b"data: [DONE]\n\n"))
+        await w.drain()
+        await asyncio.sleep(0.05 if len(srv_box[0].requests) < 3 else 3)
+        w.write(b"0\r\n\r\n")
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            for _ in range(3):
+                resp = await pool.post("/", b"")
+                assert await resp.content.readany() == b"data: [DONE]\n\n"
+                resp.release()  # at [DONE], before the terminator
+                await asyncio.sleep(0.15)
+            late = pool.open_count()  # the third has not ended: closed after a while
+            await asyncio.sleep(0.5)
+            late_after = pool.open_count()
+            await pool.close()
+            return srv.connections, late, late_after
+
+    # Three streams on one connection; the third, unfinished, is closed within 0.25 s.
+    assert run(main()) == (1, 1, 0)

@@ -11,8 +11,10 @@ What it does, since a gateway depends on it:
 
 - **Pools** per origin (scheme, host, port): idle connections are reused newest first and
   dropped after ``keepalive_s``; at most ``max_connections`` open, later callers wait for
-  one to come back. A connection is reused only after its response was read to the end;
-  one given back early (a client that left mid-stream) is closed.
+  one to come back. A connection is reused only once its response has ended. One given
+  back before that (a stream read up to ``[DONE]``, its last chunk still on the way; a
+  client that left) is read on, its bytes dropped, for up to ``_DRAIN_S`` and
+  ``_DRAIN_BYTES``: reused if the response ends by then, closed if not.
 - **A reused connection the server had already closed** (the race every keep-alive client
   has) is detected when nothing of the response arrived, and the request is sent once more
   on a new connection; any other failure is the caller's to retry.
@@ -44,6 +46,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _MAX_HEAD = 256 * 1024  # a response head past this is refused (aiohttp: 8 KiB a line)
+_DRAIN_S = 0.25  # how long an answer given back unfinished may take to end, to be reused
+_DRAIN_BYTES = 64 * 1024  # and how much more of it is read for that
 
 
 class _Origin:
@@ -192,7 +196,7 @@ class Response:
         if self._released:
             return
         self._released = True
-        self._conn._finished(reusable=self.content.at_eof())
+        self._conn._finished()
 
     def __enter__(self) -> Response:
         return self
@@ -222,6 +226,8 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._until_close = False  # neither a length nor chunks: the body ends at EOF
         self._head_size = 0  # bytes of the response head (and 1xx answers) so far
+        self._drain: asyncio.TimerHandle | None = None  # given back unfinished: read on
+        self._drained = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -261,6 +267,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_drain()
         self._end_at_close()
         self.pool._dropped(self)
         if self._headers is not None and not self._headers.done():
@@ -296,12 +303,23 @@ class _Connection(asyncio.Protocol):
             self._headers.set_result((status, headers))
 
     def on_body(self, body: bytes) -> None:
+        if self._drain is not None:  # nobody reads it any more: dropped
+            self._drained += len(body)
+            if self._drained > _DRAIN_BYTES:
+                self.close()
+            return
         self.body._feed(bytes(body))
 
     def on_message_complete(self) -> None:
         if self._headers is None or not self._headers.done():
             return  # the end of an interim answer
         self._complete = True
+        if self._drain is not None:  # the end of an answer given back early: reusable now
+            self._stop_drain()
+            if self._keep_alive and not self.closed:
+                self.idle_since = self.loop.time()
+                self.pool._give_back(self)
+            return
         self.body._end()
 
     # -- the pool's side ----------------------------------------------------------------
@@ -375,15 +393,32 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def _finished(self, reusable: bool) -> None:
+    def _finished(self) -> None:
+        # The response has ended: the connection is clean whatever the reader left unread
+        # (the next request gets a Body and parser of its own). Not ended but sound and
+        # framed: read on, briefly, for its end. Anything else is closed.
         self._resume()
-        if reusable and self._keep_alive and self._complete and not self.closed:
+        if self.closed or not self._keep_alive:
+            self.close()
+        elif self._complete:
             self.idle_since = self.loop.time()
             self.pool._give_back(self)
+        elif not self._until_close and self.body._exc is None and not self.pool._waiting:
+            # (With requests waiting for a slot, it goes now: they need it more.)
+            self.body._chunks.clear()  # not kept for a reader that has gone
+            self.body._size = 0
+            self._drained = 0
+            self._drain = self.loop.call_later(_DRAIN_S, self.close)
         else:
             self.close()
 
+    def _stop_drain(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+
     def close(self) -> None:
+        self._stop_drain()
         if not self._complete and not self.closed:
             # Closed by us mid-answer (the pool closing, a reader that left): whoever
             # still waits hears so, instead of a clean end from the close that follows.
