@@ -572,6 +572,8 @@ def test_a_stream_given_back_at_done_before_its_last_chunk_keeps_its_connection(
                 resp = await pool.post("/", b"")
                 assert await resp.content.readany() == b"data: [DONE]\n\n"
                 resp.release()  # at [DONE], before the terminator
+                with pytest.raises(ClientConnectionError):  # read after that: no waiting
+                    await asyncio.wait_for(resp.content.readany(), 1)
                 await asyncio.sleep(0.15)
             late = pool.open_count()  # the third has not ended: closed after a while
             await asyncio.sleep(0.5)

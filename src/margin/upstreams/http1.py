@@ -407,6 +407,9 @@ class _Connection(asyncio.Protocol):
             # (With requests waiting for a slot, it goes now: they need it more.)
             self.body._chunks.clear()  # not kept for a reader that has gone
             self.body._size = 0
+            # One that reads on regardless hears so, rather than waiting on a connection
+            # that may by then carry another request (whose timeout it would break).
+            self.body._fail(ClientConnectionError("the answer was given back"))
             self._drained = 0
             self._drain = self.loop.call_later(_DRAIN_S, self.close)
         else:
