@@ -583,3 +583,37 @@ def test_a_stream_given_back_at_done_before_its_last_chunk_keeps_its_connection(
 
     # Three streams on one connection; the third, unfinished, is closed within 0.25 s.
     assert run(main()) == (1, 1, 0)
+
+
+def test_a_request_cancelled_as_its_answer_arrives_raises_nothing_into_the_loop():
+    """The gateway cancels the upstream call when its client leaves. Cancelled in the turn
+    before its headers are read, the answer still parses (into a cancelled future); the
+    close that follows must not raise from connection_lost into the event loop."""
+    async def main():
+        errors: list[object] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, ctx: errors.append(ctx.get("exception", ctx)))
+        got, answer = asyncio.Event(), asyncio.Event()
+
+        async def handler(r, w, n):
+            got.set()
+            await answer.wait()
+            w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the close")
+            await w.drain()
+            w.close()
+
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            task = asyncio.ensure_future(pool.post("/", b""))
+            await got.wait()
+            await asyncio.sleep(0.01)
+            answer.set()
+            await asyncio.sleep(0)  # the server writes in this turn...
+            loop.call_soon(task.cancel)  # ...the cancel runs in the next, before the read
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.1)
+            await pool.close()
+            return errors, pool.open_count()
+
+    assert run(main()) == ([], 0)

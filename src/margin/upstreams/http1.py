@@ -260,7 +260,7 @@ class _Connection(asyncio.Protocol):
         # timeout or bad bytes) must not make what arrived read as the whole body.
         if (self._until_close and not self._complete and self.body._exc is None
                 and self._headers is not None and self._headers.done()
-                and not self._headers.exception()):
+                and not self._headers.cancelled() and self._headers.exception() is None):
             self._complete = True
             self._keep_alive = False
             self.body._end()
