@@ -617,3 +617,21 @@ def test_a_request_cancelled_as_its_answer_arrives_raises_nothing_into_the_loop(
             return errors, pool.open_count()
 
     assert run(main()) == ([], 0)
+
+
+def test_a_connection_still_opening_when_the_pool_closes_is_closed_and_carries_nothing():
+    async def handler(r, w, n):
+        w.write(ok(b"after the close"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            task = asyncio.ensure_future(pool.post("/", b""))
+            await asyncio.sleep(0)  # connecting
+            await pool.close()
+            with pytest.raises(ClientConnectionError, match="closed"):
+                await task
+            await asyncio.sleep(0.1)
+            return len(srv.requests), pool.open_count()
+
+    assert run(main()) == (0, 0)

@@ -430,7 +430,9 @@ class _Connection(asyncio.Protocol):
             if self._headers is not None and not self._headers.done():
                 self._headers.set_exception(exc)
             self.body._fail(exc)
-        if self.transport is not None and not self.closed:
+        # By the transport, not self.closed: one closed while still opening has a
+        # transport only later, and must not be left open then.
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
         self.pool._dropped(self)
@@ -558,6 +560,9 @@ class HTTPPool:
             self._open.discard(conn)
             self._wake_one()
             raise
+        if self._closed or conn.closed:  # the pool closed while this one was opening
+            conn.close()
+            raise ClientConnectionError("the connection pool is closed")
         return conn
 
     def _give_back(self, conn: _Connection) -> None:
