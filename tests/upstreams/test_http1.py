@@ -635,3 +635,36 @@ def test_a_connection_still_opening_when_the_pool_closes_is_closed_and_carries_n
             return len(srv.requests), pool.open_count()
 
     assert run(main()) == (0, 0)
+
+
+def test_a_gzip_body_cut_short_by_the_close_is_an_error():
+    """A body read until the close has no length to check; when it is gzip, the gzip end
+    marker is the check: cut short, it fails rather than passing as the whole answer."""
+    whole = gzip.compress(b'{"choices": []}' * 200)
+
+    async def handler(r, w, n):
+        i = len(srv_box[0].requests)
+        if i == 3:
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 0\r\n\r\n")
+            return
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n\r\n"
+                + (whole if i == 1 else whole[:len(whole) // 2]))
+        await w.drain()
+        w.close()
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b'{"choices": []}' * 200
+                with pytest.raises(ClientPayloadError):
+                    await (await pool.post("/", b"")).read()
+                # No bytes at all under a gzip label: an empty body, not an error.
+                assert await (await pool.post("/", b"")).read() == b""
+            finally:
+                await pool.close()
+
+    run(main())

@@ -70,7 +70,7 @@ class _Origin:
 class Body:
     """The response body as it arrives: ``readany``, ``iter_any``, lines, ``read``."""
 
-    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder")
+    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_coded")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -80,10 +80,12 @@ class Body:
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None
+        self._coded = False  # compressed bytes came (an empty body needs no gzip end)
 
     # -- fed by the connection --------------------------------------------------------
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            self._coded = True
             data = self._decoder.decompress(data)
             if not data:
                 return
@@ -101,6 +103,11 @@ class Body:
             if tail:
                 self._chunks.append(tail)
                 self._size += len(tail)
+            if self._coded and not self._decoder.eof:
+                # The compressed stream stops before its end marker: a body read until
+                # the close has no other check that it is whole.
+                self._fail(ClientPayloadError("the compressed body ends short"))
+                return
         self._eof = True
         self._wake()
 
