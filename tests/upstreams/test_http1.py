@@ -668,3 +668,28 @@ def test_a_gzip_body_cut_short_by_the_close_is_an_error():
                 await pool.close()
 
     run(main())
+
+
+def test_idle_connections_past_keepalive_are_closed_while_newer_ones_keep_working():
+    """Idle connections are reused newest first, so after a burst the older ones sit at the
+    bottom, never reached while traffic is light: past ``keepalive_s`` they are closed as
+    connections come back, not held open (a socket each, on both ends) indefinitely."""
+    async def handler(r, w, n):
+        await asyncio.sleep(0.05)
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", keepalive_s=0.3)
+
+            async def one():
+                return await (await pool.post("/", b"")).read()
+
+            await asyncio.gather(*(one() for _ in range(4)))  # a burst: four connections
+            for _ in range(8):  # then one at a time, for longer than keepalive_s
+                await one()
+            open_after = pool.open_count()
+            await pool.close()
+            return open_after
+
+    assert run(main()) == 1

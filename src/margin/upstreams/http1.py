@@ -576,6 +576,11 @@ class HTTPPool:
         if self._closed:
             conn.close()
             return
+        # Reuse is newest first, so after a burst the oldest idle ones sit unreached at
+        # the bottom: those past keepalive_s (or closed) go now, not when next reached.
+        while self._idle and (self._idle[0].closed or
+                              conn.idle_since - self._idle[0].idle_since >= self.keepalive_s):
+            self._idle.pop(0).close()
         self._idle.append(conn)
         self._wake_one()
 
