@@ -693,3 +693,29 @@ def test_idle_connections_past_keepalive_are_closed_while_newer_ones_keep_workin
             return open_after
 
     assert run(main()) == 1
+
+
+def test_a_request_header_replaces_the_pools_header_of_the_same_name():
+    """aiohttp's rule, which the upstreams were written for: a header given with the
+    request replaces the session's of the same name (any case), not joins it. Bedrock
+    sends its signed content-type on top of the deployment's; sent twice, the server
+    reads "application/json,application/json" and the signature no longer matches."""
+    async def handler(r, w, n):
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}",
+                            headers={"content-type": "application/json", "x-a": "1"})
+            await (await pool.post("/", b"{}", {"Content-Type": "application/json",
+                                                 "X-Amz-Date": "20260101T000000Z"})).read()
+            await (await pool.post("/", b"{}")).read()
+            await pool.close()
+            return [[line for line in req.split(b"\r\n\r\n")[0].lower().split(b"\r\n")[1:]
+                     if not line.startswith((b"host:", b"content-length:"))]
+                    for req in srv.requests]
+
+    with_own, plain = run(main())
+    assert sorted(with_own) == [b"content-type: application/json", b"x-a: 1",
+                                b"x-amz-date: 20260101t000000z"]
+    assert sorted(plain) == [b"content-type: application/json", b"x-a: 1"]

@@ -456,7 +456,9 @@ class HTTPPool:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
-        self._default = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._default_headers = dict(headers or {})
+        self._default = "".join(f"{k}: {v}\r\n" for k, v in self._default_headers.items())
+        self._default_names = {k.lower() for k in self._default_headers}
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -481,9 +483,17 @@ class HTTPPool:
             raise ValueError("HEAD is not supported (its answer has headers only)")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+        default, extra = self._default, ""
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            given = {k.lower() for k in headers}
+            if given & self._default_names:
+                # aiohttp's rule: the request's header replaces the pool's of that name;
+                # sent both, a server joins them ("application/json,application/json").
+                default = "".join(f"{k}: {v}\r\n" for k, v in self._default_headers.items()
+                                  if k.lower() not in given)
         head = (f"{method} {path} HTTP/1.1\r\nhost: {self.origin.host_header}\r\n"
-                f"content-length: {len(data)}\r\n{self._default}{extra}\r\n").encode("latin-1")
+                f"content-length: {len(data)}\r\n{default}{extra}\r\n").encode("latin-1")
         conn = await self._acquire()
         reused = conn.uses > 0
         try:
