@@ -719,3 +719,33 @@ def test_a_request_header_replaces_the_pools_header_of_the_same_name():
     assert sorted(with_own) == [b"content-type: application/json", b"x-a: 1",
                                 b"x-amz-date: 20260101t000000z"]
     assert sorted(plain) == [b"content-type: application/json", b"x-a: 1"]
+
+
+def test_a_reused_connection_lost_long_after_the_request_went_out_is_not_resent():
+    """The keep-alive race shows at once: the server had closed before the request came.
+    A connection lost later, after the request had been out a while (a server that died
+    on it, a proxy that cut a silent connection), means the request may have been taken
+    and worked on: a POST is not sent again by the client (aiohttp resends only
+    idempotent methods); the caller, which retries with backoff and health, decides."""
+    async def handler(r, w, n):
+        if len(srv_box[0].requests) == 1:
+            w.write(ok(b"warm"))
+            return
+        await asyncio.sleep(1.2)  # working on it...
+        w.close()  # ...and gone, no answer
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b"warm"
+                with pytest.raises(ServerDisconnectedError):
+                    await asyncio.wait_for(pool.post("/", b""), 5)
+            finally:
+                await pool.close()
+            return len(srv.requests)
+
+    assert run(main()) == 2

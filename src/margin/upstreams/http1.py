@@ -16,8 +16,9 @@ What it does, since a gateway depends on it:
   client that left) is read on, its bytes dropped, for up to ``_DRAIN_S`` and
   ``_DRAIN_BYTES``: reused if the response ends by then, closed if not.
 - **A reused connection the server had already closed** (the race every keep-alive client
-  has) is detected when nothing of the response arrived, and the request is sent once more
-  on a new connection; any other failure is the caller's to retry.
+  has) is detected when nothing of the response arrived and the loss came within
+  ``_RACE_S`` of sending, and the request is sent once more on a new connection; any other
+  failure is the caller's to retry (a POST lost later may have been worked on).
 - **Timeouts**: ``connect_timeout_s`` to open a connection (TLS included), ``read_timeout_s``
   between two arrivals of bytes (headers or body), like aiohttp's ``sock_read``.
 - **Bodies** by Content-Length, chunked, or until the server closes; gzip and deflate
@@ -48,6 +49,7 @@ _LOW_WATER = 64 * 1024
 _MAX_HEAD = 256 * 1024  # a response head past this is refused (aiohttp: 8 KiB a line)
 _DRAIN_S = 0.25  # how long an answer given back unfinished may take to end, to be reused
 _DRAIN_BYTES = 64 * 1024  # and how much more of it is read for that
+_RACE_S = 1.0  # a reused connection lost sooner than this after sending: the keep-alive race
 
 
 class _Origin:
@@ -501,7 +503,11 @@ class HTTPPool:
             return await conn.response(self.read_timeout_s)
         except (ServerDisconnectedError, ConnectionError) as exc:
             conn.close()
-            if not (reused and not conn.got_bytes):
+            # No byte came and the loss was quick (_last_data is still the send time): the
+            # server had closed before the request arrived. Later, it may have taken it.
+            race = (reused and not conn.got_bytes
+                    and self.loop.time() - conn._last_data < _RACE_S)
+            if not race:
                 raise _connection_error(exc) from None
         except BaseException:
             conn.close()
