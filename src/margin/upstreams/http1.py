@@ -328,6 +328,8 @@ class _Connection(asyncio.Protocol):
             if self._keep_alive and not self.closed:
                 self.idle_since = self.loop.time()
                 self.pool._give_back(self)
+            else:
+                self.close()
             return
         self.body._end()
 
