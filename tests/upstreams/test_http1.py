@@ -749,3 +749,32 @@ def test_a_reused_connection_lost_long_after_the_request_went_out_is_not_resent(
             return len(srv.requests)
 
     assert run(main()) == 2
+
+
+def test_a_body_until_the_close_cut_by_a_reset_is_an_error_not_its_end():
+    """Read until the close, a body ends at the server's orderly close (FIN); a reset
+    (RST: the server crashed, a proxy gave up) is not that end but a loss mid-answer."""
+    import socket
+    import struct
+
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + b"part of it")
+        await w.drain()
+        await asyncio.sleep(0.1)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # with linger 0: a reset
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            try:
+                assert await resp.content.readany() == b"part of it"
+                with pytest.raises(ClientPayloadError):
+                    await resp.content.readany()
+            finally:
+                resp.release()
+                await pool.close()
+
+    run(main())

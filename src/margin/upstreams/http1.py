@@ -277,7 +277,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_drain()
-        self._end_at_close()
+        # A reset (the server crashed, a proxy gave up) is a loss, not the end of a body
+        # read until the close. TLS errors keep the benefit of the doubt: servers that
+        # close without close_notify are common, and that is their orderly close.
+        if not isinstance(exc, ConnectionError):
+            self._end_at_close()
         self.pool._dropped(self)
         if self._headers is not None and not self._headers.done():
             self._headers.set_exception(ServerDisconnectedError())
