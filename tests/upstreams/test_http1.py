@@ -296,7 +296,7 @@ def test_max_connections_makes_later_requests_wait_for_one_to_come_back():
     assert answers == [b"ok"] * 6 and most == 2 and connections == 2
 
 
-def test_an_answer_given_back_unread_closes_its_connection():
+def test_an_answer_given_back_unread_never_reaches_the_next_request():
     async def handler(r, w, n):
         w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"part"))
         await asyncio.sleep(0.3)
@@ -394,3 +394,387 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
     assert run(main(trusted=False)) is None  # not in the trust store: refused
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # trusted the way OpenSSL reads it
     assert run(main(trusted=True)) == b"secret"
+
+
+def test_a_waiter_cancelled_as_it_is_woken_passes_its_turn_on():
+    """A client that leaves while its request waits for a connection (the gateway cancels
+    the upstream call) must not take the wake-up with it: the next waiter gets the
+    connection instead of waiting for one that is already idle."""
+    async def handler(r, w, n):
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=1)
+            first = await pool.post("/", b"")
+            leaving = asyncio.ensure_future(pool.post("/", b""))
+            staying = asyncio.ensure_future(pool.post("/", b""))
+            await asyncio.sleep(0.05)  # both wait for the one connection
+            assert await first.read() == b"ok"  # it comes back: `leaving` is woken...
+            leaving.cancel()  # ...and cancelled before it ran
+            try:
+                resp = await asyncio.wait_for(staying, 2)
+                return await resp.read()
+            finally:
+                await pool.close()
+
+    assert run(main()) == b"ok"
+
+
+def test_an_error_mid_body_is_not_turned_into_a_clean_end_by_the_close_that_follows():
+    """A body that runs until the close fails (here: bytes that are not gzip); the close
+    the failure causes must not then read as the body's end, a short answer passed as whole."""
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n\r\n"
+                + gzip.compress(b"x" * 1000)[:20])
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"this is not gzip")
+        await asyncio.sleep(1)
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            await asyncio.sleep(0.2)  # the failure and the close happen while nobody reads
+            try:
+                with pytest.raises(ClientPayloadError):
+                    await resp.read()
+            finally:
+                await pool.close()
+
+    run(main())
+
+
+def test_closing_the_pool_fails_what_is_in_flight_and_sends_nothing_more():
+    """pool.close() (a reload, a shutdown) with requests in flight: an answer being read
+    until the close fails rather than ending short, a request waiting for its headers on a
+    reused connection is not sent again on a new one, and one waiting for a connection
+    fails instead of opening one on the closed pool."""
+    async def handler(r, w, n):
+        if len(srv_box[0].requests) <= 2:
+            await asyncio.sleep(0.05)  # both at once: two connections
+            w.write(ok(b"warm"))  # left to reuse
+            return
+        if len(srv_box[0].requests) == 3:
+            w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart of it")
+        await asyncio.sleep(2)
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=2)
+            async def warm():
+                return await (await pool.post("/", b"")).read()
+
+            assert await asyncio.gather(warm(), warm()) == [b"warm", b"warm"]
+            reading = await pool.post("/", b"")  # reused, read until the close
+            heads = asyncio.ensure_future(pool.post("/", b""))  # the other, reused
+            await asyncio.sleep(0.1)
+            queued = asyncio.ensure_future(pool.post("/", b""))  # waits for a slot
+            await asyncio.sleep(0.05)
+            await pool.close()
+            with pytest.raises(ClientConnectionError):
+                await reading.read()
+            with pytest.raises(ClientConnectionError):
+                await asyncio.wait_for(heads, 2)
+            with pytest.raises(ClientConnectionError):
+                await asyncio.wait_for(queued, 2)
+            await asyncio.sleep(0.1)
+            return len(srv.requests), srv.connections
+
+    assert run(main()) == (4, 2)  # warm twice, reading, heads: nothing sent after the close
+
+
+def test_a_retry_waiting_for_a_fresh_connection_while_another_is_idle_gets_one():
+    """The retry after the keep-alive race wants a connection of its own; when the pool is
+    full and one comes back idle, it must make room (close the idle one), not spin."""
+    served: dict[int, int] = {}
+
+    async def handler(r, w, n):
+        served[n] = served.get(n, 0) + 1
+        if n == 1 and served[n] == 1:
+            w.write(ok(b"warm"))
+        elif n == 1:
+            await asyncio.sleep(0.1)
+            w.close()  # the race: the reused connection closes with the request on it
+        else:
+            await asyncio.sleep(0.3)
+            w.write(ok(b"conn %d" % n))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", max_connections=2)
+            assert await (await pool.post("/", b"")).read() == b"warm"
+
+            async def one():
+                return await (await pool.post("/", b"")).read()
+
+            # The first goes on the warm connection, the second opens another, the third
+            # waits, and takes the slot the closing one frees before the first's retry does.
+            answers = await asyncio.wait_for(asyncio.gather(one(), one(), one()), 5)
+            await pool.close()
+            return answers
+
+    answers = run(main())
+    assert sorted(answers) == [b"conn 2", b"conn 3", b"conn 4"]
+
+
+def test_response_headers_past_the_limit_fail_instead_of_growing_without_bound():
+    """An upstream sending headers without end (bytes keep coming, so no read timeout)
+    must not hold memory without bound: aiohttp refused a line past 8 KiB; this client
+    refuses a head past 256 KiB, and keeps answering heads below that."""
+    async def handler(r, w, n):
+        size = 200 * 1024 if len(srv_box[0].requests) == 1 else 4 * 1024 * 1024
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(size // 65536):
+            w.write(b"x-big: " + b"a" * 65536 + b"\r\n")
+            await w.drain()
+        w.write(b"content-length: 2\r\n\r\nok")
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b"ok"  # 200 KiB: fine
+                with pytest.raises(ClientPayloadError, match="headers"):
+                    await pool.post("/", b"")
+            finally:
+                await pool.close()
+
+    run(main())
+
+
+def test_a_stream_given_back_at_done_before_its_last_chunk_keeps_its_connection():
+    """The stream readers stop at ``data: [DONE]`` and give the answer back; servers write
+    the chunked terminator after it, often in a packet of its own. That connection is
+    finished off in the background and reused, not closed after every stream (a new TCP
+    and TLS handshake per request); one whose answer does not end soon is still closed."""
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                + chunk(b"data: [DONE]\n\n"))
+        await w.drain()
+        await asyncio.sleep(0.05 if len(srv_box[0].requests) < 3 else 3)
+        w.write(b"0\r\n\r\n")
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            for _ in range(3):
+                resp = await pool.post("/", b"")
+                assert await resp.content.readany() == b"data: [DONE]\n\n"
+                resp.release()  # at [DONE], before the terminator
+                with pytest.raises(ClientConnectionError):  # read after that: no waiting
+                    await asyncio.wait_for(resp.content.readany(), 1)
+                await asyncio.sleep(0.15)
+            late = pool.open_count()  # the third has not ended: closed after a while
+            await asyncio.sleep(0.5)
+            late_after = pool.open_count()
+            await pool.close()
+            return srv.connections, late, late_after
+
+    # Three streams on one connection; the third, unfinished, is closed within 0.25 s.
+    assert run(main()) == (1, 1, 0)
+
+
+def test_a_request_cancelled_as_its_answer_arrives_raises_nothing_into_the_loop():
+    """The gateway cancels the upstream call when its client leaves. Cancelled in the turn
+    before its headers are read, the answer still parses (into a cancelled future); the
+    close that follows must not raise from connection_lost into the event loop."""
+    async def main():
+        errors: list[object] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, ctx: errors.append(ctx.get("exception", ctx)))
+        got, answer = asyncio.Event(), asyncio.Event()
+
+        async def handler(r, w, n):
+            got.set()
+            await answer.wait()
+            w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the close")
+            await w.drain()
+            w.close()
+
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            task = asyncio.ensure_future(pool.post("/", b""))
+            await got.wait()
+            await asyncio.sleep(0.01)
+            answer.set()
+            await asyncio.sleep(0)  # the server writes in this turn...
+            loop.call_soon(task.cancel)  # ...the cancel runs in the next, before the read
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.1)
+            await pool.close()
+            return errors, pool.open_count()
+
+    assert run(main()) == ([], 0)
+
+
+def test_a_connection_still_opening_when_the_pool_closes_is_closed_and_carries_nothing():
+    async def handler(r, w, n):
+        w.write(ok(b"after the close"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            task = asyncio.ensure_future(pool.post("/", b""))
+            await asyncio.sleep(0)  # connecting
+            await pool.close()
+            with pytest.raises(ClientConnectionError, match="closed"):
+                await task
+            await asyncio.sleep(0.1)
+            return len(srv.requests), pool.open_count()
+
+    assert run(main()) == (0, 0)
+
+
+def test_a_gzip_body_cut_short_by_the_close_is_an_error():
+    """A body read until the close has no length to check; when it is gzip, the gzip end
+    marker is the check: cut short, it fails rather than passing as the whole answer."""
+    whole = gzip.compress(b'{"choices": []}' * 200)
+
+    async def handler(r, w, n):
+        i = len(srv_box[0].requests)
+        if i == 3:
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 0\r\n\r\n")
+            return
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n\r\n"
+                + (whole if i == 1 else whole[:len(whole) // 2]))
+        await w.drain()
+        w.close()
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b'{"choices": []}' * 200
+                with pytest.raises(ClientPayloadError):
+                    await (await pool.post("/", b"")).read()
+                # No bytes at all under a gzip label: an empty body, not an error.
+                assert await (await pool.post("/", b"")).read() == b""
+            finally:
+                await pool.close()
+
+    run(main())
+
+
+def test_idle_connections_past_keepalive_are_closed_while_newer_ones_keep_working():
+    """Idle connections are reused newest first, so after a burst the older ones sit at the
+    bottom, never reached while traffic is light: past ``keepalive_s`` they are closed as
+    connections come back, not held open (a socket each, on both ends) indefinitely."""
+    async def handler(r, w, n):
+        await asyncio.sleep(0.05)
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}", keepalive_s=0.3)
+
+            async def one():
+                return await (await pool.post("/", b"")).read()
+
+            await asyncio.gather(*(one() for _ in range(4)))  # a burst: four connections
+            for _ in range(8):  # then one at a time, for longer than keepalive_s
+                await one()
+            open_after = pool.open_count()
+            await pool.close()
+            return open_after
+
+    assert run(main()) == 1
+
+
+def test_a_request_header_replaces_the_pools_header_of_the_same_name():
+    """aiohttp's rule, which the upstreams were written for: a header given with the
+    request replaces the session's of the same name (any case), not joins it. Bedrock
+    sends its signed content-type on top of the deployment's; sent twice, the server
+    reads "application/json,application/json" and the signature no longer matches."""
+    async def handler(r, w, n):
+        w.write(ok(b"ok"))
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}",
+                            headers={"content-type": "application/json", "x-a": "1"})
+            await (await pool.post("/", b"{}", {"Content-Type": "application/json",
+                                                 "X-Amz-Date": "20260101T000000Z"})).read()
+            await (await pool.post("/", b"{}")).read()
+            await pool.close()
+            return [[line for line in req.split(b"\r\n\r\n")[0].lower().split(b"\r\n")[1:]
+                     if not line.startswith((b"host:", b"content-length:"))]
+                    for req in srv.requests]
+
+    with_own, plain = run(main())
+    assert sorted(with_own) == [b"content-type: application/json", b"x-a: 1",
+                                b"x-amz-date: 20260101t000000z"]
+    assert sorted(plain) == [b"content-type: application/json", b"x-a: 1"]
+
+
+def test_a_reused_connection_lost_long_after_the_request_went_out_is_not_resent():
+    """The keep-alive race shows at once: the server had closed before the request came.
+    A connection lost later, after the request had been out a while (a server that died
+    on it, a proxy that cut a silent connection), means the request may have been taken
+    and worked on: a POST is not sent again by the client (aiohttp resends only
+    idempotent methods); the caller, which retries with backoff and health, decides."""
+    async def handler(r, w, n):
+        if len(srv_box[0].requests) == 1:
+            w.write(ok(b"warm"))
+            return
+        await asyncio.sleep(1.2)  # working on it...
+        w.close()  # ...and gone, no answer
+
+    srv_box: list[Server] = []
+
+    async def main():
+        async with Server(handler) as srv:
+            srv_box.append(srv)
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            try:
+                assert await (await pool.post("/", b"")).read() == b"warm"
+                with pytest.raises(ServerDisconnectedError):
+                    await asyncio.wait_for(pool.post("/", b""), 5)
+            finally:
+                await pool.close()
+            return len(srv.requests)
+
+    assert run(main()) == 2
+
+
+def test_a_body_until_the_close_cut_by_a_reset_is_an_error_not_its_end():
+    """Read until the close, a body ends at the server's orderly close (FIN); a reset
+    (RST: the server crashed, a proxy gave up) is not that end but a loss mid-answer."""
+    import socket
+    import struct
+
+    async def handler(r, w, n):
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + b"part of it")
+        await w.drain()
+        await asyncio.sleep(0.1)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # with linger 0: a reset
+
+    async def main():
+        async with Server(handler) as srv:
+            pool = HTTPPool(f"http://127.0.0.1:{srv.port}")
+            resp = await pool.post("/", b"")
+            try:
+                assert await resp.content.readany() == b"part of it"
+                with pytest.raises(ClientPayloadError):
+                    await resp.content.readany()
+            finally:
+                resp.release()
+                await pool.close()
+
+    run(main())

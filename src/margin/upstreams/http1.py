@@ -11,11 +11,14 @@ What it does, since a gateway depends on it:
 
 - **Pools** per origin (scheme, host, port): idle connections are reused newest first and
   dropped after ``keepalive_s``; at most ``max_connections`` open, later callers wait for
-  one to come back. A connection is reused only after its response was read to the end;
-  one given back early (a client that left mid-stream) is closed.
+  one to come back. A connection is reused only once its response has ended. One given
+  back before that (a stream read up to ``[DONE]``, its last chunk still on the way; a
+  client that left) is read on, its bytes dropped, for up to ``_DRAIN_S`` and
+  ``_DRAIN_BYTES``: reused if the response ends by then, closed if not.
 - **A reused connection the server had already closed** (the race every keep-alive client
-  has) is detected when nothing of the response arrived, and the request is sent once more
-  on a new connection; any other failure is the caller's to retry.
+  has) is detected when nothing of the response arrived and the loss came within
+  ``_RACE_S`` of sending, and the request is sent once more on a new connection; any other
+  failure is the caller's to retry (a POST lost later may have been worked on).
 - **Timeouts**: ``connect_timeout_s`` to open a connection (TLS included), ``read_timeout_s``
   between two arrivals of bytes (headers or body), like aiohttp's ``sock_read``.
 - **Bodies** by Content-Length, chunked, or until the server closes; gzip and deflate
@@ -43,6 +46,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+_MAX_HEAD = 256 * 1024  # a response head past this is refused (aiohttp: 8 KiB a line)
+_DRAIN_S = 0.25  # how long an answer given back unfinished may take to end, to be reused
+_DRAIN_BYTES = 64 * 1024  # and how much more of it is read for that
+_RACE_S = 1.0  # a reused connection lost sooner than this after sending: the keep-alive race
 
 
 class _Origin:
@@ -65,7 +72,7 @@ class _Origin:
 class Body:
     """The response body as it arrives: ``readany``, ``iter_any``, lines, ``read``."""
 
-    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder")
+    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_coded")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -75,10 +82,12 @@ class Body:
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None
+        self._coded = False  # compressed bytes came (an empty body needs no gzip end)
 
     # -- fed by the connection --------------------------------------------------------
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            self._coded = True
             data = self._decoder.decompress(data)
             if not data:
                 return
@@ -89,16 +98,23 @@ class Body:
         self._wake()
 
     def _end(self) -> None:
+        if self._exc is not None:
+            return  # failed first (a timeout, bytes that do not decode): no end after that
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
                 self._chunks.append(tail)
                 self._size += len(tail)
+            if self._coded and not self._decoder.eof:
+                # The compressed stream stops before its end marker: a body read until
+                # the close has no other check that it is whole.
+                self._fail(ClientPayloadError("the compressed body ends short"))
+                return
         self._eof = True
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._eof:
+        if not self._eof and self._exc is None:  # the first failure is the one to tell
             self._exc = exc
         self._wake()
 
@@ -189,7 +205,7 @@ class Response:
         if self._released:
             return
         self._released = True
-        self._conn._finished(reusable=self.content.at_eof())
+        self._conn._finished()
 
     def __enter__(self) -> Response:
         return self
@@ -218,6 +234,9 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._complete = False
         self._until_close = False  # neither a length nor chunks: the body ends at EOF
+        self._head_size = 0  # bytes of the response head (and 1xx answers) so far
+        self._drain: asyncio.TimerHandle | None = None  # given back unfinished: read on
+        self._drained = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -232,21 +251,37 @@ class _Connection(asyncio.Protocol):
             self._broken(ClientPayloadError("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._broken(ClientPayloadError(f"malformed HTTP response: {exc}"))
+            return
+        # Still no headers after all of this: every byte of it was head. httptools keeps a
+        # header it has not finished in memory, so an endless one is cut off here.
+        if self._headers is not None and not self._headers.done():
+            self._head_size += len(data)
+            if self._head_size > _MAX_HEAD:
+                self._broken(ClientPayloadError(
+                    f"response headers over {_MAX_HEAD // 1024} KiB"))
 
     def eof_received(self) -> bool | None:
         self._end_at_close()
         return None  # and the transport closes
 
     def _end_at_close(self) -> None:
-        if (self._until_close and not self._complete and self._headers is not None
-                and self._headers.done() and not self._headers.exception()):
+        # Only a close that ends a sound answer: one that follows a failure (ours, on a
+        # timeout or bad bytes) must not make what arrived read as the whole body.
+        if (self._until_close and not self._complete and self.body._exc is None
+                and self._headers is not None and self._headers.done()
+                and not self._headers.cancelled() and self._headers.exception() is None):
             self._complete = True
             self._keep_alive = False
             self.body._end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._end_at_close()
+        self._stop_drain()
+        # A reset (the server crashed, a proxy gave up) is a loss, not the end of a body
+        # read until the close. TLS errors keep the benefit of the doubt: servers that
+        # close without close_notify are common, and that is their orderly close.
+        if not isinstance(exc, ConnectionError):
+            self._end_at_close()
         self.pool._dropped(self)
         if self._headers is not None and not self._headers.done():
             self._headers.set_exception(ServerDisconnectedError())
@@ -281,12 +316,25 @@ class _Connection(asyncio.Protocol):
             self._headers.set_result((status, headers))
 
     def on_body(self, body: bytes) -> None:
+        if self._drain is not None:  # nobody reads it any more: dropped
+            self._drained += len(body)
+            if self._drained > _DRAIN_BYTES:
+                self.close()
+            return
         self.body._feed(bytes(body))
 
     def on_message_complete(self) -> None:
         if self._headers is None or not self._headers.done():
             return  # the end of an interim answer
         self._complete = True
+        if self._drain is not None:  # the end of an answer given back early: reusable now
+            self._stop_drain()
+            if self._keep_alive and not self.closed:
+                self.idle_since = self.loop.time()
+                self.pool._give_back(self)
+            else:
+                self.close()
+            return
         self.body._end()
 
     # -- the pool's side ----------------------------------------------------------------
@@ -304,6 +352,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self._complete = False
         self._header_list = []
+        self._head_size = 0
         self.body = Body(self)
         self.parser = httptools.HttpResponseParser(self)
         self._headers = self.loop.create_future()
@@ -359,16 +408,46 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def _finished(self, reusable: bool) -> None:
+    def _finished(self) -> None:
+        # The response has ended: the connection is clean whatever the reader left unread
+        # (the next request gets a Body and parser of its own). Not ended but sound and
+        # framed: read on, briefly, for its end. Anything else is closed.
         self._resume()
-        if reusable and self._keep_alive and self._complete and not self.closed:
+        if self.closed or not self._keep_alive:
+            self.close()
+        elif self._complete:
             self.idle_since = self.loop.time()
             self.pool._give_back(self)
+        elif not self._until_close and self.body._exc is None and not self.pool._waiting:
+            # (With requests waiting for a slot, it goes now: they need it more.)
+            self.body._chunks.clear()  # not kept for a reader that has gone
+            self.body._size = 0
+            # One that reads on regardless hears so, rather than waiting on a connection
+            # that may by then carry another request (whose timeout it would break).
+            self.body._fail(ClientConnectionError("the answer was given back"))
+            self._drained = 0
+            self._drain = self.loop.call_later(_DRAIN_S, self.close)
         else:
             self.close()
 
+    def _stop_drain(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        self._stop_drain()
+        if not self._complete and not self.closed:
+            # Closed by us mid-answer (the pool closing, a reader that left): whoever
+            # still waits hears so, instead of a clean end from the close that follows.
+            self._keep_alive = False
+            exc = ClientConnectionError("the connection was closed mid-answer")
+            if self._headers is not None and not self._headers.done():
+                self._headers.set_exception(exc)
+            self.body._fail(exc)
+        # By the transport, not self.closed: one closed while still opening has a
+        # transport only later, and must not be left open then.
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
         self.pool._dropped(self)
@@ -385,7 +464,9 @@ class HTTPPool:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
-        self._default = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._default_headers = dict(headers or {})
+        self._default = "".join(f"{k}: {v}\r\n" for k, v in self._default_headers.items())
+        self._default_names = {k.lower() for k in self._default_headers}
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -410,9 +491,17 @@ class HTTPPool:
             raise ValueError("HEAD is not supported (its answer has headers only)")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+        default, extra = self._default, ""
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            given = {k.lower() for k in headers}
+            if given & self._default_names:
+                # aiohttp's rule: the request's header replaces the pool's of that name;
+                # sent both, a server joins them ("application/json,application/json").
+                default = "".join(f"{k}: {v}\r\n" for k, v in self._default_headers.items()
+                                  if k.lower() not in given)
         head = (f"{method} {path} HTTP/1.1\r\nhost: {self.origin.host_header}\r\n"
-                f"content-length: {len(data)}\r\n{self._default}{extra}\r\n").encode("latin-1")
+                f"content-length: {len(data)}\r\n{default}{extra}\r\n").encode("latin-1")
         conn = await self._acquire()
         reused = conn.uses > 0
         try:
@@ -420,7 +509,11 @@ class HTTPPool:
             return await conn.response(self.read_timeout_s)
         except (ServerDisconnectedError, ConnectionError) as exc:
             conn.close()
-            if not (reused and not conn.got_bytes):
+            # No byte came and the loss was quick (_last_data is still the send time): the
+            # server had closed before the request arrived. Later, it may have taken it.
+            race = (reused and not conn.got_bytes
+                    and self.loop.time() - conn._last_data < _RACE_S)
+            if not race:
                 raise _connection_error(exc) from None
         except BaseException:
             conn.close()
@@ -439,6 +532,8 @@ class HTTPPool:
             raise
 
     async def _acquire(self, fresh: bool = False) -> _Connection:
+        if self._closed:  # closed while this request waited, or before its retry
+            raise ClientConnectionError("the connection pool is closed")
         now = self.loop.time()
         while not fresh and self._idle:
             conn = self._idle.pop()
@@ -448,14 +543,27 @@ class HTTPPool:
             conn.close()
         while len(self._open) >= self.max_connections:
             if self._idle:  # one came back while we waited
-                return await self._acquire(fresh)
+                if not fresh:
+                    return await self._acquire()
+                # A retry wants a connection of its own: the oldest idle one makes room
+                # (taking it instead would only spin here, re-entering this loop).
+                self._idle.pop(0).close()
+                continue
             waiter = self.loop.create_future()
             self._waiting.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                # Woken, then cancelled before it ran (a client that left): the turn it
+                # was given goes to the next waiter, or that one waits for nothing.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
             finally:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
+            if self._closed:
+                raise ClientConnectionError("the connection pool is closed")
             if not fresh and self._idle:
                 return await self._acquire()
         return await self._connect()
@@ -481,12 +589,20 @@ class HTTPPool:
             self._open.discard(conn)
             self._wake_one()
             raise
+        if self._closed or conn.closed:  # the pool closed while this one was opening
+            conn.close()
+            raise ClientConnectionError("the connection pool is closed")
         return conn
 
     def _give_back(self, conn: _Connection) -> None:
         if self._closed:
             conn.close()
             return
+        # Reuse is newest first, so after a burst the oldest idle ones sit unreached at
+        # the bottom: those past keepalive_s (or closed) go now, not when next reached.
+        while self._idle and (self._idle[0].closed or
+                              conn.idle_since - self._idle[0].idle_since >= self.keepalive_s):
+            self._idle.pop(0).close()
         self._idle.append(conn)
         self._wake_one()
 
@@ -513,6 +629,10 @@ class HTTPPool:
         for conn in list(self._open) + self._idle:
             conn.close()
         self._idle.clear()
+        while self._waiting:  # requests waiting for a connection: they fail, none opens
+            w = self._waiting.popleft()
+            if not w.done():
+                w.set_result(None)
         # Let the transports' close callbacks run before the loop moves on.
         await asyncio.sleep(0)
 
