@@ -23,7 +23,7 @@ What it does, since a gateway depends on it:
   between two arrivals of bytes (headers or body), like aiohttp's ``sock_read``.
 - **Bodies** by Content-Length, chunked, or until the server closes; gzip and deflate
   decoded if a server sends them unasked (no ``Accept-Encoding`` is sent); reading is
-  paused while more than ``_HIGH_WATER`` bytes wait for the reader.
+  paused while more than ``http1_body.HIGH_WATER`` bytes wait for the reader.
 - **TLS** for ``https`` with the system's trust store (``ssl.create_default_context``).
 
 Errors are aiohttp's exception types (``ClientConnectorError``-like ``ClientConnectionError``,
@@ -37,15 +37,15 @@ import asyncio
 import collections
 import ssl
 import zlib
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 from aiohttp import ClientConnectionError, ClientPayloadError, ServerDisconnectedError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+from margin.upstreams.http1_body import Body, Response
+
 _MAX_HEAD = 256 * 1024  # a response head past this is refused (aiohttp: 8 KiB a line)
 _DRAIN_S = 0.25  # how long an answer given back unfinished may take to end, to be reused
 _DRAIN_BYTES = 64 * 1024  # and how much more of it is read for that
@@ -67,151 +67,6 @@ class _Origin:
         self.host_header = name if self.port == default else f"{name}:{self.port}"
         self.ssl: ssl.SSLContext | None = (ssl.create_default_context()
                                            if parts.scheme == "https" else None)
-
-
-class Body:
-    """The response body as it arrives: ``readany``, ``iter_any``, lines, ``read``."""
-
-    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_coded")
-
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._eof = False
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._decoder: Any = None
-        self._coded = False  # compressed bytes came (an empty body needs no gzip end)
-
-    # -- fed by the connection --------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        if self._decoder is not None:
-            self._coded = True
-            data = self._decoder.decompress(data)
-            if not data:
-                return
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > _HIGH_WATER:
-            self._conn._pause()
-        self._wake()
-
-    def _end(self) -> None:
-        if self._exc is not None:
-            return  # failed first (a timeout, bytes that do not decode): no end after that
-        if self._decoder is not None:
-            tail = self._decoder.flush()
-            if tail:
-                self._chunks.append(tail)
-                self._size += len(tail)
-            if self._coded and not self._decoder.eof:
-                # The compressed stream stops before its end marker: a body read until
-                # the close has no other check that it is whole.
-                self._fail(ClientPayloadError("the compressed body ends short"))
-                return
-        self._eof = True
-        self._wake()
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self._eof and self._exc is None:  # the first failure is the one to tell
-            self._exc = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    # -- the reader's side ------------------------------------------------------------
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
-
-    async def readany(self) -> bytes:
-        """Every byte that has arrived (waiting for some if none has); b"" at the end."""
-        while not self._chunks:
-            if self._eof:
-                return b""
-            if self._exc is not None:
-                raise self._exc
-            await self._conn._wait(self)
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
-        self._conn._resume()
-        return data
-
-    async def read(self) -> bytes:
-        parts = []
-        while True:
-            data = await self.readany()
-            if not data:
-                return b"".join(parts)
-            parts.append(data)
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while True:
-            data = await self.readany()
-            if not data:
-                return
-            yield data
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._lines()
-
-    async def _lines(self) -> AsyncIterator[bytes]:
-        """Lines with their b"\\n" (the last one without, if the body does not end in one)."""
-        pending = b""
-        while True:
-            data = await self.readany()
-            if not data:
-                if pending:
-                    yield pending
-                return
-            pending = pending + data if pending else data
-            start = 0
-            while True:
-                end = pending.find(b"\n", start)
-                if end < 0:
-                    break
-                yield pending[start:end + 1]
-                start = end + 1
-            pending = pending[start:]
-
-
-class Response:
-    """What a request got: ``status``, ``headers`` (case-insensitive), ``content``."""
-
-    __slots__ = ("status", "headers", "content", "_conn", "_released")
-
-    def __init__(self, status: int, headers: CIMultiDictProxy[str], conn: _Connection) -> None:
-        self.status = status
-        self.headers = headers
-        self.content = conn.body
-        self._conn = conn
-        self._released = False
-
-    async def read(self) -> bytes:
-        try:
-            return await self.content.read()
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        """Give the connection back: to the pool when the body was read to its end,
-        closed otherwise (what is left of an abandoned answer must not reach the next)."""
-        if self._released:
-            return
-        self._released = True
-        self._conn._finished()
-
-    def __enter__(self) -> Response:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class _Connection(asyncio.Protocol):
