@@ -28,8 +28,9 @@ import orjson
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_HOURLY,
-                                     STAGE_HOURLY, Table, hist_bucket)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_DAILY,
+                                     MODEL_HOURLY, PAIR_DAILY, PAIR_HOURLY, STAGE_HOURLY,
+                                     Table, hist_bucket)
 
 # A report's dimension -> the rollup column holding it.
 ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
@@ -128,37 +129,53 @@ def pieces(since_s: float | None, until_s: float | None, widths: Sequence[Table]
     return out
 
 
-def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> list[Table]:
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a query's whole buckets are read: ``widths`` (narrowest first; none: the raw
+    table), and for the pair tables which pair holds the two dimensions asked about."""
+
+    widths: tuple[Table, ...]
+    dim: str | None = None                    # the dimension tables: which one
+    pair: tuple[str, str] | None = None       # the pair tables: (a, b)
+
+
+def _errors_only(status: str | None) -> bool:
+    """Whether a status filter keeps only error rows (what the status pairs hold)."""
+    if status is None or status == "ok":
+        return False
+    return status == "error" or int(status) >= 400
+
+
+def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
     """The narrowest rollups that hold what ``f`` and ``group`` ask about."""
     group = [g for g in group if g != "t"]
-    dims = {d for d in _ATTRIBUTION if getattr(f, d) is not None} | \
-        {g for g in group if g in _ATTRIBUTION}
-    if not dims:
-        return [MODEL_HOURLY]
-    others = any(getattr(f, d) is not None for d in ("model", "status", "cache")) or \
-        any(g not in _ATTRIBUTION for g in group)
+    filtered = {d for d in (*DIMENSIONS, "status", "cache") if getattr(f, d) is not None}
+    asked = filtered | set(group)
+    dims = {d for d in _ATTRIBUTION if d in asked}
     hourly = bucket_s is not None and bucket_s < DAILY.bucket_s
-    if len(dims) == 1 and not others:
-        return [DIM_HOURLY] if hourly else [DIM_HOURLY, DIM_DAILY]
+    if not dims:
+        return Source((MODEL_HOURLY,) if hourly else (MODEL_HOURLY, MODEL_DAILY))
+    if len(asked) == 1:
+        (dim,) = dims
+        return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY), dim=dim)
+    if len(asked) == 2 and "status" not in group and \
+            ("status" not in asked or _errors_only(f.status)):
+        for a, b in rollups.PAIRS:
+            if {a, b} == asked:
+                return Source((PAIR_HOURLY,) if hourly else (PAIR_HOURLY, PAIR_DAILY),
+                              pair=(a, b))
     combo = {"user", "team", "feature", "model"}
-    if hourly or not (dims | set(group) | {d for d in DIMENSIONS if getattr(f, d) is not None}
-                      ) <= combo or f.status is not None or f.cache is not None:
-        return []
-    return [DAILY]
-
-
-def _dim_of(f: Filters, group: Iterable[str]) -> str:
-    for d in _ATTRIBUTION:
-        if getattr(f, d) is not None or d in group:
-            return d
-    raise AssertionError("no dimension")
+    if hourly or not asked <= combo:
+        return Source(())
+    return Source((DAILY,))
 
 
 def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
-                  dim: str | None = None) -> tuple[str, list[Any]]:
+                  src: Source = Source(())) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if t.keys == rollups.DIM_KEYS:
+        dim = src.dim
         assert dim is not None
         clauses.append("dim = ?")
         params.append(dim)
@@ -167,6 +184,20 @@ def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
             clauses.append("value = ?")
             params.append(value)
         f = replace(f, **{dim: None})
+    if t.keys == rollups.PAIR_KEYS:
+        assert src.pair is not None
+        clauses.append("pair = ?")
+        params.append(rollups.pair_name(*src.pair))
+        for column, dim in zip(("a", "b"), src.pair):
+            value = getattr(f, dim)
+            if dim == "status":   # only error rows are there: "error" is all of them
+                if value not in (None, "error"):
+                    clauses.append(f"{column} = ?")
+                    params.append(str(int(value)))
+            elif value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+            f = replace(f, **{dim: None})
     if lo_s is not None:
         clauses.append("bucket >= ?")
         params.append(int(lo_s // t.bucket_s))
@@ -188,6 +219,14 @@ def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _rollup_column(g: str, src: Source) -> str:
+    if src.dim is not None:
+        return "value"
+    if src.pair is not None:
+        return "a" if g == src.pair[0] else "b"
+    return ROLLUP_COLUMNS[g]
+
+
 def _raw_bucket(db: Database, width_s: int) -> str:
     if db.dialect == "postgresql":
         return f"CAST(FLOOR(ts / {width_s}) AS BIGINT)"
@@ -206,12 +245,11 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
         raise ValueError("grouping by time needs bucket_s")
     if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
         raise ValueError("bucket_s must divide a day or be whole days")
-    widths = _source(f, group, bucket_s)
-    dim = _dim_of(f, group) if widths and widths[0] is DIM_HOURLY else None
+    src = _source(f, group, bucket_s)
     out: dict[Key, list[float]] = {}
     n = len(MEASURES)
     raw_measures = _raw_measures(db)
-    for p in pieces(f.since_s, f.until_s, widths):
+    for p in pieces(f.since_s, f.until_s, src.widths):
         if p.table is None:
             cols = [(_raw_bucket(db, bucket_s) if g == "t" else _RAW[g]) for g in group]
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
@@ -222,8 +260,8 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
             # A bucket of this table is a whole number of wanted buckets, or the other way.
             per = (bucket_s // t.bucket_s) if bucket_s and bucket_s >= t.bucket_s else 1
             cols = [(f"bucket / {per}" if per > 1 else "bucket") if g == "t"
-                    else "value" if dim is not None else ROLLUP_COLUMNS[g] for g in group]
-            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, dim)
+                    else _rollup_column(g, src) for g in group]
+            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, src)
             summed = ", ".join(f"SUM({m})" for m in MEASURES)
             sql = f"SELECT {', '.join([*cols, summed])} FROM {t.name}{where}"
             scale = t.bucket_s * per if bucket_s else 1

@@ -16,9 +16,10 @@ import polars as pl
 
 from margin.metering import rollups
 from margin.metering.db import Database
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, HIST_BASE_MS, HIST_BUCKETS,
-                                     MEASURES, MODEL_HOURLY, ONE_DIMENSION, STAGE_HOURLY,
-                                     TABLES, Table)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, ERROR_PAIRS, HIST_BASE_MS,
+                                     HIST_BUCKETS, MEASURES, MODEL_DAILY, MODEL_HOURLY,
+                                     ONE_DIMENSION, PAIR_DAILY, PAIR_HOURLY, PAIRS,
+                                     STAGE_HOURLY, TABLES, Table, pair_name)
 
 COLUMNS = ("ts", "user_id", "team", "feature", "key_id", "model", "requested_model", "cache",
            "status", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
@@ -29,7 +30,8 @@ _SCHEMA = {"ts": pl.Float64, "user_id": pl.Utf8, "team": pl.Utf8, "feature": pl.
            "cost_usd": pl.Float64, "saved_usd": pl.Float64, "reserved_usd": pl.Float64,
            "latency_ms": pl.Float64, "upstream_ms": pl.Float64, "overhead_ms": pl.Float64,
            "stage_ms": pl.Utf8, "notes": pl.Utf8}
-_DIM_COLUMN = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id"}
+_DIM_COLUMN = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
+               "model": "model", "cache": "cache"}
 
 
 def _bucket_expr(ms: pl.Expr) -> pl.Expr:
@@ -83,10 +85,36 @@ def _hist_columns(frame: pl.DataFrame, bucket_col: str, names: tuple[str, ...]) 
     return [(pl.col(bucket_col) == i).cast(pl.Int64).alias(n) for i, n in enumerate(names)]
 
 
-def aggregate(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Each table's sums over ``df`` (from ``_prepare``), columns in the table's order."""
+def _pair_value(name: str) -> pl.Expr:
+    if name == "status":
+        return pl.col("status").cast(pl.Utf8)
+    return pl.col(_DIM_COLUMN[name])
+
+
+def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str, pl.DataFrame]:
+    """Each of ``tables``' sums over ``df`` (from ``_prepare``), columns in the table's
+    order."""
     out: dict[str, pl.DataFrame] = {}
     measures = list(MEASURES)
+    wanted = {t.name for t in tables}
+    if MODEL_DAILY.name in wanted:
+        out[MODEL_DAILY.name] = _sum(df.rename({"day": "bucket"}),
+                                     ["bucket", *MODEL_DAILY.keys], MEASURES)
+    if PAIR_HOURLY.name in wanted or PAIR_DAILY.name in wanted:
+        parts = []
+        for a, b in PAIRS:
+            frame = df.filter(pl.col("status") >= 400) if (a, b) in ERROR_PAIRS else df
+            parts.append(frame.select(pl.col("hour"), pl.col("day"),
+                                      pl.lit(pair_name(a, b)).alias("pair"),
+                                      _pair_value(a).alias("a"), _pair_value(b).alias("b"),
+                                      *measures))
+        p = pl.concat(parts)
+        out[PAIR_HOURLY.name] = _sum(p.rename({"hour": "bucket"}).drop("day"),
+                                     ["bucket", "pair", "a", "b"], MEASURES)
+        out[PAIR_DAILY.name] = _sum(p.rename({"day": "bucket"}).drop("hour"),
+                                    ["bucket", "pair", "a", "b"], MEASURES)
+    if DAILY.name not in wanted:   # the tables of migration 7 come together
+        return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
     out[DAILY.name] = _sum(df.rename({"day": "bucket"}), ["bucket", *DAILY.keys], MEASURES)
     dims = []
     for dim in ONE_DIMENSION:
@@ -115,9 +143,7 @@ def aggregate(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
                                  _bucket_expr(pl.col("ms")).alias("b"))
     stages = stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
     out[STAGE_HOURLY.name] = _sum(stages, ["bucket", "stage"], STAGE_HOURLY.values)
-    for t in TABLES:
-        out[t.name] = out[t.name].select("bucket", *t.keys, *t.values)
-    return out
+    return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
 
 
 def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
@@ -137,10 +163,10 @@ def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
         db.executemany(sql, rows[start:start + 50_000])
 
 
-def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
-    """Empty every rollup and fill it from the ``requests`` table (the caller commits);
-    returns the rows read."""
-    for t in TABLES:
+def rebuild(db: Database, chunk_rows: int = 500_000, tables: tuple[Table, ...] = TABLES) -> int:
+    """Empty ``tables`` (every rollup) and fill them from the ``requests`` table (the
+    caller commits); returns the rows read."""
+    for t in tables:
         db.execute(f"DELETE FROM {t.name}")
     sql = f"SELECT {', '.join(COLUMNS)} FROM requests ORDER BY ts"
     cur: Any
@@ -150,8 +176,8 @@ def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
         cur.execute(sql)
     else:
         cur = db.execute(sql)
-    pending: dict[str, pl.DataFrame | None] = {t.name: None for t in TABLES}
-    by_name = {t.name: t for t in TABLES}
+    pending: dict[str, pl.DataFrame | None] = {t.name: None for t in tables}
+    by_name = {t.name: t for t in tables}
     n = 0
     while True:
         chunk = cur.fetchmany(chunk_rows)
@@ -159,7 +185,7 @@ def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
             break
         n += len(chunk)
         last_ts = float(chunk[-1][0])
-        for name, frame in aggregate(_prepare(chunk)).items():
+        for name, frame in aggregate(_prepare(chunk), tables).items():
             t = by_name[name]
             before = pending[name]
             if before is not None:

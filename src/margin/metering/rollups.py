@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import orjson
 
 from margin.metering.db import Database
@@ -64,6 +65,7 @@ class Table:
     bucket_s: int
     keys: tuple[str, ...]      # after ``bucket``
     values: tuple[str, ...]    # summed columns
+    since: int = 7             # the migration that created it
 
 
 COMBO_KEYS = ("user_id", "team", "feature", "model")
@@ -72,11 +74,36 @@ DIM_KEYS = ("dim", "value")
 DIM_HOURLY = Table("rollup_dim_hour", HOUR_S, DIM_KEYS, MEASURES)
 DIM_DAILY = Table("rollup_dim_day", DAY_S, DIM_KEYS, MEASURES)
 ONE_DIMENSION = ("user", "team", "feature", "key")
-MODEL_HOURLY = Table("rollup_model_hour", HOUR_S, ("model", "cache", "status"),
+MODEL_KEYS = ("model", "cache", "status")
+MODEL_HOURLY = Table("rollup_model_hour", HOUR_S, MODEL_KEYS,
                      MEASURES + OVERHEAD_HIST + UPSTREAM_HIST)
 STAGE_HOURLY = Table("rollup_stage_hour", HOUR_S, ("stage",), ("samples",) + STAGE_HIST)
-TABLES: tuple[Table, ...] = (DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY)
+# Migration 9. Per day and model without the histograms: a 90-day chart reads 90 narrow
+# rows per (model, cache, status), not 2,160 rows of 126 columns.
+MODEL_DAILY = Table("rollup_model_day", DAY_S, MODEL_KEYS, MEASURES, since=9)
+# A page filtered on one dimension and grouped on another (spend by feature of one team,
+# by key of one model, by user of the errors): per (bucket, pair, a, b), the pair named
+# "a|b". Only the pairs in ``PAIRS``: each costs the writer one more sum per row and bucket.
+PAIR_KEYS = ("pair", "a", "b")
+PAIR_HOURLY = Table("rollup_pair_hour", HOUR_S, PAIR_KEYS, MEASURES, since=9)
+PAIR_DAILY = Table("rollup_pair_day", DAY_S, PAIR_KEYS, MEASURES, since=9)
+# The low-cardinality dimensions (team, feature, model) with every other one; the status
+# ones hold the error rows only (status >= 400, ``a`` its code as text): "errors by user"
+# is a few rows per hour, "all statuses by user" would be one per user and hour for the
+# 96 % of rows that are fine and that a page never asks for on their own.
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("team", "feature"), ("team", "model"), ("team", "user"), ("team", "key"),
+    ("team", "cache"), ("feature", "model"), ("feature", "user"), ("feature", "key"),
+    ("feature", "cache"), ("model", "user"), ("model", "key"),
+    ("status", "user"), ("status", "team"), ("status", "feature"), ("status", "key"))
+ERROR_PAIRS = {p for p in PAIRS if p[0] == "status"}
+TABLES: tuple[Table, ...] = (DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY,
+                             MODEL_DAILY, PAIR_HOURLY, PAIR_DAILY)
 _INT_KEYS = {"status"}
+
+
+def pair_name(a: str, b: str) -> str:
+    return f"{a}|{b}"
 
 
 def _ddl(t: Table) -> list[str]:
@@ -84,7 +111,9 @@ def _ddl(t: Table) -> list[str]:
     cols += [f"{k} {'INTEGER' if k in _INT_KEYS else 'TEXT'} NOT NULL" for k in t.keys]
     cols += [f"{v} {'DOUBLE PRECISION' if v in _FLOAT_MEASURES else 'BIGINT'} NOT NULL DEFAULT 0"
              for v in t.values]
-    pk = ", ".join(("bucket",) + t.keys)
+    # The key leads with what a reader fixes (a pair and its first value) and then the
+    # bucket range, so a window of one team is one contiguous range of the index.
+    pk = ", ".join(("pair", "a", "bucket", "b") if t.keys == PAIR_KEYS else ("bucket",) + t.keys)
     out = [f"CREATE TABLE IF NOT EXISTS {t.name} ({', '.join(cols)}, PRIMARY KEY ({pk}))"]
     if t.keys == COMBO_KEYS:
         # The pages filter on one attribution over a range of buckets.
@@ -92,16 +121,21 @@ def _ddl(t: Table) -> list[str]:
             out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_{k} ON {t.name} ({k}, bucket)")
     if t.keys == DIM_KEYS:
         out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_value ON {t.name} (dim, value, bucket)")
+    if t.keys == PAIR_KEYS:
+        # Filtered on the second value (one user's spend per team), grouped on the first.
+        out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_b ON {t.name} (pair, b, bucket)")
     return out
 
 
-def ddl() -> list[str]:
-    """Migration 7's statements: the four tables, and the request log's keyset index."""
-    out = [s for t in TABLES for s in _ddl(t)]
-    out.append("CREATE INDEX IF NOT EXISTS requests_ts_id ON requests (ts, id)")
-    # The model filter's expression (queries.GROUPS["model"]), so it can use an index.
-    out.append("CREATE INDEX IF NOT EXISTS requests_model_ts ON requests "
-               "(COALESCE(model, requested_model), ts)")
+def ddl(since: int = 7) -> list[str]:
+    """The statements creating the tables of migration ``since`` (7: the first five, and
+    the request log's keyset index; 9: the daily model table and the pair tables)."""
+    out = [s for t in TABLES if t.since == since for s in _ddl(t)]
+    if since == 7:
+        out.append("CREATE INDEX IF NOT EXISTS requests_ts_id ON requests (ts, id)")
+        # The model filter's expression (queries.GROUPS["model"]), so it can use an index.
+        out.append("CREATE INDEX IF NOT EXISTS requests_model_ts ON requests "
+                   "(COALESCE(model, requested_model), ts)")
     return out
 
 
@@ -178,16 +212,62 @@ def _stage_items(stage_ms: Any) -> Iterable[tuple[str, float]]:
 
 
 Sums = dict[tuple, list]
+_INT_MEASURES = [i for i, m in enumerate(MEASURES) if m not in _FLOAT_MEASURES]
+
+
+def hist_buckets(ms: np.ndarray) -> np.ndarray:
+    """``hist_bucket`` of every value of ``ms`` at once."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        idx = 1 + np.floor(np.log(ms / HIST_BASE_MS) / _LOG_FACTOR)
+    return np.where(ms < HIST_BASE_MS, 0, np.minimum(idx, HIST_BUCKETS - 1)).astype(np.int64)
+
+
+class _Groups:
+    """Keys seen in a batch, each a group id; which rows (by index) add to which group."""
+
+    __slots__ = ("index", "gids", "rows")
+
+    def __init__(self) -> None:
+        self.index: dict[tuple, int] = {}
+        self.gids: list[int] = []
+        self.rows: list[int] = []
+
+    def add(self, key: tuple, row: int) -> None:
+        index = self.index
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(index)
+        self.gids.append(g)
+        self.rows.append(row)
+
+    def sums(self, m: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(self.index), m.shape[1]))
+        if self.gids:
+            np.add.at(out, np.asarray(self.gids), m[np.asarray(self.rows)])
+        return out
+
+
+def _as_rows(groups: _Groups, sums: np.ndarray, n_int: Sequence[int]) -> Sums:
+    values = sums.tolist()
+    for v in values:
+        for i in n_int:
+            v[i] = int(round(v[i]))
+    return dict(zip(groups.index, values))
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
-    """Each table's sums over ``rows`` (dicts by ledger column), keyed by (bucket, keys…)."""
-    out: dict[str, Sums] = {t.name: {} for t in TABLES}
-    daily = out[DAILY.name]
-    dim_hourly, dim_daily = out[DIM_HOURLY.name], out[DIM_DAILY.name]
-    per_model, per_stage = out[MODEL_HOURLY.name], out[STAGE_HOURLY.name]
-    n_measures = len(MEASURES)
-    for r in rows:
+    """Each table's sums over ``rows`` (dicts by ledger column), keyed by (bucket, keys…).
+
+    The writer calls this for every batch, so the per-row Python is only the keys; the
+    measures are summed per group with numpy."""
+    measures: list[tuple] = []
+    daily, dim_h, dim_d, model_h, model_d = (_Groups() for _ in range(5))
+    pair_h, pair_d, stage = _Groups(), _Groups(), _Groups()
+    ov: list[tuple[int, float]] = []
+    up: list[tuple[int, float]] = []
+    stage_ms: list[float] = []
+    pairs = [(pair_name(a, b), a, b, (a, b) in ERROR_PAIRS) for a, b in PAIRS]
+    for i, r in enumerate(rows):
         ts = float(r["ts"])
         hour, day = int(ts // HOUR_S), int(ts // DAY_S)
         model = _text(r.get("model") or r.get("requested_model"))
@@ -198,41 +278,60 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
         latency = r.get("latency_ms")
         upstream = r.get("upstream_ms")
         comp, routing, batching = _note_savings(r.get("notes"))
-        m = (1, int(r.get("prompt_tokens") or 0), int(r.get("completion_tokens") or 0), cost,
-             float(r.get("saved_usd") or 0.0), 1 if status >= 400 else 0,
-             1 if cache in ("exact", "semantic") else 0,
-             cost - reserved if reserved is not None and cost > reserved else 0.0,
-             cost * cost, float(latency or 0.0), float(upstream or 0.0), comp, routing,
-             batching)
-        user, team, feature = (_text(r.get("user_id")), _text(r.get("team")),
-                               _text(r.get("feature")))
-        k = (day, user, team, feature, model)
-        acc = daily.get(k)
-        daily[k] = list(m) if acc is None else [a + b for a, b in zip(acc, m)]
-        for dim, value in (("user", user), ("team", team), ("feature", feature),
-                           ("key", _text(r.get("key_id")))):
-            for sums, bucket in ((dim_hourly, hour), (dim_daily, day)):
-                k = (bucket, dim, value)
-                acc = sums.get(k)
-                sums[k] = list(m) if acc is None else [a + b for a, b in zip(acc, m)]
+        measures.append((1, int(r.get("prompt_tokens") or 0), int(r.get("completion_tokens") or 0),
+                         cost, float(r.get("saved_usd") or 0.0), 1 if status >= 400 else 0,
+                         1 if cache in ("exact", "semantic") else 0,
+                         cost - reserved if reserved is not None and cost > reserved else 0.0,
+                         cost * cost, float(latency or 0.0), float(upstream or 0.0), comp,
+                         routing, batching))
+        v = {"user": _text(r.get("user_id")), "team": _text(r.get("team")),
+             "feature": _text(r.get("feature")), "key": _text(r.get("key_id")),
+             "model": model, "cache": cache, "status": str(status)}
+        daily.add((day, v["user"], v["team"], v["feature"], model), i)
+        for dim in ONE_DIMENSION:
+            dim_h.add((hour, dim, v[dim]), i)
+            dim_d.add((day, dim, v[dim]), i)
         k = (hour, model, cache, status)
-        acc = per_model.get(k)
-        if acc is None:
-            acc = per_model[k] = [*m, *([0] * (2 * HIST_BUCKETS))]
-        else:
-            acc[:n_measures] = [a + b for a, b in zip(acc, m)]
+        model_h.add(k, i)
+        model_d.add((day, model, cache, status), i)
+        g = model_h.gids[-1]
         overhead = r.get("overhead_ms")
         if overhead is not None:
-            acc[n_measures + hist_bucket(float(overhead))] += 1
+            ov.append((g, float(overhead)))
         if upstream is not None and float(upstream) > 0:
-            acc[n_measures + HIST_BUCKETS + hist_bucket(float(upstream))] += 1
-        for stage, ms in _stage_items(r.get("stage_ms")):
-            k = (hour, stage[:64])
-            acc = per_stage.get(k)
-            if acc is None:
-                acc = per_stage[k] = [0] * len(STAGE_HOURLY.values)
-            acc[0] += 1
-            acc[1 + hist_bucket(ms)] += 1
+            up.append((g, float(upstream)))
+        for name, a, b, errors_only in pairs:
+            if errors_only and status < 400:
+                continue
+            pair_h.add((hour, name, v[a], v[b]), i)
+            pair_d.add((day, name, v[a], v[b]), i)
+        for st, ms in _stage_items(r.get("stage_ms")):
+            stage.add((hour, st[:64]), i)
+            stage_ms.append(ms)
+    out: dict[str, Sums] = {t.name: {} for t in TABLES}
+    if not measures:
+        return out
+    m = np.asarray(measures, dtype=np.float64)
+    ints = _INT_MEASURES
+    for t, groups in ((DAILY, daily), (DIM_HOURLY, dim_h), (DIM_DAILY, dim_d),
+                      (MODEL_DAILY, model_d), (PAIR_HOURLY, pair_h), (PAIR_DAILY, pair_d)):
+        out[t.name] = _as_rows(groups, groups.sums(m), ints)
+    n_m = len(MEASURES)
+    per_model = np.zeros((len(model_h.index), n_m + 2 * HIST_BUCKETS))
+    per_model[:, :n_m] = model_h.sums(m)
+    for pairs_of, offset in ((ov, n_m), (up, n_m + HIST_BUCKETS)):
+        if pairs_of:
+            gids = np.fromiter((p[0] for p in pairs_of), np.int64, len(pairs_of))
+            ms = np.fromiter((p[1] for p in pairs_of), np.float64, len(pairs_of))
+            np.add.at(per_model, (gids, offset + hist_buckets(ms)), 1)
+    out[MODEL_HOURLY.name] = _as_rows(model_h, per_model,
+                                      [*ints, *range(n_m, n_m + 2 * HIST_BUCKETS)])
+    if stage.gids:
+        counts = np.zeros((len(stage.index), 1 + HIST_BUCKETS))
+        gids = np.asarray(stage.gids)
+        np.add.at(counts, (gids, 0), 1)
+        np.add.at(counts, (gids, 1 + hist_buckets(np.asarray(stage_ms))), 1)
+        out[STAGE_HOURLY.name] = _as_rows(stage, counts, range(1 + HIST_BUCKETS))
     return out
 
 
@@ -244,7 +343,26 @@ def _upsert_sql(t: Table) -> str:
             f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
 
 
+def _pg_type(t: Table, col: str) -> str:
+    if col == "bucket":
+        return "bigint"
+    if col in t.keys:
+        return "integer" if col in _INT_KEYS else "text"
+    return "double precision" if col in _FLOAT_MEASURES else "bigint"
+
+
+def _pg_upsert_sql(t: Table) -> str:
+    """One statement per table and batch on PostgreSQL: every row's columns as arrays,
+    unnested (a fixed text the server prepares once, one round trip)."""
+    cols = ("bucket",) + t.keys + t.values
+    arrays = ", ".join(f"%s::{_pg_type(t, c)}[]" for c in cols)
+    sets = ", ".join(f"{v} = {t.name}.{v} + excluded.{v}" for v in t.values)
+    return (f"INSERT INTO {t.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
+
+
 _UPSERTS = {t.name: _upsert_sql(t) for t in TABLES}
+_PG_UPSERTS = {t.name: _pg_upsert_sql(t) for t in TABLES}
 
 
 def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
@@ -252,13 +370,30 @@ def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     for name, sums in aggregate(rows).items():
-        if sums:
-            db.executemany(_UPSERTS[name], [(*k, *v) for k, v in sorted(sums.items())])
+        if not sums:
+            continue
+        # Sorted: concurrent writers lock a table's rows in the same order (no deadlock).
+        items = [(*k, *v) for k, v in sorted(sums.items())]
+        if db.dialect == "postgresql":
+            with db._guard(), db.conn.cursor() as cur:
+                cur.execute(_PG_UPSERTS[name], [list(c) for c in zip(*items)], prepare=True)
+        else:
+            db.executemany(_UPSERTS[name], items)
 
 
-def rebuild(db: Database) -> int:
-    """Recompute every rollup from the ``requests`` table (the caller commits); returns
-    the rows read. In bulk (``metering/rollup_build.py``)."""
+def rebuild(db: Database, since: int | None = None) -> int:
+    """Recompute the rollups (all, or those migration ``since`` created) from the
+    ``requests`` table (the caller commits); returns the rows read. In bulk
+    (``metering/rollup_build.py``)."""
     from margin.metering import rollup_build
 
-    return rollup_build.rebuild(db)
+    tables = TABLES if since is None else tuple(t for t in TABLES if t.since == since)
+    return rollup_build.rebuild(db, tables=tables)
+
+
+def rebuild_step(since: int) -> Any:
+    """A migration's step filling the tables it created from the rows already there."""
+    def step(db: Database) -> int:
+        return rebuild(db, since)
+    step.__name__ = f"rebuild_rollups_of_{since}"
+    return step

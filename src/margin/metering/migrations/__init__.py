@@ -104,12 +104,16 @@ MIGRATIONS: dict[int, list[Step]] = {
         "CREATE INDEX IF NOT EXISTS requests_experiment_ts ON requests (experiment, ts)"],
     # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
     # rows already there; the request log's keyset index.
-    7: [*rollups.ddl(), rollups.rebuild],
+    7: [*rollups.ddl(7), rollups.rebuild_step(7)],
     # No rollup holds the tokens before and after compression: ``margin ledger stats``
     # sums them on this partial index (only the compressed rows) instead of scanning.
     8: ["CREATE INDEX IF NOT EXISTS requests_compressed_ts ON requests "
         "(ts, tokens_before_compression, tokens_after_compression) "
         "WHERE tokens_before_compression IS NOT NULL"],
+    # Rollups for the pages migration 7's could not answer at ten million rows: per day
+    # and model, and pairs of dimensions (filtered on one, grouped on the other), filled
+    # from the rows already there (metering/rollups.py).
+    9: [*rollups.ddl(9), rollups.rebuild_step(9)],
 }
 
 
