@@ -113,7 +113,7 @@ MIGRATIONS: dict[int, list[Step]] = {
     # Rollups for the pages migration 7's could not answer at ten million rows: per day
     # and model, and pairs of dimensions (filtered on one, grouped on the other), filled
     # from the rows already there (metering/rollups.py).
-    9: [*rollups.ddl(9), rollups.rebuild_step(9)],
+    9: [rollups.create_step(9), rollups.rebuild_step(9)],
 }
 
 
