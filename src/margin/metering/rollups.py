@@ -221,7 +221,6 @@ def _stage_items(stage_ms: Any) -> Iterable[tuple[str, float]]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-Sums = dict[tuple, list]
 _INT_MEASURES = [i for i, m in enumerate(MEASURES) if m not in _FLOAT_MEASURES]
 
 
@@ -232,117 +231,149 @@ def hist_buckets(ms: np.ndarray) -> np.ndarray:
     return np.where(ms < HIST_BASE_MS, 0, np.minimum(idx, HIST_BUCKETS - 1)).astype(np.int64)
 
 
-class _Groups:
-    """Keys seen in a batch, each a group id; which rows (by index) add to which group."""
+@dataclass(slots=True)
+class Batch:
+    """One table's sums over a batch of rows: its distinct keys (bucket, keys…) and a
+    row of ``Table.values`` per key."""
 
-    __slots__ = ("index", "gids", "rows")
+    keys: list[tuple]
+    values: np.ndarray
 
-    def __init__(self) -> None:
-        self.index: dict[tuple, int] = {}
-        self.gids: list[int] = []
-        self.rows: list[int] = []
+    def as_dict(self) -> dict[tuple, list]:
+        return dict(zip(self.keys, self.values.tolist()))
 
-    def add(self, key: tuple, row: int) -> None:
-        index = self.index
-        g = index.get(key)
-        if g is None:
-            g = index[key] = len(index)
-        self.gids.append(g)
-        self.rows.append(row)
 
-    def sums(self, m: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(self.index), m.shape[1]))
-        if self.gids:
-            np.add.at(out, np.asarray(self.gids), m[np.asarray(self.rows)])
+def _group(keys: Iterable[tuple]) -> tuple[list[tuple], np.ndarray]:
+    """The distinct ``keys`` in order of appearance, and each key's group id."""
+    index: dict[tuple, int] = {}
+    gids = [index.setdefault(k, len(index)) for k in keys]
+    return list(index), np.asarray(gids, dtype=np.int64)
+
+
+def _sum(keys: Iterable[tuple], m: np.ndarray) -> Batch:
+    distinct, gids = _group(keys)
+    out = np.empty((len(distinct), m.shape[1]))
+    for j in range(m.shape[1]):
+        out[:, j] = np.bincount(gids, weights=m[:, j], minlength=len(distinct))
+    return Batch(distinct, out)
+
+
+def _floats(rows: Sequence[dict[str, Any]], column: str) -> np.ndarray:
+    return np.array([float(r.get(column) or 0.0) for r in rows])
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
+    """Each table's sums over ``rows`` (dicts by ledger column).
+
+    The writer calls this for every batch: the per-row Python is the reading of each
+    column and the building of the keys; grouping and sums are numpy's (bincount)."""
+    rows = list(rows)
+    out: dict[str, Batch] = {}
+    n = len(rows)
+    if not n:
         return out
-
-
-def _as_rows(groups: _Groups, sums: np.ndarray, n_int: Sequence[int]) -> Sums:
-    values = sums.tolist()
-    for v in values:
-        for i in n_int:
-            v[i] = int(round(v[i]))
-    return dict(zip(groups.index, values))
-
-
-def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Sums]:
-    """Each table's sums over ``rows`` (dicts by ledger column), keyed by (bucket, keys…).
-
-    The writer calls this for every batch, so the per-row Python is only the keys; the
-    measures are summed per group with numpy."""
-    measures: list[tuple] = []
-    daily, dim_h, dim_d, model_h, model_d = (_Groups() for _ in range(5))
-    pair_h, pair_d, stage = _Groups(), _Groups(), _Groups()
-    ov: list[tuple[int, float]] = []
-    up: list[tuple[int, float]] = []
+    ts = np.array([float(r["ts"]) for r in rows])
+    hours = (ts // HOUR_S).astype(np.int64).tolist()
+    days = (ts // DAY_S).astype(np.int64).tolist()
+    v = {"user": [_text(r.get("user_id")) for r in rows],
+         "team": [_text(r.get("team")) for r in rows],
+         "feature": [_text(r.get("feature")) for r in rows],
+         "key": [_text(r.get("key_id")) for r in rows],
+         "model": [_text(r.get("model") or r.get("requested_model")) for r in rows],
+         "cache": [_text(r.get("cache") or "miss") for r in rows]}
+    status = [int(r.get("status") or 0) for r in rows]
+    v["status"] = [str(s) for s in status]
+    status_a = np.array(status)
+    cost = _floats(rows, "cost_usd")
+    reserved = np.array([np.nan if r.get("reserved_usd") is None else float(r["reserved_usd"])
+                         for r in rows])
+    with np.errstate(invalid="ignore"):
+        overrun = np.where(~np.isnan(reserved) & (cost > reserved), cost - reserved, 0.0)
+    notes = np.array([_note_savings(r.get("notes")) for r in rows]).reshape(n, 3)
+    m = np.column_stack([
+        np.ones(n), _floats(rows, "prompt_tokens"), _floats(rows, "completion_tokens"), cost,
+        _floats(rows, "saved_usd"), (status_a >= 400).astype(float),
+        np.array([c in ("exact", "semantic") for c in v["cache"]], dtype=float), overrun,
+        cost * cost, _floats(rows, "latency_ms"), _floats(rows, "upstream_ms"), notes])
+    user, team, feature, model, cache = v["user"], v["team"], v["feature"], v["model"], v["cache"]
+    out[DAILY.name] = _sum(zip(days, user, team, feature, model), m)
+    dim_keys_h: list[tuple] = []
+    dim_keys_d: list[tuple] = []
+    for dim in ONE_DIMENSION:
+        dim_keys_h += zip(hours, [dim] * n, v[dim])
+        dim_keys_d += zip(days, [dim] * n, v[dim])
+    m4 = np.concatenate([m] * len(ONE_DIMENSION))
+    out[DIM_HOURLY.name] = _sum(dim_keys_h, m4)
+    out[DIM_DAILY.name] = _sum(dim_keys_d, m4)
+    out[MODEL_DAILY.name] = _sum(zip(days, model, cache, status), m)
+    errors = [i for i, s in enumerate(status) if s >= 400]
+    pair_h: list[tuple] = []
+    pair_d: list[tuple] = []
+    picks: list[np.ndarray] = []
+    for a, b in PAIRS:
+        name = pair_name(a, b)
+        va, vb = v[a], v[b]
+        if (a, b) in ERROR_PAIRS:
+            pair_h += ((hours[i], name, va[i], vb[i]) for i in errors)
+            pair_d += ((days[i], name, va[i], vb[i]) for i in errors)
+            picks.append(m[errors])
+        else:
+            pair_h += zip(hours, [name] * n, va, vb)
+            pair_d += zip(days, [name] * n, va, vb)
+            picks.append(m)
+    mp = np.concatenate(picks)
+    out[PAIR_HOURLY.name] = _sum(pair_h, mp)
+    out[PAIR_DAILY.name] = _sum(pair_d, mp)
+    # Per (hour, model, cache, status): the measures and the two latency histograms.
+    keys, gids = _group(zip(hours, model, cache, status))
+    n_m, g = len(MEASURES), len(keys)
+    per_model = np.zeros((g, n_m + 2 * HIST_BUCKETS))
+    for j in range(n_m):
+        per_model[:, j] = np.bincount(gids, weights=m[:, j], minlength=g)
+    overhead = np.array([np.nan if r.get("overhead_ms") is None else float(r["overhead_ms"])
+                         for r in rows])
+    upstream = np.array([np.nan if r.get("upstream_ms") is None else float(r["upstream_ms"])
+                         for r in rows])
+    for values, offset, keep in ((overhead, n_m, ~np.isnan(overhead)),
+                                 (upstream, n_m + HIST_BUCKETS, np.nan_to_num(upstream) > 0)):
+        if keep.any():
+            cells = gids[keep] * HIST_BUCKETS + hist_buckets(values[keep])
+            per_model[:, offset:offset + HIST_BUCKETS] += np.bincount(
+                cells, minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
+    out[MODEL_HOURLY.name] = Batch(keys, per_model)
+    stage_keys: list[tuple] = []
     stage_ms: list[float] = []
-    pairs = [(pair_name(a, b), a, b, (a, b) in ERROR_PAIRS) for a, b in PAIRS]
-    for i, r in enumerate(rows):
-        ts = float(r["ts"])
-        hour, day = int(ts // HOUR_S), int(ts // DAY_S)
-        model = _text(r.get("model") or r.get("requested_model"))
-        cache = _text(r.get("cache") or "miss")
-        status = int(r.get("status") or 0)
-        cost = float(r.get("cost_usd") or 0.0)
-        reserved = r.get("reserved_usd")
-        latency = r.get("latency_ms")
-        upstream = r.get("upstream_ms")
-        comp, routing, batching = _note_savings(r.get("notes"))
-        measures.append((1, int(r.get("prompt_tokens") or 0), int(r.get("completion_tokens") or 0),
-                         cost, float(r.get("saved_usd") or 0.0), 1 if status >= 400 else 0,
-                         1 if cache in ("exact", "semantic") else 0,
-                         cost - reserved if reserved is not None and cost > reserved else 0.0,
-                         cost * cost, float(latency or 0.0), float(upstream or 0.0), comp,
-                         routing, batching))
-        v = {"user": _text(r.get("user_id")), "team": _text(r.get("team")),
-             "feature": _text(r.get("feature")), "key": _text(r.get("key_id")),
-             "model": model, "cache": cache, "status": str(status)}
-        daily.add((day, v["user"], v["team"], v["feature"], model), i)
-        for dim in ONE_DIMENSION:
-            dim_h.add((hour, dim, v[dim]), i)
-            dim_d.add((day, dim, v[dim]), i)
-        k = (hour, model, cache, status)
-        model_h.add(k, i)
-        model_d.add((day, model, cache, status), i)
-        g = model_h.gids[-1]
-        overhead = r.get("overhead_ms")
-        if overhead is not None:
-            ov.append((g, float(overhead)))
-        if upstream is not None and float(upstream) > 0:
-            up.append((g, float(upstream)))
-        for name, a, b, errors_only in pairs:
-            if errors_only and status < 400:
-                continue
-            pair_h.add((hour, name, v[a], v[b]), i)
-            pair_d.add((day, name, v[a], v[b]), i)
+    for hour, r in zip(hours, rows):
         for st, ms in _stage_items(r.get("stage_ms")):
-            stage.add((hour, st[:64]), i)
+            stage_keys.append((hour, st[:64]))
             stage_ms.append(ms)
-    out: dict[str, Sums] = {t.name: {} for t in TABLES}
-    if not measures:
-        return out
-    m = np.asarray(measures, dtype=np.float64)
-    ints = _INT_MEASURES
-    for t, groups in ((DAILY, daily), (DIM_HOURLY, dim_h), (DIM_DAILY, dim_d),
-                      (MODEL_DAILY, model_d), (PAIR_HOURLY, pair_h), (PAIR_DAILY, pair_d)):
-        out[t.name] = _as_rows(groups, groups.sums(m), ints)
-    n_m = len(MEASURES)
-    per_model = np.zeros((len(model_h.index), n_m + 2 * HIST_BUCKETS))
-    per_model[:, :n_m] = model_h.sums(m)
-    for pairs_of, offset in ((ov, n_m), (up, n_m + HIST_BUCKETS)):
-        if pairs_of:
-            gids = np.fromiter((p[0] for p in pairs_of), np.int64, len(pairs_of))
-            ms = np.fromiter((p[1] for p in pairs_of), np.float64, len(pairs_of))
-            np.add.at(per_model, (gids, offset + hist_buckets(ms)), 1)
-    out[MODEL_HOURLY.name] = _as_rows(model_h, per_model,
-                                      [*ints, *range(n_m, n_m + 2 * HIST_BUCKETS)])
-    if stage.gids:
-        counts = np.zeros((len(stage.index), 1 + HIST_BUCKETS))
-        gids = np.asarray(stage.gids)
-        np.add.at(counts, (gids, 0), 1)
-        np.add.at(counts, (gids, 1 + hist_buckets(np.asarray(stage_ms))), 1)
-        out[STAGE_HOURLY.name] = _as_rows(stage, counts, range(1 + HIST_BUCKETS))
+    if stage_keys:
+        keys, gids = _group(stage_keys)
+        g = len(keys)
+        counts = np.zeros((g, 1 + HIST_BUCKETS))
+        counts[:, 0] = np.bincount(gids, minlength=g)
+        counts[:, 1:] = np.bincount(gids * HIST_BUCKETS + hist_buckets(np.asarray(stage_ms)),
+                                    minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
+        out[STAGE_HOURLY.name] = Batch(keys, counts)
     return out
+
+
+_INT_VALUES = {t.name: [i for i, c in enumerate(t.values) if c not in _FLOAT_MEASURES]
+               for t in TABLES}
+
+
+def _columns(t: Table, batch: Batch) -> list[list]:
+    """The batch as one list per column (bucket, keys…, values…), keys sorted: concurrent
+    writers then lock a table's rows in the same order (no deadlock)."""
+    order = sorted(range(len(batch.keys)), key=batch.keys.__getitem__)
+    keys = [batch.keys[i] for i in order]
+    values = batch.values[order]
+    ints = set(_INT_VALUES[t.name])
+    cols = [list(c) for c in zip(*keys)]
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        cols.append(np.rint(col).astype(np.int64).tolist() if j in ints else col.tolist())
+    return cols
 
 
 def _upsert_sql(t: Table) -> str:
@@ -379,16 +410,16 @@ def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
     """Add ``rows`` to every rollup (the caller commits, with the rows themselves)."""
     if not rows:
         return
-    for name, sums in aggregate(rows).items():
-        if not sums:
+    by_name = {t.name: t for t in TABLES}
+    for name, batch in aggregate(rows).items():
+        if not batch.keys:
             continue
-        # Sorted: concurrent writers lock a table's rows in the same order (no deadlock).
-        items = [(*k, *v) for k, v in sorted(sums.items())]
+        cols = _columns(by_name[name], batch)
         if db.dialect == "postgresql":
             with db._guard(), db.conn.cursor() as cur:
-                cur.execute(_PG_UPSERTS[name], [list(c) for c in zip(*items)], prepare=True)
+                cur.execute(_PG_UPSERTS[name], cols, prepare=True)
         else:
-            db.executemany(_UPSERTS[name], items)
+            db.executemany(_UPSERTS[name], zip(*cols))
 
 
 def rebuild(db: Database, since: int | None = None) -> int:
