@@ -139,11 +139,6 @@ class Source:
     pair: tuple[str, str] | None = None       # the pair tables: (a, b)
 
 
-def _errors_only(status: str | None) -> bool:
-    """Whether a status filter keeps only error rows (what the status pairs hold)."""
-    if status is None or status == "ok":
-        return False
-    return status == "error" or int(status) >= 400
 
 
 def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
@@ -158,10 +153,10 @@ def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
     if len(asked) == 1:
         (dim,) = dims
         return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY), dim=dim)
-    if len(asked) == 2 and "status" not in group and \
-            ("status" not in asked or _errors_only(f.status)):
+    if len(asked) == 2 and ("status" not in asked or f.status == "error"):
         for a, b in rollups.PAIRS:
-            if {a, b} == asked:
+            # The pair's first dimension filtered: one range of its key.
+            if {a, b} == asked and getattr(f, a) is not None and b not in filtered:
                 return Source((PAIR_HOURLY,) if hourly else (PAIR_HOURLY, PAIR_DAILY),
                               pair=(a, b))
     combo = {"user", "team", "feature", "model"}
@@ -192,16 +187,10 @@ def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
         assert src.pair is not None
         clauses.append("pair = ?")
         params.append(rollups.pair_name(*src.pair))
-        for column, dim in zip(("a", "b"), src.pair):
-            value = getattr(f, dim)
-            if dim == "status":   # only error rows are there: "error" is all of them
-                if value not in (None, "error"):
-                    clauses.append(f"{column} = ?")
-                    params.append(str(int(value)))
-            elif value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-            f = replace(f, **{dim: None})
+        a, b = src.pair
+        clauses.append("a = ?")
+        params.append(getattr(f, a))   # "error" for the status pairs
+        f = replace(f, **{a: None})
     if lo_s is not None:
         clauses.append("bucket >= ?")
         params.append(int(lo_s // t.bucket_s))

@@ -86,8 +86,8 @@ def _hist_columns(frame: pl.DataFrame, bucket_col: str, names: tuple[str, ...]) 
 
 
 def _pair_value(name: str) -> pl.Expr:
-    if name == "status":
-        return pl.col("status").cast(pl.Utf8)
+    if name == "status":   # only error rows go into the status pairs
+        return pl.lit("error")
     return pl.col(_DIM_COLUMN[name])
 
 
