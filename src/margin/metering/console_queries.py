@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import orjson
 
 from margin.metering import rollups
@@ -383,12 +384,15 @@ def latency_histograms(db: Database, f: Filters) -> tuple[list[int], list[int]]:
     for p in pieces(f.since_s, f.until_s, widths):
         if p.table is None or _has_attribution(f):
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
-            for ov, up in db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}",
-                                   params):
-                if ov is not None:
-                    overhead[hist_bucket(float(ov))] += 1
-                if up is not None and float(up) > 0:
-                    upstream[hist_bucket(float(up))] += 1
+            rows = db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}", params)
+            if not rows:
+                continue
+            # A day of one team is tens of thousands of rows: bucketed with numpy.
+            values = np.array(rows, dtype=np.float64)   # NULL -> nan
+            ov, up = values[:, 0], values[:, 1]
+            for acc, v in ((overhead, ov[~np.isnan(ov)]), (upstream, up[np.nan_to_num(up) > 0])):
+                for i, c in enumerate(np.bincount(rollups.hist_buckets(v), minlength=nb)):
+                    acc[i] += int(c)
             continue
         where, params = _rollup_where(f, MODEL_HOURLY, p.lo_s, p.hi_s)
         cols = ", ".join(f"SUM({c})" for c in rollups.OVERHEAD_HIST + rollups.UPSTREAM_HIST)
@@ -409,9 +413,15 @@ def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
         if p.table is None or not plain:
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
                 "stage_ms IS NOT NULL")
+            per_stage: dict[str, list[float]] = {}
             for (text,) in db.query(f"SELECT stage_ms FROM requests{where}", params):
                 for stage, ms in rollups._stage_items(text):
-                    out.setdefault(stage, [0] * nb)[hist_bucket(ms)] += 1
+                    per_stage.setdefault(stage, []).append(ms)
+            for stage, values in per_stage.items():
+                acc = out.setdefault(stage, [0] * nb)
+                counts = np.bincount(rollups.hist_buckets(np.asarray(values)), minlength=nb)
+                for i, c in enumerate(counts):
+                    acc[i] += int(c)
             continue
         clauses, params = [], []
         if p.lo_s is not None:
