@@ -215,3 +215,37 @@ def test_histogram_quantiles_stay_inside_the_bucket_of_the_exact_one():
         got = rollups.hist_quantile(counts, q)
         assert lo <= got <= hi, (q, rank, exact, got)
     assert rollups.hist_quantile([0] * rollups.HIST_BUCKETS, 0.5) is None
+
+
+def test_histograms_of_one_team_or_feature_equal_the_rows_buckets(tmp_path):
+    rnd = random.Random(5)
+    rows = random_rows(rnd, 900)
+    url = str(tmp_path / "h.db")
+    w = LedgerWriter(LedgerConfig(url=url, journal=False, batch_size=113))
+    w.start()
+    for r in rows:
+        w.submit(r)
+    w.close()
+    db = connect(url)
+    try:
+        for f in (Filters(T0 + 3600 * 5.5, T0 + 86400 * 3.2, team="t1"),
+                  Filters(None, T0 + 86400 * 2, feature="f2"), Filters(team="t2")):
+            assert cq._hist_dimension(f) is not None
+            chosen = [r for r in rows if (f.since_s is None or r["ts"] >= f.since_s)
+                      and (f.until_s is None or r["ts"] < f.until_s)
+                      and (f.team is None or r["team"] == f.team)
+                      and (f.feature is None or r["feature"] == f.feature)]
+            want_ov = [0] * rollups.HIST_BUCKETS
+            want_up = [0] * rollups.HIST_BUCKETS
+            want_stage: dict[str, list[int]] = {}
+            for r in chosen:
+                want_ov[rollups.hist_bucket(r["overhead_ms"])] += 1
+                if r["upstream_ms"] > 0:
+                    want_up[rollups.hist_bucket(r["upstream_ms"])] += 1
+                for stage, ms in rollups._stage_items(r["stage_ms"]):
+                    want_stage.setdefault(stage, [0] * rollups.HIST_BUCKETS)[
+                        rollups.hist_bucket(ms)] += 1
+            assert cq.latency_histograms(db, f) == (want_ov, want_up), f
+            assert cq.stage_histograms(db, f) == want_stage, f
+    finally:
+        db.close()

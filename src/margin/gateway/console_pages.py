@@ -100,7 +100,9 @@ def pareto_curve(costs: list[float], points: int = 20) -> list[dict[str, float]]
 def spend(db: Database, f: Filters, by: str, bucket_s: int, top: int) -> dict[str, Any]:
     """Cost per group over time (the ``top`` groups, the rest as ``other``), totals per
     group (all of them, biggest first), the Pareto curve of users and bot-like users."""
-    groups = [(v, s) for (v,), s in cq.sums(db, f, (by,)).items()]
+    shown_measures = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
+                      "errors", "cache_hits")
+    groups = [(v, s) for (v,), s in cq.sums(db, f, (by,), measures=shown_measures).items()]
     groups.sort(key=lambda g: (-g[1].cost_usd, -g[1].requests, _label(g[0])))
     shown = {g[0] for g in groups[:top]}
     grand = sum(s.cost_usd for _, s in groups)
@@ -134,7 +136,10 @@ def spend(db: Database, f: Filters, by: str, bucket_s: int, top: int) -> dict[st
     users.sort(key=lambda g: -g[1].cost_usd)
     flagged = []
     for user, _ in users[:BOT_CANDIDATES]:
-        times = cq.recent_times(db, replace(f, user=user), BOT_SAMPLE_ROWS)
+        # Judged on the user's own traffic in the window, whatever else the page filters:
+        # how machine-like a sender is does not depend on the model or team looked at, and
+        # (user, ts, prompt hash) is then an index the rows are read from alone.
+        times = cq.recent_times(db, Filters(f.since_s, f.until_s, user=user), BOT_SAMPLE_ROWS)
         signals = spend_report.bot_signals([t for t, _ in times], [h for _, h in times])
         if signals["bot_like"]:
             flagged.append({"group": user, "reason": ", ".join(signals["flags"]),

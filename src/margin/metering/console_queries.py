@@ -29,8 +29,10 @@ import orjson
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_DAILY,
-                                     MODEL_HOURLY, PAIR_DAILY, PAIR_HOURLY, STAGE_HOURLY,
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_STAGE_HOURLY, MEASURES, MODEL_DAILY,
+                                     MODEL_HOURLY, MODEL_HOURLY_SUMS, PAIR_DAILY, PAIR_HOURLY,
+                                     STAGE_HOURLY,
                                      Table, hist_bucket)
 
 # A report's dimension -> the rollup column holding it.
@@ -150,7 +152,7 @@ def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
     dims = {d for d in _ATTRIBUTION if d in asked}
     hourly = bucket_s is not None and bucket_s < DAILY.bucket_s
     if not dims:
-        return Source((MODEL_HOURLY,) if hourly else (MODEL_HOURLY, MODEL_DAILY))
+        return Source((MODEL_HOURLY_SUMS,) if hourly else (MODEL_HOURLY_SUMS, MODEL_DAILY))
     if len(asked) == 1:
         (dim,) = dims
         return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY), dim=dim)
@@ -376,12 +378,46 @@ def _has_attribution(f: Filters) -> bool:
     return any(getattr(f, d) is not None for d in _ATTRIBUTION)
 
 
+def _hist_dimension(f: Filters) -> str | None:
+    """The one team or feature ``f`` is about, when that is all it filters (the per-
+    dimension histogram tables hold it)."""
+    set_ = [d for d in (*DIMENSIONS, "status", "cache") if getattr(f, d) is not None]
+    if len(set_) == 1 and set_[0] in rollups.HIST_DIMENSIONS:
+        return set_[0]
+    return None
+
+
+def _dim_hist_where(f: Filters, dim: str, lo_s: float | None, hi_s: float | None
+                    ) -> tuple[str, list[Any]]:
+    clauses, params = ["dim = ?", "value = ?"], [dim, getattr(f, dim)]
+    if lo_s is not None:
+        clauses.append("bucket >= ?")
+        params.append(int(lo_s // HOUR_S))
+    if hi_s is not None:
+        clauses.append("bucket < ?")
+        params.append(int(hi_s // HOUR_S))
+    return " WHERE " + " AND ".join(clauses), params
+
+
+HOUR_S = 3600
+
+
 def latency_histograms(db: Database, f: Filters) -> tuple[list[int], list[int]]:
     """Histograms (``rollups.hist_bucket``) of gateway overhead and upstream time."""
     nb = rollups.HIST_BUCKETS
     overhead, upstream = [0] * nb, [0] * nb
-    widths = [] if _has_attribution(f) else [MODEL_HOURLY]
+    hist_dim = _hist_dimension(f)
+    widths = [DIM_LATENCY_HOURLY] if hist_dim else [] if _has_attribution(f) else [MODEL_HOURLY]
+    cols = ", ".join(f"SUM({c})" for c in rollups.OVERHEAD_HIST + rollups.UPSTREAM_HIST)
     for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is DIM_LATENCY_HOURLY:
+            assert hist_dim is not None
+            where, params = _dim_hist_where(f, hist_dim, p.lo_s, p.hi_s)
+            row = db.query(f"SELECT {cols} FROM {DIM_LATENCY_HOURLY.name}{where}", params)[0]
+            for i in range(nb):
+                overhead[i] += int(row[i] or 0)
+                upstream[i] += int(row[nb + i] or 0)
+            continue
         if p.table is None or _has_attribution(f):
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
             rows = db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}", params)
@@ -408,8 +444,19 @@ def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
     nb = rollups.HIST_BUCKETS
     out: dict[str, list[int]] = {}
     plain = not _has_attribution(f) and f.model is None and f.status is None and f.cache is None
-    widths = [STAGE_HOURLY] if plain else []
+    hist_dim = _hist_dimension(f)
+    widths = [STAGE_HOURLY] if plain else [DIM_STAGE_HOURLY] if hist_dim else []
     for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is DIM_STAGE_HOURLY:
+            assert hist_dim is not None
+            where, params = _dim_hist_where(f, hist_dim, p.lo_s, p.hi_s)
+            cols = ", ".join(f"SUM({c})" for c in rollups.STAGE_HIST)
+            for stage, *counts in db.query(f"SELECT stage, {cols} FROM {DIM_STAGE_HOURLY.name}"
+                                           f"{where} GROUP BY stage", params):
+                acc = out.setdefault(str(stage), [0] * nb)
+                for i, c in enumerate(counts):
+                    acc[i] += int(c or 0)
+            continue
         if p.table is None or not plain:
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
                 "stage_ms IS NOT NULL")
@@ -519,6 +566,6 @@ def model_hours(db: Database, since_s: float, until_s: float) -> list[ModelHour]
     (aligned down to hours), oldest first."""
     lo, hi = int(since_s // 3600), int(until_s // 3600)
     rows = db.query(f"SELECT bucket, model, SUM(requests), SUM(prompt_tokens) + "
-                    f"SUM(completion_tokens) FROM {MODEL_HOURLY.name} WHERE bucket >= ? AND "
+                    f"SUM(completion_tokens) FROM {MODEL_HOURLY_SUMS.name} WHERE bucket >= ? AND "
                     "bucket < ? GROUP BY bucket, model ORDER BY bucket", [lo, hi])
     return [ModelHour(int(h), str(m), int(n or 0), int(t or 0)) for h, m, n, t in rows if m]

@@ -16,8 +16,10 @@ import polars as pl
 
 from margin.metering import rollups
 from margin.metering.db import Database
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, ERROR_PAIRS, HIST_BASE_MS,
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_STAGE_HOURLY, ERROR_PAIRS, HIST_BASE_MS, HIST_DIMENSIONS,
                                      HIST_BUCKETS, MEASURES, MODEL_DAILY, MODEL_HOURLY,
+                                     MODEL_HOURLY_SUMS,
                                      ONE_DIMENSION, PAIR_DAILY, PAIR_HOURLY, PAIRS,
                                      STAGE_HOURLY, TABLES, Table, pair_name)
 
@@ -100,6 +102,9 @@ def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str,
     if MODEL_DAILY.name in wanted:
         out[MODEL_DAILY.name] = _sum(df.rename({"day": "bucket"}),
                                      ["bucket", *MODEL_DAILY.keys], MEASURES)
+    if MODEL_HOURLY_SUMS.name in wanted:
+        out[MODEL_HOURLY_SUMS.name] = _sum(df.rename({"hour": "bucket"}),
+                                           ["bucket", *MODEL_HOURLY_SUMS.keys], MEASURES)
     if PAIR_HOURLY.name in wanted or PAIR_DAILY.name in wanted:
         parts = []
         for a, b in PAIRS:
@@ -113,6 +118,22 @@ def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str,
                                      ["bucket", "pair", "a", "b"], MEASURES)
         out[PAIR_DAILY.name] = _sum(p.rename({"day": "bucket"}).drop("hour"),
                                     ["bucket", "pair", "a", "b"], MEASURES)
+    if DIM_LATENCY_HOURLY.name in wanted:
+        m = df.with_columns(*_hist_columns(df, "ov_bucket", rollups.OVERHEAD_HIST),
+                            *_hist_columns(df, "up_bucket", rollups.UPSTREAM_HIST))
+        m = m.with_columns(*(pl.col(c).fill_null(0) for c in DIM_LATENCY_HOURLY.values))
+        parts = [m.select(pl.col("hour").alias("bucket"), pl.lit(dim).alias("dim"),
+                          pl.col(_DIM_COLUMN[dim]).alias("value"), *DIM_LATENCY_HOURLY.values)
+                 for dim in HIST_DIMENSIONS]
+        out[DIM_LATENCY_HOURLY.name] = _sum(pl.concat(parts), ["bucket", "dim", "value"],
+                                            DIM_LATENCY_HOURLY.values)
+    if DIM_STAGE_HOURLY.name in wanted:
+        st = _stages(df, ["team", "feature"])
+        parts = [st.select("bucket", pl.lit(dim).alias("dim"),
+                           pl.col(_DIM_COLUMN[dim]).alias("value"), "stage",
+                           *DIM_STAGE_HOURLY.values) for dim in HIST_DIMENSIONS]
+        out[DIM_STAGE_HOURLY.name] = _sum(pl.concat(parts), ["bucket", "dim", "value", "stage"],
+                                          DIM_STAGE_HOURLY.values)
     if DAILY.name not in wanted:   # the tables of migration 7 come together
         return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
     out[DAILY.name] = _sum(df.rename({"day": "bucket"}), ["bucket", *DAILY.keys], MEASURES)
@@ -131,19 +152,24 @@ def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str,
                          + rollups.UPSTREAM_HIST))
     out[MODEL_HOURLY.name] = _sum(m.rename({"hour": "bucket"}), ["bucket", *MODEL_HOURLY.keys],
                                   MODEL_HOURLY.values)
-    pairs = (df.select(pl.col("hour").alias("bucket"),
+    out[STAGE_HOURLY.name] = _sum(_stages(df, []), ["bucket", "stage"], STAGE_HOURLY.values)
+    return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
+
+
+def _stages(df: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
+    """One row per (request, stage) with ``keep`` columns, the hour as ``bucket`` and the
+    stage's histogram columns."""
+    pairs = (df.select(pl.col("hour").alias("bucket"), *keep,
                        pl.col("stage_ms").str.extract_all(r'"[^"]+"\s*:\s*-?[0-9.eE+-]+').alias("p"))
              .explode("p").drop_nulls("p"))
     stages = pairs.select(
-        pl.col("bucket"),
+        pl.col("bucket"), *keep,
         pl.col("p").str.extract(r'^"([^"]+)"', 1).str.slice(0, 64).alias("stage"),
         pl.col("p").str.extract(r':\s*(-?[0-9.eE+-]+)$', 1).cast(pl.Float64, strict=False)
         .alias("ms")).drop_nulls()
     stages = stages.with_columns(pl.lit(1, pl.Int64).alias("samples"),
                                  _bucket_expr(pl.col("ms")).alias("b"))
-    stages = stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
-    out[STAGE_HOURLY.name] = _sum(stages, ["bucket", "stage"], STAGE_HOURLY.values)
-    return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
+    return stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
 
 
 def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:

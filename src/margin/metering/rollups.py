@@ -78,12 +78,22 @@ MODEL_KEYS = ("model", "cache", "status")
 MODEL_HOURLY = Table("rollup_model_hour", HOUR_S, MODEL_KEYS,
                      MEASURES + OVERHEAD_HIST + UPSTREAM_HIST)
 STAGE_HOURLY = Table("rollup_stage_hour", HOUR_S, ("stage",), ("samples",) + STAGE_HIST)
-# Migration 9. Per day and model without the histograms: a 90-day chart reads 90 narrow
-# rows per (model, cache, status), not 2,160 rows of 126 columns.
+# Migration 9. Per hour and per day and model without the histograms: a 90-day chart
+# reads 90 narrow rows per (model, cache, status), not 2,160 rows of 126 columns, and the
+# capacity page's four weeks of hours read 150-byte rows, not 1-kB ones.
+MODEL_HOURLY_SUMS = Table("rollup_model_hour_sums", HOUR_S, MODEL_KEYS, MEASURES, since=9)
 MODEL_DAILY = Table("rollup_model_day", DAY_S, MODEL_KEYS, MEASURES, since=9)
 # A page filtered on one dimension and grouped on another (spend by feature of one team,
 # by key of one model, by user of the errors): per (bucket, pair, a, b), the pair named
 # "a|b". Only the pairs in ``PAIRS``: each costs the writer one more sum per row and bucket.
+# The overview of one team or feature: its latency and per-stage histograms per hour (a
+# busy team's day is 25,000 rows to read and bucket otherwise). Only these two: a few dozen
+# values each, where users and keys are thousands.
+HIST_DIMENSIONS = ("team", "feature")
+DIM_LATENCY_HOURLY = Table("rollup_dim_latency_hour", HOUR_S, DIM_KEYS,
+                           OVERHEAD_HIST + UPSTREAM_HIST, since=9)
+DIM_STAGE_HOURLY = Table("rollup_dim_stage_hour", HOUR_S, (*DIM_KEYS, "stage"),
+                         ("samples",) + STAGE_HIST, since=9)
 PAIR_KEYS = ("pair", "a", "b")
 PAIR_HOURLY = Table("rollup_pair_hour", HOUR_S, PAIR_KEYS, MEASURES, since=9)
 PAIR_DAILY = Table("rollup_pair_day", DAY_S, PAIR_KEYS, MEASURES, since=9)
@@ -105,7 +115,8 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("status", "user"), ("status", "team"), ("status", "feature"), ("status", "key"))
 ERROR_PAIRS = {p for p in PAIRS if p[0] == "status"}
 TABLES: tuple[Table, ...] = (DAILY, DIM_HOURLY, DIM_DAILY, MODEL_HOURLY, STAGE_HOURLY,
-                             MODEL_DAILY, PAIR_HOURLY, PAIR_DAILY)
+                             MODEL_HOURLY_SUMS, MODEL_DAILY, PAIR_HOURLY, PAIR_DAILY,
+                             DIM_LATENCY_HOURLY, DIM_STAGE_HOURLY)
 _INT_KEYS = {"status"}
 
 
@@ -303,6 +314,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
     out[DIM_HOURLY.name] = _sum(dim_keys_h, m4)
     out[DIM_DAILY.name] = _sum(dim_keys_d, m4)
     out[MODEL_DAILY.name] = _sum(zip(days, model, cache, status), m)
+    out[MODEL_HOURLY_SUMS.name] = _sum(zip(hours, model, cache, status), m)
     errors = [i for i, s in enumerate(status) if s >= 400]
     pair_h: list[tuple] = []
     pair_d: list[tuple] = []
@@ -338,20 +350,41 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
             per_model[:, offset:offset + HIST_BUCKETS] += np.bincount(
                 cells, minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
     out[MODEL_HOURLY.name] = Batch(keys, per_model)
+    # The same two histograms per (hour, team) and (hour, feature).
+    keys, gids = _group([k for dim in HIST_DIMENSIONS for k in zip(hours, [dim] * n, v[dim])])
+    g = len(keys)
+    per_dim = np.zeros((g, 2 * HIST_BUCKETS))
+    reps = len(HIST_DIMENSIONS)
+    for values, offset, keep in ((overhead, 0, ~np.isnan(overhead)),
+                                 (upstream, HIST_BUCKETS, np.nan_to_num(upstream) > 0)):
+        keep_all = np.concatenate([keep] * reps)
+        if keep_all.any():
+            buckets = np.concatenate([hist_buckets(np.nan_to_num(values))] * reps)
+            cells = gids[keep_all] * HIST_BUCKETS + buckets[keep_all]
+            per_dim[:, offset:offset + HIST_BUCKETS] += np.bincount(
+                cells, minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
+    out[DIM_LATENCY_HOURLY.name] = Batch(keys, per_dim)
     stage_keys: list[tuple] = []
+    dim_stage_keys: list[tuple] = []
     stage_ms: list[float] = []
-    for hour, r in zip(hours, rows):
+    for i, (hour, r) in enumerate(zip(hours, rows)):
         for st, ms in _stage_items(r.get("stage_ms")):
-            stage_keys.append((hour, st[:64]))
+            st = st[:64]
+            stage_keys.append((hour, st))
             stage_ms.append(ms)
+            for dim in HIST_DIMENSIONS:
+                dim_stage_keys.append((hour, dim, v[dim][i], st))
     if stage_keys:
-        keys, gids = _group(stage_keys)
-        g = len(keys)
-        counts = np.zeros((g, 1 + HIST_BUCKETS))
-        counts[:, 0] = np.bincount(gids, minlength=g)
-        counts[:, 1:] = np.bincount(gids * HIST_BUCKETS + hist_buckets(np.asarray(stage_ms)),
-                                    minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
-        out[STAGE_HOURLY.name] = Batch(keys, counts)
+        buckets = hist_buckets(np.asarray(stage_ms))
+        for t, keys_of, b in ((STAGE_HOURLY, stage_keys, buckets),
+                              (DIM_STAGE_HOURLY, dim_stage_keys, np.repeat(buckets, reps))):
+            keys, gids = _group(keys_of)
+            g = len(keys)
+            counts = np.zeros((g, 1 + HIST_BUCKETS))
+            counts[:, 0] = np.bincount(gids, minlength=g)
+            counts[:, 1:] = np.bincount(gids * HIST_BUCKETS + b,
+                                        minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
+            out[t.name] = Batch(keys, counts)
     return out
 
 
