@@ -30,6 +30,7 @@ from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
 from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_WEEKLY,
                                      DIM_STAGE_HOURLY, MEASURES, MODEL_DAILY,
                                      MODEL_HOURLY, MODEL_HOURLY_SUMS, PAIR_DAILY, PAIR_HOURLY,
                                      STAGE_HOURLY,
@@ -155,7 +156,9 @@ def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
         return Source((MODEL_HOURLY_SUMS,) if hourly else (MODEL_HOURLY_SUMS, MODEL_DAILY))
     if len(asked) == 1:
         (dim,) = dims
-        return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY), dim=dim)
+        weekly = bucket_s is None or bucket_s % DIM_WEEKLY.bucket_s == 0
+        return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY, DIM_WEEKLY) if weekly
+                      else (DIM_HOURLY, DIM_DAILY), dim=dim)
     if len(asked) == 2 and ("status" not in asked or f.status == "error"):
         for a, b in rollups.PAIRS:
             # The pair's first dimension filtered: one range of its key.

@@ -17,6 +17,7 @@ import polars as pl
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_WEEKLY,
                                      DIM_STAGE_HOURLY, ERROR_PAIRS, HIST_BASE_MS, HIST_DIMENSIONS,
                                      HIST_BUCKETS, MEASURES, MODEL_DAILY, MODEL_HOURLY,
                                      MODEL_HOURLY_SUMS,
@@ -57,6 +58,7 @@ def _prepare(rows: list[tuple]) -> pl.DataFrame:
     return df.select(
         (pl.col("ts") // 3600).cast(pl.Int64).alias("hour"),
         (pl.col("ts") // 86400).cast(pl.Int64).alias("day"),
+        (pl.col("ts") // rollups.WEEK_S).cast(pl.Int64).alias("week"),
         *(pl.col(c).fill_null("").alias(c) for c in ("user_id", "team", "feature", "key_id")),
         pl.coalesce(pl.col("model"), pl.col("requested_model"), pl.lit("")).alias("model"),
         cache.alias("cache"), status.alias("status"),
@@ -118,6 +120,11 @@ def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str,
                                      ["bucket", "pair", "a", "b"], MEASURES)
         out[PAIR_DAILY.name] = _sum(p.rename({"day": "bucket"}).drop("hour"),
                                     ["bucket", "pair", "a", "b"], MEASURES)
+    if DIM_WEEKLY.name in wanted:
+        weeks = pl.concat([df.select(pl.col("week").alias("bucket"), pl.lit(dim).alias("dim"),
+                                     pl.col(_DIM_COLUMN[dim]).alias("value"), *measures)
+                           for dim in ONE_DIMENSION])
+        out[DIM_WEEKLY.name] = _sum(weeks, ["bucket", "dim", "value"], MEASURES)
     if DIM_LATENCY_HOURLY.name in wanted:
         m = df.with_columns(*_hist_columns(df, "ov_bucket", rollups.OVERHEAD_HIST),
                             *_hist_columns(df, "up_bucket", rollups.UPSTREAM_HIST))
