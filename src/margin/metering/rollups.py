@@ -139,6 +139,8 @@ def _ddl(t: Table, dialect: str = "postgresql") -> list[str]:
     # SQLite: the newer tables are stored in their key's order (WITHOUT ROWID), so a range
     # of one pair's buckets is read in place, not looked up row by row from an index.
     clustered = " WITHOUT ROWID" if dialect == "sqlite" and t.since >= 9 else ""
+    if dialect == "postgresql" and t.since >= 9:
+        clustered = f" WITH (fillfactor = {PG_FILLFACTOR})"
     out = [f"CREATE TABLE IF NOT EXISTS {t.name} ({', '.join(cols)}, PRIMARY KEY ({pk})){clustered}"]
     if t.keys == COMBO_KEYS:
         # The pages filter on one attribution over a range of buckets.
@@ -470,11 +472,23 @@ def rebuild(db: Database, since: int | None = None) -> int:
     return rollup_build.rebuild(db, tables=tables)
 
 
+# PostgreSQL: every batch the writer commits updates rollup rows in place. With room left
+# in each page the update stays on its page and touches no index (a HOT update); in a full
+# page it writes a new index entry too. Measured with the writer on the 10 M-row ledger:
+# the pair upserts took a third less time at 70 than at the default 100.
+PG_FILLFACTOR = 70
+
+
 def create_step(since: int) -> Any:
-    """A migration's step creating its tables (the DDL differs a little per dialect)."""
+    """A migration's step creating its tables (the DDL differs a little per dialect); on
+    PostgreSQL migration 9 also leaves room in the pages of migration 7's tables."""
     def step(db: Database) -> None:
         for statement in ddl(since, db.dialect):
             db.execute(statement)
+        if since == 9 and db.dialect == "postgresql":
+            for t in TABLES:
+                if t.since < 9:   # new pages only; a rebuild rewrites them all
+                    db.execute(f"ALTER TABLE {t.name} SET (fillfactor = {PG_FILLFACTOR})")
     step.__name__ = f"create_rollups_of_{since}"
     return step
 
