@@ -249,3 +249,37 @@ def test_histograms_of_one_team_or_feature_equal_the_rows_buckets(tmp_path):
             assert cq.stage_histograms(db, f) == want_stage, f
     finally:
         db.close()
+
+
+def test_migration_9_fills_its_tables_from_the_rows_of_an_older_ledger(url):
+    """A ledger at migration 8 with rows in it: migration 9 creates the daily model, pair,
+    weekly and per-team histogram tables and fills them with what the writer would have
+    summed; the request table loses (ts) and gains (user_id, ts, prompt_hash)."""
+    from margin.metering import schema
+    from margin.metering.migrations import MIGRATIONS, migrate
+
+    rows = random_rows(random.Random(9), 400)
+    db = connect(url)
+    try:
+        migrate(db, {v: steps for v, steps in MIGRATIONS.items() if v < 9})
+        db.executemany(schema.insert_sql(), [schema.values(r) for r in rows])
+        rollups.rebuild(db, since=7)
+        db.commit()
+        assert migrate(db) == [9]
+        new = {t.name for t in rollups.TABLES if t.since == 9}
+        migrated = {k: v for k, v in _tables(db).items() if k in new}
+        assert len(migrated) == len(new)
+        rollups.rebuild(db)
+        db.commit()
+        _assert_same_tables(migrated, {k: v for k, v in _tables(db).items() if k in new})
+        _compare(db, rows, random.Random(4), 30)
+        if db.dialect == "sqlite":
+            names = {r[1] for r in db.query("PRAGMA index_list(requests)")}
+        else:
+            names = {r[0] for r in db.query("SELECT indexname FROM pg_indexes WHERE "
+                                            "tablename = 'requests' AND schemaname = "
+                                            "current_schema()")}
+        assert "requests_user_ts_hash" in names
+        assert not {"requests_ts", "requests_user_ts"} & names
+    finally:
+        db.close()
