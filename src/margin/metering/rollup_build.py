@@ -184,6 +184,9 @@ def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
         return
     cols = ("bucket",) + t.keys + t.values
     if db.dialect == "postgresql":
+        # PostgreSQL keeps rows where they were written: in the key's order, one pair's
+        # buckets (one model's keys over a week) sit on a few pages, not one row a page.
+        frame = frame.sort(list(rollups.key_columns(t)))
         with db.conn.cursor() as cur:
             with cur.copy(f"COPY {t.name} ({', '.join(cols)}) FROM STDIN") as copy:
                 for row in frame.iter_rows():

@@ -135,7 +135,7 @@ def _ddl(t: Table, dialect: str = "postgresql") -> list[str]:
              for v in t.values]
     # The key leads with what a reader fixes (a pair and its first value) and then the
     # bucket range, so a window of one team is one contiguous range of the index.
-    pk = ", ".join(("pair", "a", "bucket", "b") if t.keys == PAIR_KEYS else ("bucket",) + t.keys)
+    pk = ", ".join(key_columns(t))
     # SQLite: the newer tables are stored in their key's order (WITHOUT ROWID), so a range
     # of one pair's buckets is read in place, not looked up row by row from an index.
     clustered = " WITHOUT ROWID" if dialect == "sqlite" and t.since >= 9 else ""
@@ -149,6 +149,11 @@ def _ddl(t: Table, dialect: str = "postgresql") -> list[str]:
     if t.keys == DIM_KEYS:
         out.append(f"CREATE INDEX IF NOT EXISTS {t.name}_value ON {t.name} (dim, value, bucket)")
     return out
+
+
+def key_columns(t: Table) -> tuple[str, ...]:
+    """The columns of ``t``'s primary key, in its order."""
+    return ("pair", "a", "bucket", "b") if t.keys == PAIR_KEYS else ("bucket",) + t.keys
 
 
 def ddl(since: int = 7, dialect: str = "postgresql") -> list[str]:
