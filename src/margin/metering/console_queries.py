@@ -260,8 +260,8 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     needs the cost of 2,000 users need not add up fourteen columns for each).
     ``among``: (a dimension of ``group``, its values): only the groups with those values
     (a chart's top ten, not every user per day)."""
-    if "requests" not in measures:
-        raise ValueError("measures must include requests")
+    if not measures or measures[0] != "requests":
+        raise ValueError("measures must start with requests (a group with none is dropped)")
     if among is not None and among[0] not in group:
         raise ValueError("among names a dimension that is not grouped")
     if "t" in group and not bucket_s:
@@ -299,22 +299,33 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
             scale = t.bucket_s * per if bucket_s else 1
         if group:
             sql += " GROUP BY " + ", ".join(cols)
+        ng = len(group)
+        plain = ng == 1 and group[0] not in ("t", "status")   # one text dimension
         for row in db.query(sql, params):
-            k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
-            values = row[len(group):]
-            if values[0] in (None, 0):
+            if not row[ng]:
                 continue
+            if plain:
+                v = row[0]
+                k: Key = (None if v is None or v == "" else str(v),)
+            else:
+                k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
             acc = out.get(k)
             if acc is None:
-                out[k] = [float(x or 0) for x in values]
+                out[k] = [float(x or 0) for x in row[ng:]]
             else:
                 for i in range(n):
-                    acc[i] += float(values[i] or 0)
-    if measures is not MEASURES and tuple(measures) != MEASURES:
-        nan = math.nan
-        at = {m: i for i, m in enumerate(measures)}
-        return {k: Sums(tuple(v[at[m]] if m in at else nan for m in MEASURES))
-                for k, v in out.items()}
+                    acc[i] += float(row[ng + i] or 0)
+    if tuple(measures) != MEASURES:
+        # The measures not summed are NaN: a caller that reads one gets no silent zero.
+        template = [math.nan] * len(MEASURES)
+        positions = [MEASURES.index(m) for m in measures]
+        full: dict[Key, Sums] = {}
+        for k, v in out.items():
+            t = template.copy()
+            for pos, x in zip(positions, v):
+                t[pos] = x
+            full[k] = Sums(tuple(t))
+        return full
     return {k: Sums(tuple(v)) for k, v in out.items()}
 
 

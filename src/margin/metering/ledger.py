@@ -78,6 +78,7 @@ class LedgerWriter:
         self._stop = threading.Event()
         self._db: Database | None = None
         self._sql = schema.insert_sql()
+        self._copy_sql = f"COPY {schema.TABLE} ({', '.join(schema.NAMES)}) FROM STDIN"
         self._last_replay_try = 0.0
         self._spool_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
@@ -253,7 +254,16 @@ class LedgerWriter:
             seen: set[Any] = set()
             fresh = [r for r in fresh if not (r.get("id") in seen or seen.add(r.get("id")))]
         if fresh:
-            db.executemany(self._sql, [schema.values(r) for r in fresh])
+            if db.dialect == "postgresql":
+                # COPY: the rows are known to be new (their ids were just read), and one
+                # COPY costs the server a fraction of a thousand INSERTs. A row it refuses
+                # fails the batch, which is then written row by row (_write_each).
+                with db._guard(), db.conn.cursor() as cur:
+                    with cur.copy(self._copy_sql) as copy:
+                        for r in fresh:
+                            copy.write_row(schema.values(r))
+            else:
+                db.executemany(self._sql, [schema.values(r) for r in fresh])
             rollups.apply(db, fresh)
 
     def _write_each(self, rows: list[dict[str, Any]]) -> bool:
