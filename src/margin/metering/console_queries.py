@@ -3,13 +3,14 @@
 A window ``[since, until)`` is cut into pieces: whole buckets of the narrowest rollup that
 holds what is asked (``metering/rollups.py``), and the partial buckets at either edge from
 the ``requests`` table itself. Nothing but the model, the cache outcome or the status:
-``rollup_model_hour``. One of user, team, feature or key alone: whole UTC days from
-``rollup_dim_day``, whole hours from ``rollup_dim_hour``. Several of user, team,
-feature and model (no key, cache or status): whole days from ``rollup_day``, the partial
-days from the raw table on its indexes; anything else, or hourly buckets of several: the
-raw table. Each piece is one grouped
-query; their sums are added here. The numbers are exactly those of the raw table (the
-writer updates the rollups in the transaction that inserts the rows).
+``rollup_model_hour_sums`` and ``rollup_model_day``. One of user, team, feature or key
+alone: whole weeks, days and hours of ``rollup_dim_*``. One team, feature or model (or the
+errors) filtered and grouped by one other dimension: ``rollup_pair_hour`` / ``_day``.
+Several of user, team, feature and model (no key, cache or status): whole days from
+``rollup_day``, the partial days from the raw table on its indexes; anything else, or
+hourly buckets of several: the raw table. Each piece is one grouped query; their sums are
+added here. The numbers are exactly those of the raw table (the writer updates the
+rollups in the transaction that inserts the rows).
 
 The request log reads the raw table with keyset pagination on ``(ts, id)``.
 The CLI (``margin spend``, ``margin anomalies``, ``margin ledger stats``) and ``/admin/``
@@ -30,11 +31,9 @@ from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
 from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
-                                     DIM_WEEKLY,
-                                     DIM_STAGE_HOURLY, MEASURES, MODEL_DAILY,
+                                     DIM_STAGE_HOURLY, DIM_WEEKLY, MEASURES, MODEL_DAILY,
                                      MODEL_HOURLY, MODEL_HOURLY_SUMS, PAIR_DAILY, PAIR_HOURLY,
-                                     STAGE_HOURLY,
-                                     Table, hist_bucket)
+                                     STAGE_HOURLY, Table)
 
 # A report's dimension -> the rollup column holding it.
 ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",

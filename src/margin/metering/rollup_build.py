@@ -17,12 +17,10 @@ import polars as pl
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
-                                     DIM_WEEKLY,
-                                     DIM_STAGE_HOURLY, ERROR_PAIRS, HIST_BASE_MS, HIST_DIMENSIONS,
-                                     HIST_BUCKETS, MEASURES, MODEL_DAILY, MODEL_HOURLY,
-                                     MODEL_HOURLY_SUMS,
-                                     ONE_DIMENSION, PAIR_DAILY, PAIR_HOURLY, PAIRS,
-                                     STAGE_HOURLY, TABLES, Table, pair_name)
+                                     DIM_STAGE_HOURLY, DIM_WEEKLY, ERROR_PAIRS, HIST_BASE_MS,
+                                     HIST_BUCKETS, HIST_DIMENSIONS, MEASURES, MODEL_DAILY,
+                                     MODEL_HOURLY, MODEL_HOURLY_SUMS, ONE_DIMENSION, PAIR_DAILY,
+                                     PAIR_HOURLY, PAIRS, STAGE_HOURLY, TABLES, Table, pair_name)
 
 COLUMNS = ("ts", "user_id", "team", "feature", "key_id", "model", "requested_model", "cache",
            "status", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",

@@ -1,6 +1,7 @@
-"""Hourly and daily rollups of the ledger, kept in step with every batch the writer inserts.
+"""Hourly, daily and weekly rollups of the ledger, kept in step with every batch the writer
+inserts.
 
-Five tables (created by migration 7), each a sum over the rows of one time bucket:
+Migration 7's five tables, each a sum over the rows of one time bucket:
 
 - ``rollup_dim_hour`` / ``rollup_dim_day``: per (bucket, dimension, value) for the user,
   team, feature and key dimensions one at a time — what a page grouped or filtered on one
@@ -8,12 +9,16 @@ Five tables (created by migration 7), each a sum over the rows of one time bucke
 - ``rollup_day``: per (UTC day, user, team, feature, model) — so a page filtered and
   grouped on several of these is a ``WHERE`` on it. Only daily, and without key, cache
   outcome and status: per hour, or with those, the combinations of a busy ledger are
-  nearly as many as its rows (measured with ``margin bench ledger``), so such queries, and
-  the partial days of these, read the ``requests`` table on its indexes instead;
-- ``rollup_model_hour``: per (hour, model, cache, status), small enough to read 90 days
-  at once, with histograms of gateway overhead and upstream time: the overview, the
-  capacity page and ``by=model`` read it;
+  nearly as many as its rows (measured with ``margin bench ledger``);
+- ``rollup_model_hour``: per (hour, model, cache, status), with histograms of gateway
+  overhead and upstream time;
 - ``rollup_stage_hour``: per (hour, stage), a histogram of each stage's own time.
+
+Migration 9's, for the pages that still read raw rows or too many rollup rows at ten
+million rows: ``rollup_model_hour_sums`` / ``rollup_model_day`` (the model table's sums
+without the histograms), ``rollup_dim_week``, ``rollup_pair_hour`` / ``rollup_pair_day``
+(two dimensions, ``PAIRS``), and ``rollup_dim_latency_hour`` / ``rollup_dim_stage_hour``
+(the histograms per team and per feature).
 
 Histograms have fixed log-spaced buckets (``HIST_BUCKETS`` of ratio ``HIST_FACTOR`` above
 ``HIST_BASE_MS``), so two hours' histograms add up and P50/P95/P99 are read from the sum
