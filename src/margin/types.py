@@ -150,7 +150,9 @@ class ArmOverrides:
     experiment stage, read by the semantic cache, compression and router stages."""
 
     semantic_cache: bool | None = None
-    compression: bool | None = None
+    # on / off, or the arm's own settings (a compression.config.CompressionConfig: this
+    # leaf module imports nothing of margin's)
+    compression: Any = None
     threshold: float | None = None  # a route's strong-call threshold
 
 

@@ -120,3 +120,26 @@ def test_revocation_reaches_every_replica_at_once_through_redis(tmp_path, redis_
         await b.aclose()
 
     asyncio.run(main())
+
+
+def test_roles_are_kept_changed_and_checked_and_old_keys_become_users(db_url):
+    from margin.metering.migrations import MIGRATIONS, migrate
+
+    db = connect(db_url)
+    # A database from before roles existed, with a key in it.
+    migrate(db, {v: steps for v, steps in MIGRATIONS.items() if v < 10})
+    old = KeyStore(db, run_migrations=False)
+    db.execute("INSERT INTO api_keys (id, secret_hash, user_id, created_at, updated_at) "
+               "VALUES (?, ?, ?, ?, ?)", ("00000000000000aa", hash_secret("s" * 43), "old",
+                                          1.0, 1.0))
+    db.commit()
+    store = KeyStore(db)  # migrates: the role column appears, empty
+    assert store.get("00000000000000aa").role == "user"
+    viewer, _ = store.create(user="finance", role="viewer")
+    assert store.get(viewer.id).role == "viewer" and viewer.public()["role"] == "viewer"
+    assert store.update(viewer.id, {"role": "admin"}).role == "admin"
+    assert store.update(viewer.id, {"role": None}).role == "user"  # cleared: a plain key
+    with pytest.raises(InputError, match="role must be one of"):
+        store.create(user="x", role="root")
+    with pytest.raises(InputError, match="role must be one of"):
+        store.update(viewer.id, {"role": "superuser"})

@@ -76,6 +76,14 @@ def test_each_user_keeps_one_arm_and_the_report_names_the_cheaper(
     assert report["arms"] == admin["arms"]  # one query function behind both
     assert report["verdict"][0].startswith("small is cheaper than control")
     assert report["comparisons"][0]["cost_significant"] is True
+    # the sequential test (valid at every look) says the same, and that one may stop; with
+    # no shadow samples it says that quality was not measured
+    seq = report["comparisons"][0]["sequential"]
+    assert (seq["verdict"], seq["can_stop"], seq["cost"]["result"], seq["agreement"]) == \
+        ("better", True, "lower", None)
+    assert report["decision"][0].startswith(
+        "small is better than control (cheaper per request, quality not measured")
+    assert admin["decision"] == report["decision"]
     by_arm = {a["arm"]: a for a in report["arms"]}
     assert by_arm["small"]["cost_per_request_usd"] < by_arm["control"]["cost_per_request_usd"]
 

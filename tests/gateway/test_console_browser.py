@@ -394,3 +394,35 @@ def test_an_open_gateway_says_so_and_has_no_keys_page(env, tmp_path):
         assert severe_logs(d) == []
     finally:
         gw.stop()
+
+
+def test_a_viewer_key_logs_in_reads_the_pages_and_sees_no_keys_page(env):
+    from selenium.webdriver.common.by import By
+
+    d, gw, api = env["driver"], env["gw"], env["api"]
+    viewer = api.post("/admin/keys", json={"user": "finance", "role": "viewer"}).json()["key"]
+    plain = api.post("/admin/keys", json={"user": "someone"}).json()["key"]
+    d.get(gw.url + "/ui")
+    d.delete_all_cookies()
+    d.get(gw.url + "/ui")
+    wait_for(lambda: d.find_element(By.ID, "login").is_displayed(), "the login form")
+    # A plain key is told why it cannot log in.
+    d.find_element(By.ID, "login-key").send_keys(plain)
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    err = wait_for(lambda: (e := d.find_element(By.ID, "login-error")).is_displayed() and e,
+                   "the login error")
+    assert "viewer or admin role" in err.text
+    d.find_element(By.ID, "login-key").clear()
+    d.find_element(By.ID, "login-key").send_keys(viewer)
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    open_page(d, "overview")
+    now = float(d.find_element(By.ID, "page").get_attribute("data-generated-at"))
+    assert metric(d, "requests") == env["ledger"].one(
+        "SELECT COUNT(*) FROM requests WHERE ts >= ? AND ts < ?", now - 30 * DAY, now)[0]
+    assert not d.find_element(By.CSS_SELECTOR, '#nav a[href="#keys"]').is_displayed()
+    open_page(d, "spend")
+    d.execute_script("location.hash = '#keys'")  # typed by hand: the overview instead
+    wait_for(lambda: d.find_element(By.ID, "page").get_attribute("data-page") == "overview",
+             "the overview instead of keys")
+    # The refused login is the one error the browser logged (its 403 response).
+    assert all("/ui/login" in e["message"] and "403" in e["message"] for e in severe_logs(d))

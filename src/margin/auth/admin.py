@@ -1,8 +1,9 @@
-"""``/admin/keys`` and ``/admin/spend``, and the master-key check in front of them.
+"""``/admin/keys`` and ``/admin/spend``, and reading the key a request presents.
 
     GET    /admin/keys[?all=1]          list keys (revoked ones too with all=1)
     POST   /admin/keys                  create: {"user", "team", "models", "rpm", "tpm",
-                                        "budget_usd", "budget_period", "expires", "name"}
+                                        "budget_usd", "budget_period", "expires", "name",
+                                        "role": user | viewer | admin}
                                         -> 201 with the key, shown this once
     GET    /admin/keys/<id>             one key
     PATCH  /admin/keys/<id>             change some fields (null clears one)
@@ -60,18 +61,6 @@ def token_guard(tokens: list[str], missing: str) -> Callable[[dict[str, str]], N
             ok |= hmac.compare_digest(given, t)
         if not ok:
             raise AuthenticationError("Incorrect token provided.")
-    return check
-
-
-def master_guard(master_key: str) -> Callable[[dict[str, str]], None]:
-    def check(headers: dict[str, str]) -> None:
-        token = presented_key(headers)
-        if token is None:
-            raise AuthenticationError("Admin endpoints need the master key "
-                                      "(Authorization: Bearer <master key>).")
-        if not is_master(token, master_key):
-            raise PermissionDenied("Admin endpoints need the master key; this key is not it.",
-                                   code="master_key_required")
     return check
 
 

@@ -15,7 +15,8 @@ class AuthConfig(_Strict):
     /admin/keys``; the key's user and team become the request's attribution, and its own
     ``rpm``/``tpm``/budget apply. Keys are stored as salted scrypt hashes only. A verified
     key is trusted for a short while without another database read; with Redis, revoking a
-    key is seen by every replica at once."""
+    key is seen by every replica at once. A key's role (``--role user|viewer|admin``) decides
+    whether it also opens the console and ``/admin/`` (docs/console.md, "Console keys")."""
 
     yaml_example: ClassVar[str] = """
         auth:

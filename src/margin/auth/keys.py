@@ -26,14 +26,17 @@ from margin.metering.migrations import migrate
 
 KEY_RE = re.compile(r"^mk-([0-9a-f]{16})-([A-Za-z0-9_-]{32,128})$")
 PERIODS = ("day", "week", "month")
+# What a key may do besides calling models: ``viewer`` also opens the console's read-only
+# pages and their ``/admin/`` queries; ``admin`` everything the master key may (keys too).
+ROLES = ("user", "viewer", "admin")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**12, 8, 1
 
 _COLUMNS = ("id", "name", "user_id", "team", "models", "rpm", "tpm", "budget_usd",
-            "budget_period", "expires_at", "created_at", "updated_at", "revoked_at")
+            "budget_period", "expires_at", "created_at", "updated_at", "revoked_at", "role")
 # Fields an update may change, with the column each lives in.
 UPDATABLE = {"name": "name", "user": "user_id", "team": "team", "models": "models",
              "rpm": "rpm", "tpm": "tpm", "budget_usd": "budget_usd",
-             "budget_period": "budget_period", "expires_at": "expires_at"}
+             "budget_period": "budget_period", "expires_at": "expires_at", "role": "role"}
 
 
 class UnknownKey(InputError):
@@ -55,6 +58,7 @@ class KeyRecord:
     created_at: float
     updated_at: float
     revoked_at: float | None
+    role: str = "user"
 
     def problem(self, now_s: float) -> str | None:
         """Why this key may not be used now, or None."""
@@ -118,7 +122,7 @@ def _record(row: tuple) -> KeyRecord:
                      rpm=d["rpm"], tpm=d["tpm"], budget_usd=d["budget_usd"],
                      budget_period=d["budget_period"], expires_at=d["expires_at"],
                      created_at=d["created_at"], updated_at=d["updated_at"],
-                     revoked_at=d["revoked_at"])
+                     revoked_at=d["revoked_at"], role=d["role"] or "user")
 
 
 def _validate(fields: dict[str, Any]) -> None:
@@ -129,6 +133,8 @@ def _validate(fields: dict[str, Any]) -> None:
         raise InputError("budget_usd must be above 0")
     if fields.get("budget_period") is not None and fields["budget_period"] not in PERIODS:
         raise InputError(f"budget_period must be one of {', '.join(PERIODS)}")
+    if "role" in fields and fields["role"] not in ROLES:
+        raise InputError(f"role must be one of {', '.join(ROLES)}")
     models = fields.get("models")
     if models is not None and (not isinstance(models, (list, tuple))
                                or not all(isinstance(m, str) and m for m in models)):
@@ -147,23 +153,23 @@ class KeyStore:
                models: list[str] | None = None, rpm: int | None = None,
                tpm: int | None = None, budget_usd: float | None = None,
                budget_period: str | None = None, expires_at: float | None = None,
-               now_s: float | None = None) -> tuple[KeyRecord, str]:
+               role: str = "user", now_s: float | None = None) -> tuple[KeyRecord, str]:
         """Create a key; returns its record and the key itself (shown once, never stored)."""
         if not user:
             raise InputError("a key needs a user")
         if budget_usd is not None and budget_period is None:
             budget_period = "month"
         _validate({"rpm": rpm, "tpm": tpm, "budget_usd": budget_usd,
-                   "budget_period": budget_period, "models": models})
+                   "budget_period": budget_period, "models": models, "role": role})
         now_s = time.time() if now_s is None else now_s
         key_id, secret, token = new_token()
         self.db.execute(
             "INSERT INTO api_keys (id, secret_hash, name, user_id, team, models, rpm, tpm, "
-            "budget_usd, budget_period, expires_at, created_at, updated_at, revoked_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "budget_usd, budget_period, expires_at, created_at, updated_at, revoked_at, role) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
             (key_id, hash_secret(secret), name, user, team,
              orjson.dumps(list(models)).decode() if models is not None else None,
-             rpm, tpm, budget_usd, budget_period, expires_at, now_s, now_s))
+             rpm, tpm, budget_usd, budget_period, expires_at, now_s, now_s, role))
         self.db.commit()
         record = self.get(key_id)
         assert record is not None
@@ -209,6 +215,8 @@ class KeyStore:
                              f"updatable: {', '.join(UPDATABLE)}")
         if "user" in changes and not changes["user"]:
             raise InputError("a key needs a user")
+        if "role" in changes and changes["role"] is None:
+            changes = {**changes, "role": "user"}  # cleared: back to an API key only
         _validate(changes)
         current = self.get(key_id)
         if current is None:

@@ -3,8 +3,8 @@ every worker and replica behind one address knows every session. Both answer the
 three awaitables, so the console's login does not care which it has.
 
 In Redis a session is one key, ``<prefix>console:session:<sha256 of the id>``, holding its
-CSRF token and expiry, with the session's TTL: the id itself is never stored, and Redis
-drops a session when it expires. A Redis that does not answer refuses the login or the
+CSRF token, expiry, role and the id of the key it was made with, with the session's TTL:
+the id itself is never stored, and Redis drops a session when it expires. A Redis that does not answer refuses the login or the
 request (503) rather than letting it in.
 """
 
@@ -20,7 +20,8 @@ from margin.errors import Overloaded
 
 
 class Sessions(Protocol):
-    async def create(self, now: float) -> NewSession: ...
+    async def create(self, now: float, role: str = "admin",
+                     key_id: str | None = None) -> NewSession: ...
     async def get(self, session_id: str | None, now: float) -> Session | None: ...
     async def revoke(self, session_id: str) -> None: ...
 
@@ -31,8 +32,9 @@ class MemorySessions:
     def __init__(self, ttl_s: float) -> None:
         self.store = SessionStore(ttl_s)
 
-    async def create(self, now: float) -> NewSession:
-        return self.store.create(now)
+    async def create(self, now: float, role: str = "admin",
+                     key_id: str | None = None) -> NewSession:
+        return self.store.create(now, role, key_id)
 
     async def get(self, session_id: str | None, now: float) -> Session | None:
         return self.store.get(session_id, now)
@@ -54,10 +56,13 @@ class RedisSessions:
     def _key(self, session_id: str) -> str:
         return self.prefix + session_digest(session_id)
 
-    async def create(self, now: float) -> NewSession:
+    async def create(self, now: float, role: str = "admin",
+                     key_id: str | None = None) -> NewSession:
         sid = secrets.token_urlsafe(32)
-        s = Session(csrf_token=secrets.token_urlsafe(32), expires_at=now + self.ttl_s)
-        value = orjson.dumps({"csrf_token": s.csrf_token, "expires_at": s.expires_at})
+        s = Session(csrf_token=secrets.token_urlsafe(32), expires_at=now + self.ttl_s,
+                    role=role, key_id=key_id)
+        value = orjson.dumps({"csrf_token": s.csrf_token, "expires_at": s.expires_at,
+                              "role": role, "key_id": key_id})
         await self._call(self.client.set(self._key(sid), value, px=int(self.ttl_s * 1000)))
         return NewSession(sid, s)
 
@@ -69,7 +74,11 @@ class RedisSessions:
             return None
         try:
             d = orjson.loads(raw)
-            s = Session(csrf_token=str(d["csrf_token"]), expires_at=float(d["expires_at"]))
+            key_id = d.get("key_id")
+            s = Session(csrf_token=str(d["csrf_token"]), expires_at=float(d["expires_at"]),
+                        # a session written before roles existed was a master-key one
+                        role=str(d.get("role") or "admin"),
+                        key_id=str(key_id) if key_id is not None else None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None  # not a session margin wrote: no session
         return s if s.expires_at > now else None

@@ -1,4 +1,5 @@
-"""Console sessions: what a browser holds after logging in with the master key.
+"""Console sessions: what a browser holds after logging in with the master key or with a
+viewer or admin key (``auth/access.py``).
 
 The cookie carries a random session id; only its SHA-256 is kept, so a dump of the store
 (memory, or Redis later so replicas share it) cannot be replayed as a cookie. Each session
@@ -29,6 +30,8 @@ session_digest = _digest  # what a shared store keys a session by
 class Session:
     csrf_token: str
     expires_at: float
+    role: str = "admin"
+    key_id: str | None = None  # the key logged in with; None: the master key
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,11 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._by_digest: dict[str, Session] = {}
 
-    def create(self, now: float) -> NewSession:
+    def create(self, now: float, role: str = "admin", key_id: str | None = None) -> NewSession:
         self._drop_expired(now)
         sid = secrets.token_urlsafe(32)
-        s = Session(csrf_token=secrets.token_urlsafe(32), expires_at=now + self.ttl_s)
+        s = Session(csrf_token=secrets.token_urlsafe(32), expires_at=now + self.ttl_s,
+                    role=role, key_id=key_id)
         self._by_digest[_digest(sid)] = s
         return NewSession(sid, s)
 

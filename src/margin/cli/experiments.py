@@ -52,5 +52,9 @@ def report(name: str, since: str, as_json: bool, db_url: str) -> None:
         p95 = "-" if a["latency_p95_ms"] is None else f"{a['latency_p95_ms']:.1f}"
         click.echo(f"{a['arm']:<16}{a['requests']:>9}{cost:>15}{ci:>26}{p50:>9}{p95:>9}"
                    f"{a['errors']:>8}{agree:>11}")
+    click.echo("sequential test (valid at every look):")
+    for line in out["decision"]:
+        click.echo("  " + line)
+    click.echo("fixed horizon (valid once, at a sample size planned before looking):")
     for line in out["verdict"]:
-        click.echo(line)
+        click.echo("  " + line)

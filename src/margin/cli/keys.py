@@ -2,6 +2,7 @@
 
     margin keys create --user alice --team research --models small,large --rpm 60 \\
         --budget-usd 20 --budget-period month --expires 90d
+    margin keys create --user finance --role viewer     # opens the console, read-only
     margin keys list [--all] [--json]
     margin keys update <id> --rpm 120 --clear budget_usd
     margin keys revoke <id>
@@ -17,13 +18,13 @@ from typing import Any
 
 import click
 
-from margin.auth.keys import PERIODS, UPDATABLE, KeyRecord, KeyStore, parse_expiry
+from margin.auth.keys import PERIODS, ROLES, UPDATABLE, KeyRecord, KeyStore, parse_expiry
 from margin.auth.verifier import bump_epoch_sync
 from margin.cli._common import db_option
 from margin.cli.spend import bad_input_exits_2, open_db, print_json, table
 from margin.errors import InputError
 
-_LIST_COLUMNS = ["id", "user", "team", "status", "models", "rpm", "tpm", "budget_usd",
+_LIST_COLUMNS = ["id", "user", "team", "role", "status", "models", "rpm", "tpm", "budget_usd",
                  "budget_period", "expires", "created"]
 
 
@@ -87,18 +88,22 @@ def keys() -> None:
 @click.option("--budget-period", type=click.Choice(PERIODS), default=None,
               help="Calendar period of the budget [default: month].")
 @click.option("--expires", default=None, help="A duration (90d), an ISO date, or never.")
+@click.option("--role", type=click.Choice(ROLES), default="user", show_default=True,
+              help="viewer: also reads the console and /admin/ queries; admin: also manages "
+                   "keys (everything the master key may).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @bad_input_exits_2
 def create_cmd(db_url: str, user: str, team: str | None, name: str | None,
                models: str | None, rpm: int | None, tpm: int | None, budget_usd: float | None,
-               budget_period: str | None, expires: str | None, as_json: bool) -> None:
+               budget_period: str | None, expires: str | None, role: str,
+               as_json: bool) -> None:
     """Create a key and print it (the only time it is shown)."""
     db = open_db(db_url, create=True)
     try:
         record, token = KeyStore(db).create(
             user=user, team=team, name=name, models=_models(models), rpm=rpm, tpm=tpm,
             budget_usd=budget_usd, budget_period=budget_period,
-            expires_at=parse_expiry(expires))
+            expires_at=parse_expiry(expires), role=role)
     finally:
         db.close()
     if as_json:
@@ -168,6 +173,8 @@ def _id(key_id: str) -> str:
 @click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--budget-period", type=click.Choice(PERIODS), default=None)
 @click.option("--expires", default=None, help="A duration (90d), an ISO date, or never.")
+@click.option("--role", type=click.Choice(ROLES), default=None,
+              help="user, viewer or admin (see create).")
 @click.option("--clear", "clear", multiple=True,
               type=click.Choice(sorted(set(UPDATABLE) - {"user"})),
               help="Remove a setting (models: allow all; rpm: no limit …). Repeatable.")
@@ -175,7 +182,7 @@ def _id(key_id: str) -> str:
 @bad_input_exits_2
 def update_cmd(db_url: str, redis_url: str | None, redis_prefix: str, key_id: str,
                clear: tuple[str, ...], as_json: bool, **fields: Any) -> None:
-    """Change a key's user, team, models, limits, budget or expiry."""
+    """Change a key's user, team, models, limits, budget, expiry or role."""
     changes: dict[str, Any] = {}
     for k, v in fields.items():
         if v is None:

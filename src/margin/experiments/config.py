@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from margin.compression.config import CompressionConfig
 from margin.configbase import Strict
 
 
@@ -25,9 +26,19 @@ class ArmConfig(Strict):
     semantic_cache: bool | None = None
     """Semantic cache on or off for this arm (unset: as configured). On needs
     ``cache.semantic.enabled`` (the stage must exist)."""
-    compression: bool | None = None
-    """Compression off for this arm (``false``), or on (``true``, needs compression
-    configured for the request's route or at the top)."""
+    compression: bool | CompressionConfig | None = None
+    """Compression for this arm: ``false`` off; ``true`` on, with the strategies of the
+    request's route's ``compression:`` or the top-level one (even where that says
+    ``enabled: false``); or a section of its own (the fields of ``compression:``, say
+    ``{history: {max_tokens: 2000}}``): this arm's strategies and budgets (its level),
+    on (its ``enabled`` is implied)."""
+
+    @model_validator(mode="after")
+    def _own_compression_is_on(self) -> "ArmConfig":
+        # an arm that names its own compression settings means them to apply
+        if isinstance(self.compression, CompressionConfig) and not self.compression.enabled:
+            self.compression = self.compression.model_copy(update={"enabled": True})
+        return self
 
 
 class ExperimentConfig(Strict):

@@ -1,7 +1,13 @@
 """The experiment report: per arm requests, cost per request (mean, 95 % CI), latency
 P50/P95, error rate and shadow agreement (Wilson); each arm against the first (control)
-with Welch's t on cost and two-proportion z on errors and agreement, the per-arm sample
-size the observed effect would need (power 0.8, alpha 0.05), and a plain verdict."""
+with two kinds of test:
+
+- ``sequential`` (``experiments/sequential.py``): an always-valid test on cost per request
+  and agreement, safe to read after every batch; its ``decision`` (better / worse /
+  no difference yet, can stop / keep running) is the one to act on;
+- fixed horizon: Welch's t on cost and two-proportion z on errors and agreement, the
+  per-arm sample size the observed effect would need (power 0.8, alpha 0.05), and a
+  plain verdict, valid only when read once at a size planned in advance."""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from margin.experiments import stats
+from margin.experiments import sequential, stats
+from margin.experiments.sequential import Sample
 from margin.metering.db import Database
 from margin.metering.experiment_queries import ArmRows, experiment_rows
 
@@ -68,7 +75,31 @@ def _compare(control: ArmRows, arm: ArmRows) -> dict[str, Any]:
     else:
         out.update(agreement_p_value=None, agreement_significant=None,
                    agreement_needed_per_arm=None)
+    out["sequential"] = sequential.compare(
+        Sample.of(arm.cost_usd), Sample.of(control.cost_usd),
+        Sample.proportion(arm.agreements, arm.shadow_samples),
+        Sample.proportion(control.agreements, control.shadow_samples))
     return out
+
+
+def _decision(cmp: dict[str, Any]) -> str:
+    seq = cmp["sequential"]
+    what = {"better": f"{cmp['arm']} is better than {cmp['control']}",
+            "worse": f"{cmp['arm']} is worse than {cmp['control']}",
+            "trade-off": f"{cmp['arm']} trades cost for quality against {cmp['control']}",
+            "no difference": f"{cmp['arm']} and {cmp['control']} do not differ",
+            "no difference yet": f"{cmp['arm']} vs {cmp['control']}: no difference yet"}
+    act = "can stop" if seq["can_stop"] else "keep running"
+    text = f"{what[seq['verdict']]} ({seq['why']}): {act}"
+    c = seq["cost"]
+    if c["low_usd"] is not None:
+        text += (f"; cost difference {c['difference_usd']:+.6g} USD/request, "
+                 f"[{c['low_usd']:+.6g}, {c['high_usd']:+.6g}]")
+    a = seq["agreement"]
+    if a is not None and a["low"] is not None:
+        text += f"; agreement {a['difference']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}]"
+    return text + (f" (always valid: each interval at {1 - seq['alpha'] / 2:.1%}, "
+                   f"{1 - seq['alpha']:.0%} together)")
 
 
 def _p(p: float | None) -> str:
@@ -114,6 +145,8 @@ def experiment_report(db: Database, experiment: str, since_ts: float | None = No
         "arms": [_arm(a) for a in arms],
         "comparisons": comparisons,
         "shadow": "samples" if shadow else "no shadow samples",
+        "decision": [_decision(c) for c in comparisons] or
+                    ["no requests in this experiment" if not arms else "only one arm seen"],
         "verdict": [_verdict(c, shadow) for c in comparisons] or
                    ["no requests in this experiment" if not arms else "only one arm seen"],
     }

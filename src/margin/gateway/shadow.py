@@ -7,9 +7,11 @@ The flow, per request (``Proxy`` calls these):
    the optimisation that saved money (``ctx.optimization``; ``quality/optimizations.py``),
    writes a route's estimated saving into ``notes.routing_saved_usd`` (the rollups add it
    up), and credits the saving to today's shadow allowance.
-2. ``offer(ctx, saving, response)`` once the answer is sent: a sampled, non-streamed
-   request becomes a background task in this runner's ``TaskSet``, unless
-   ``max_concurrent`` shadows are running already (``busy``).
+2. ``offer(ctx, saving, response)`` once the answer is sent: a sampled request becomes a
+   background task in this runner's ``TaskSet``, unless ``max_concurrent`` shadows are
+   running already (``busy``). A stream is drawn before it is relayed
+   (``sample_stream``): only a drawn one keeps its chunks, and ``offer_stream`` assembles
+   them into the answer the client got once the stream has ended.
 3. The task reserves the worst case of the reference call and the judge on the spend cap
    (``quality/spend_cap.py``; ``capped`` when it does not fit), calls the reference model's
    upstream directly — never the pipeline, so no cache, admission, budget or rate limit
@@ -36,6 +38,7 @@ import orjson
 from margin.config import ModelConfig
 from margin.errors import MarginError, UpstreamTimeout
 from margin.gateway.record import ledger_row
+from margin.gateway.streaming import assemble, chunks_of, text_of
 from margin.limits.tokens import choices, requested_cap
 from margin.metering.charge import finalize_cost
 from margin.metering.pricing import PriceBook
@@ -46,7 +49,8 @@ from margin.quality.embedding_judge import EmbeddingJudge
 from margin.quality.judges import build_judge
 from margin.quality.llm_judge import JudgeAnswer
 from margin.quality.optimizations import Saving, classify
-from margin.quality.spend_cap import ShadowSpend
+from margin.quality.shared_spend import RedisShadowSpend
+from margin.quality.spend_cap import ShadowSpend, SpendCapUnavailable
 from margin.quality.verdict import Verdict
 from margin.tasks import TaskSet
 from margin.types import Call, RequestContext, Response, ShadowOf, Usage
@@ -79,7 +83,8 @@ class ShadowRunner:
                  metrics: GatewayMetrics, submit: Callable[[dict[str, Any]], None],
                  tiers: Mapping[str, list[str]], new_id: Callable[[], str], *,
                  log_content: bool = False, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 spend: ShadowSpend | RedisShadowSpend | None = None) -> None:
         self.cfg = cfg
         self.models = models
         self.upstreams = upstreams
@@ -89,7 +94,8 @@ class ShadowRunner:
         self.tiers = tiers
         self.new_id = new_id
         self.log_content = log_content
-        self.spend = ShadowSpend(cfg, clock)
+        # one cap for all replicas when the gateway shares a Redis, else this process's
+        self.spend = spend if spend is not None else ShadowSpend(cfg, clock)
         self.rng = rng or random.Random()
         self.tasks = TaskSet("shadow evaluation")
         self.running = 0
@@ -105,11 +111,15 @@ class ShadowRunner:
     async def start(self) -> None:
         if self.enabled and isinstance(self.judge, EmbeddingJudge):
             await asyncio.to_thread(self.judge.load)  # seconds: not on the first shadow
+        if self.enabled:
+            await self.spend.start()
 
     async def aclose(self) -> None:
         # Shadows are best effort: a short wait at shutdown, then they are cancelled (a
         # cancelled shadow leaves no row), so they never hold up a rollout.
         await self.tasks.aclose(min(self.cfg.timeout_s, _SHUTDOWN_WAIT_S))
+        if self.enabled:
+            await self.spend.aclose()
 
     # -- on the request path ----------------------------------------------------------
     def cost_of(self, model: str, usage: Usage) -> float:
@@ -131,12 +141,36 @@ class ShadowRunner:
         return saving
 
     def offer(self, ctx: RequestContext, saving: Saving | None, response: Response) -> None:
-        """After the answer is sent: maybe run this request's reference path."""
+        """After a non-streamed answer is sent: maybe run this request's reference path."""
         if saving is None or not self.enabled or response.is_stream or ctx.status != 200:
             return
-        if saving.optimization == "exact_cache" and not self.cfg.include_exact_cache:
-            return
         if self.rng.random() >= self.cfg.sample_rate:
+            return
+        self._start(ctx, saving, response)
+
+    def sample_stream(self, ctx: RequestContext) -> bool:
+        """Before a stream is relayed: is it drawn for a shadow? Only a drawn stream keeps
+        its chunks (``offer_stream`` gets them once it ends), so the relay of the others
+        stays as it was. The draw comes before the saving is known (a stream's is named
+        only when it ends), which samples saved streams at the same rate."""
+        return (self.enabled and ctx.shadow is None
+                and ctx.endpoint in ("chat", "completions")
+                and (ctx.cache != "exact" or self.cfg.include_exact_cache)
+                and self.rng.random() < self.cfg.sample_rate)
+
+    def offer_stream(self, ctx: RequestContext, saving: Saving | None,
+                     chunks: list[dict[str, Any] | bytes]) -> None:
+        """After a drawn stream has ended: its chunks become one answer (parsed here, off
+        the relay), judged like a non-streamed one."""
+        if saving is None or not self.enabled or ctx.status != 200:
+            return
+        payload = assemble(chunks_of(chunks), ctx.endpoint)
+        if not payload.get("choices"):
+            return  # nothing that reads as an answer: never judged as one
+        self._start(ctx, saving, Response(200, payload))
+
+    def _start(self, ctx: RequestContext, saving: Saving, response: Response) -> None:
+        if saving.optimization == "exact_cache" and not self.cfg.include_exact_cache:
             return
         if self.running >= self.cfg.max_concurrent:
             self.metrics.observe_shadow(saving.optimization, "busy")
@@ -182,7 +216,11 @@ class ShadowRunner:
                 return
             body = self.reference_body(saving)
             worst = self.worst_case_usd(ref, body) + self.judge.worst_case_usd(original.body)
-            reservation = self.spend.reserve(opt, worst)
+            try:
+                reservation = await self.spend.reserve(opt, worst)
+            except SpendCapUnavailable:  # the shared cap cannot say: no shadow
+                self.metrics.observe_shadow(opt, "cap_unavailable")
+                return
             if reservation is None:
                 self.metrics.observe_shadow(opt, "capped")
                 return
@@ -210,7 +248,7 @@ class ShadowRunner:
                     ctx.notes["judge_reason"] = verdict.reason
                 if judge_cost:
                     ctx.notes["judge_cost_usd"] = round(judge_cost, 12)
-            self.spend.settle(reservation, ctx.cost_usd)
+            await self.spend.settle(reservation, ctx.cost_usd)
             ctx.latency_ms = ctx.elapsed_ms()
             ctx.overhead_ms = max(ctx.latency_ms - ctx.upstream_ms, 0.0)
             self.submit(ledger_row(ctx, log_content=self.log_content))
@@ -256,8 +294,6 @@ class ShadowRunner:
             return None
         reference = _payload(answer)
         if self.log_content:
-            from margin.gateway.streaming import text_of
-
             ctx.response_text = text_of(reference)
         return await self.judge.judge(original.body, _payload(response), reference)
 

@@ -140,7 +140,8 @@ class GatewayMetrics:
                               ["event"], registry=r)
         # optimization: exact_cache, semantic_cache, compression, downgrade, route:<name>,
         # cascade:<name> (declared routes only); outcome: agree, disagree, not_judged,
-        # failed, capped (the spend cap said no), busy (too many shadows at once)
+        # failed, capped (the spend cap said no), cap_unavailable (the shared cap's Redis
+        # did not answer: refused), busy (too many shadows at once)
         self.shadow_runs = Counter("margin_shadow_runs", "Shadow evaluations",
                                    ["optimization", "outcome"], registry=r)
         self.evaluation_cost = Counter("margin_evaluation_cost_usd",

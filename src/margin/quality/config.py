@@ -73,8 +73,8 @@ class ShadowConfig(_Strict):
     requested model instead of the cache, the top tier, the original prompt, the model
     before the downgrade). A judge compares the two answers; the result is a ledger row
     with feature ``evaluation`` and ``shadow_of`` = the original request, charged to no
-    user, key or team budget and to no rate limit. Non-streamed chat and completions
-    requests only."""
+    user, key or team budget and to no rate limit. Chat and completions requests,
+    streamed or not (a drawn stream's answer is assembled once it has ended)."""
 
     enabled: bool = False
     """Run shadow evaluations (off by default: they cost money)."""
@@ -82,9 +82,11 @@ class ShadowConfig(_Strict):
     """Share of saved requests that are also run the reference way."""
     max_share_of_savings: float = Field(0.2, ge=0.0)
     """Per day and per optimisation, shadows never spend more than this share of what
-    that optimisation saved."""
+    that optimisation saved (with ``redis_url``: saved and spent by all replicas)."""
     daily_cap_usd: float = Field(10.0, ge=0.0)
-    """Shadows spend at most this much per UTC day in this process (all optimisations)."""
+    """Shadows spend at most this much per UTC day (all optimisations): in all replicas
+    together when ``redis_url`` is set (one account in Redis; Redis down: no shadows),
+    else in this process."""
     include_exact_cache: bool = False
     """Shadow exact-cache hits too (the same request answered again: mostly a check of
     the model's determinism)."""

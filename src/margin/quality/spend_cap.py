@@ -2,8 +2,11 @@
 optimisation, at most ``max_share_of_savings`` × what that optimisation saved that day.
 
 A shadow reserves its worst case before its calls and settles to its real cost after, so
-shadows running at once can never overshoot together. The accounts are this process's
-(one gateway worker); with several replicas each keeps its own."""
+shadows running at once can never overshoot together. Two implementations of the one
+interface (``credit`` on the request path; ``reserve`` and ``settle`` awaited by the shadow
+task): ``ShadowSpend`` here keeps the accounts in this process (the embedded default: one
+gateway worker), ``quality/shared_spend.RedisShadowSpend`` keeps one set of accounts for
+every replica and worker sharing ``redis_url``."""
 
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ class Reservation:
     day: int
     optimization: str
     amount_usd: float
+
+
+class SpendCapUnavailable(Exception):
+    """The shared accounts cannot be read: the shadow is refused (never run unaccounted)."""
 
 
 class ShadowSpend:
@@ -63,7 +70,13 @@ class ShadowSpend:
             d.spent_usd.get(optimization, 0.0)
         return max(min(by_share, self.cap_usd - d.total_usd), 0.0)
 
-    def reserve(self, optimization: str, worst_usd: float) -> Reservation | None:
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def reserve(self, optimization: str, worst_usd: float) -> Reservation | None:
         """Hold ``worst_usd`` for one shadow; None when either cap would be passed."""
         worst_usd = max(worst_usd, 0.0)
         if worst_usd > self.allowance_usd(optimization) + _EPS_USD:
@@ -74,7 +87,7 @@ class ShadowSpend:
         d.total_usd += worst_usd
         return Reservation(day, optimization, worst_usd)
 
-    def settle(self, reservation: Reservation, cost_usd: float) -> None:
+    async def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace the reservation with what the shadow really cost."""
         d = self._days.get(reservation.day)
         if d is None:

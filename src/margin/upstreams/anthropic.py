@@ -72,7 +72,7 @@ class AnthropicUpstream(OpenAIHTTPUpstream):
     async def _post(self, dep: HTTPDeployment, endpoint: str, body: dict[str, Any]
                     ) -> aiohttp.ClientResponse:
         try:
-            return await dep.session().post(dep.base + "/v1/messages", data=orjson.dumps(body))
+            return await dep.post(dep.base + "/v1/messages", orjson.dumps(body))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:

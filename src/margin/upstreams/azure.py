@@ -49,7 +49,7 @@ class AzureUpstream(OpenAIHTTPUpstream):
         assert isinstance(dep, AzureDeployment)
         url = dep.prefix + _PATHS[endpoint] + dep.query
         try:
-            return await dep.session().post(url, data=orjson.dumps(body))
+            return await dep.post(url, orjson.dumps(body))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from yarl import URL
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.eventstream import EventStreamBuffer, ParserError
@@ -78,9 +77,8 @@ class BedrockUpstream(OpenAIHTTPUpstream):
         url = f"{dep.base}/model/{quote(dep.upstream_model, safe='')}/{route}"
         data = orjson.dumps(body)
         try:
-            # Sent exactly as signed: yarl would otherwise unquote the model id's ':'.
-            return await dep.session().post(URL(url, encoded=True), data=data,
-                                            headers=dep.signed_headers(url, data))
+            # Sent exactly as signed (the model id's quoted ':' stays quoted).
+            return await dep.post(url, data, dep.signed_headers(url, data))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:

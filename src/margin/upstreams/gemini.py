@@ -59,7 +59,7 @@ class GeminiUpstream(OpenAIHTTPUpstream):
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         url = f"{dep.base}/models/{dep.upstream_model}:{method}"
         try:
-            return await dep.session().post(url, data=orjson.dumps(body))
+            return await dep.post(url, orjson.dumps(body))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:

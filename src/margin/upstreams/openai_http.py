@@ -1,6 +1,8 @@
 """Any OpenAI-compatible HTTP API (OpenAI, vLLM, Ollama, llama.cpp server, TGI …).
 
-One aiohttp connection pool per deployment, reused by every request. Upstream errors come
+One connection pool per deployment, reused by every request: margin's lean HTTP/1.1
+client (``upstreams/http1.py``) unless the model sets ``http_client: aiohttp``. The native
+provider APIs (subclasses) send through the same ``HTTPDeployment.post``. Upstream errors come
 back as ``UpstreamError`` subclasses carrying the upstream's own message.
 
 Several deployments of one model (two API keys, two vLLM servers) share its traffic: each
@@ -19,11 +21,14 @@ import os
 import random
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from margin.upstreams.config import DeploymentConfig, HTTPModelConfig
+from margin.upstreams.http1 import HTTPPool
 from margin.errors import MarginError, UpstreamError, UpstreamTimeout
 from margin.types import Attempt, Call, Response
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
@@ -57,6 +62,9 @@ class HTTPDeployment:
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._session: aiohttp.ClientSession | None = None
+        self._pool: HTTPPool | None = None
+        parts = urlsplit(self.base)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
         self.in_flight = 0
         self.ewma_latency_ms = 0.0
 
@@ -72,9 +80,25 @@ class HTTPDeployment:
                                                   skip_auto_headers=("User-Agent",))
         return self._session
 
+    def pool(self) -> HTTPPool:
+        if self._pool is None or self._pool.closed:
+            self._pool = HTTPPool(self.base, max_connections=self.model.max_connections,
+                                  connect_timeout_s=self.model.connect_timeout_s,
+                                  read_timeout_s=self.model.timeout_s, headers=self._headers)
+        return self._pool
+
+    async def post(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
+        """POST to ``url`` (on this deployment's origin, sent exactly as given) with the
+        client the model chose; ``headers`` on top of the deployment's own."""
+        if self.model.http_client == "margin" and url.startswith(self._origin):
+            return await self.pool().post(url[len(self._origin):] or "/", data, headers)
+        return await self.session().post(URL(url, encoded=True), data=data, headers=headers)
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     def observe(self, latency_ms: float) -> None:
         self.ewma_latency_ms = (latency_ms if self.ewma_latency_ms == 0
@@ -197,7 +221,7 @@ class OpenAIHTTPUpstream(Upstream):
     async def _post(self, dep: HTTPDeployment, endpoint: str, body: dict[str, Any]
                     ) -> aiohttp.ClientResponse:
         try:
-            return await dep.session().post(dep.base + _PATHS[endpoint], data=orjson.dumps(body))
+            return await dep.post(dep.base + _PATHS[endpoint], orjson.dumps(body))
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"upstream {dep.label} did not answer in time") from None
         except aiohttp.ClientError as exc:

@@ -189,6 +189,48 @@ def _screen(book: StreamBook, block: bytes, first: bool, strip_usage: bool
     return b"".join(out), usage, None
 
 
+def _screen_block(book: StreamBook, block: bytes, strip_usage: bool
+                  ) -> tuple[bytes, dict[str, Any] | None, BaseException | None]:
+    """``_screen`` on only the events of a relayed block that need a look: the stream's
+    first event, and an event carrying usage; the rest pass on their frame alone. (A block
+    holds every event that arrived since the last read: parsing them all cost more than
+    the relay itself.)"""
+    if not book.sent:
+        if not block.startswith(b"data:"):  # a comment first: the careful way
+            return _screen(book, block, True, strip_usage)
+        cut = block.find(b"\n\n") + 2
+        head, got, failure = _screen(book, block[:cut], True, strip_usage)
+        rest = block[cut:]
+        if failure is not None or not rest:
+            return head, got, failure
+        rest, more, failure = _screen_block_rest(book, rest, strip_usage)
+        return head + rest, more if more is not None else got, failure
+    return _screen_block_rest(book, block, strip_usage)
+
+
+def _screen_block_rest(book: StreamBook, block: bytes, strip_usage: bool
+                       ) -> tuple[bytes, dict[str, Any] | None, BaseException | None]:
+    if _ERROR in block:
+        return _screen(book, block, False, strip_usage)
+    m = _USAGE.search(block)
+    if m is None:
+        if _PLAIN_EVENTS.fullmatch(block) is not None:
+            return block, None, None
+        return _screen(book, block, False, strip_usage)
+    start = block.rfind(b"\n\n", 0, m.start())
+    start = 0 if start < 0 else start + 2
+    end = block.find(b"\n\n", m.end())
+    end = len(block) if end < 0 else end + 2
+    prefix, suffix = block[:start], block[end:]
+    if (_PLAIN_EVENTS.fullmatch(prefix) is None or _USAGE.search(suffix) is not None
+            or _PLAIN_EVENTS.fullmatch(suffix) is None):
+        return _screen(book, block, False, strip_usage)
+    event, usage, failure = _screen(book, block[start:end], False, strip_usage)
+    if failure is not None:
+        return prefix + event, usage, failure
+    return prefix + event + suffix, usage, None
+
+
 def _text_of(blocks: list[bytes]) -> str:
     parts: list[str] = []
     for block in blocks:
@@ -235,12 +277,9 @@ async def relay_events(up: OpenAIHTTPUpstream, call: Call, dep: HTTPDeployment,
                 cut = 0 if block.startswith(_DONE) else block.find(b"\n" + _DONE) + 1
                 if cut or block.startswith(_DONE):
                     block, done = block[:cut], True
-                failure = None
-                if (not book.sent or _ERROR in block or _USAGE.search(block) is not None
-                        or _PLAIN_EVENTS.fullmatch(block) is None):
-                    block, got, failure = _screen(book, block, not book.sent, strip_usage)
-                    if got is not None:
-                        usage = got
+                block, got, failure = _screen_block(book, block, strip_usage)
+                if got is not None:
+                    usage = got
                 if block:
                     if call.result.ttft_ms is None:
                         call.result.ttft_ms = call.elapsed_ms()

@@ -49,7 +49,9 @@ STAGES: tuple[StageSpec, ...] = (
               after=("exact_cache",), why="an identical request is the exact cache's"),
     StageSpec("compression", "compression:build",
               lambda s: (s.compression, {r.name: r.compression for r in s.routes
-                                         if r.compression is not None}),
+                                         if r.compression is not None},
+                         [a.compression for e in s.experiments if e.enabled
+                          for a in e.arms if a.compression not in (None, False)]),
               after=("semantic_cache",), why="caches key on what the client sent"),
     StageSpec("router", "router:build", lambda s: s.routes,
               after=("compression",), why="every tier gets the compressed prompt"),

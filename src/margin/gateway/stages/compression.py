@@ -28,15 +28,17 @@ class CompressionStage(Stage):
     name = "compression"
 
     def __init__(self, prices: PriceBook, default: CompressionConfig,
-                 by_route: dict[str, CompressionConfig]) -> None:
+                 by_route: dict[str, CompressionConfig],
+                 by_arm: list[CompressionConfig] | None = None) -> None:
         self.prices = prices
         self.default = default
         self.by_route = by_route
+        self.by_arm = by_arm or []  # experiment arms' own settings
         self.scorer: Scorer = lexical_scores
         self.similarity = "lexical"
 
     def _configs(self) -> list[CompressionConfig]:
-        return [c for c in (self.default, *self.by_route.values()) if c.enabled]
+        return [c for c in (self.default, *self.by_route.values(), *self.by_arm) if c.enabled]
 
     async def start(self) -> None:
         wanted = {c.retrieval.similarity for c in self._configs() if c.retrieval is not None}
@@ -63,8 +65,11 @@ class CompressionStage(Stage):
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Response:
         cfg = self.config_for(ctx)
-        wanted = cfg.enabled if ctx.overrides is None or ctx.overrides.compression is None \
-            else ctx.overrides.compression
+        arm = ctx.overrides.compression if ctx.overrides is not None else None
+        if isinstance(arm, CompressionConfig):  # the arm's own level
+            cfg, wanted = arm, True
+        else:
+            wanted = cfg.enabled if arm is None else bool(arm)
         if not wanted or ctx.endpoint == "embeddings":
             return await call_next(ctx)
         similarity = self.similarity
@@ -92,10 +97,14 @@ class CompressionStage(Stage):
         return response
 
 
-def build(sections: tuple[CompressionConfig, dict[str, CompressionConfig]],
+def build(sections: tuple[CompressionConfig, dict[str, CompressionConfig],
+                          list[bool | CompressionConfig]],
           services: Services) -> CompressionStage | None:
-    """``sections``: the top-level ``compression:`` and each route's own."""
-    default, by_route = sections
-    if not default.enabled and not any(c.enabled for c in by_route.values()):
+    """``sections``: the top-level ``compression:``, each route's own, and what enabled
+    experiment arms ask for (``true`` or their own settings): an arm that turns
+    compression on needs the stage even where no section enables it."""
+    default, by_route, arms = sections
+    if not default.enabled and not any(c.enabled for c in by_route.values()) and not arms:
         return None
-    return CompressionStage(services.prices, default, by_route)
+    return CompressionStage(services.prices, default, by_route,
+                            [a for a in arms if isinstance(a, CompressionConfig)])

@@ -39,7 +39,7 @@
     const s = M.api.state.session;
     if (!s || !s.authenticated) return;
     let name = (location.hash || "#overview").slice(1).split("?")[0];
-    if (!PAGES.includes(name)) name = "overview";
+    if (!PAGES.includes(name) || (name === "keys" && s.role === "viewer")) name = "overview";
     for (const a of document.querySelectorAll("#nav a")) {
       a.classList.toggle("active", a.getAttribute("href") === "#" + name);
     }
@@ -74,6 +74,8 @@
     $("login").hidden = true;
     $("nav").hidden = false;
     $("logout").hidden = s.mode !== "master_key";
+    // A viewer key reads the pages; keys are for the master key and admin keys.
+    document.querySelector('#nav a[href="#keys"]').hidden = s.role === "viewer";
     const banner = $("banner");
     if (s.mode === "open") {
       M.fill(banner, "No master key is set: this gateway is open to anyone who can reach it, ",
@@ -99,7 +101,7 @@
         $("login-key").value = "";
         enter(s);
       } catch (err) {
-        showLogin(err.status === 401 ? "That is not the master key." : err.message);
+        showLogin(err.message);
       }
     });
     $("logout").addEventListener("click", async () => {

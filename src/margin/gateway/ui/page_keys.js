@@ -4,14 +4,18 @@
 (function (M) {
   const { h, fill, usd, num, when, table, select, section } = M;
   const PERIODS = [["", "none"], ["day", "day"], ["week", "week"], ["month", "month"]];
+  const ROLES = [["user", "user: models only"], ["viewer", "viewer: + reads the console"],
+                 ["admin", "admin: + manages keys"]];
   // [field, label, kind]; kind: text, int, usd, list, period
   const FIELDS = [["name", "name", "text"], ["user", "user", "text"], ["team", "team", "text"],
                   ["models", "models (comma-separated; empty: all)", "list"],
                   ["rpm", "requests/min", "int"], ["tpm", "tokens/min", "int"],
-                  ["budget_usd", "budget (USD)", "usd"], ["budget_period", "budget period", "period"]];
+                  ["budget_usd", "budget (USD)", "usd"], ["budget_period", "budget period", "period"],
+                  ["role", "role", "role"]];
 
   function input(field, kind, value) {
     if (kind === "period") return select(field, PERIODS, value || "", null);
+    if (kind === "role") return select(field, ROLES, value || "user", null);
     const v = value === null || value === undefined ? "" : Array.isArray(value) ? value.join(", ")
       : String(value);
     return h("input", { name: field, value: v, type: kind === "int" || kind === "usd" ? "number" : "text",
@@ -105,6 +109,7 @@
         { label: "name", value: k => k.name || "–" },
         { label: "user", value: k => k.user || "–" },
         { label: "team", value: k => k.team || "–" },
+        { label: "role", value: k => k.role || "user" },
         { label: "models", value: k => k.models ? k.models.join(", ") : "all" },
         { label: "rpm", class: "num", value: k => num(k.rpm) },
         { label: "tpm", class: "num", value: k => num(k.tpm) },
