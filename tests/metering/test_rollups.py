@@ -266,7 +266,7 @@ def test_migration_9_fills_its_tables_from_the_rows_of_an_older_ledger(url):
         db.executemany(schema.insert_sql(), [schema.values(r) for r in rows])
         rollups.rebuild(db, since=7)
         db.commit()
-        assert migrate(db) == [9]
+        assert 9 in migrate(db)
         new = {t.name for t in rollups.TABLES if t.since == 9}
         migrated = {k: v for k, v in _tables(db).items() if k in new}
         assert len(migrated) == len(new)
