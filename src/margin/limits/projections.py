@@ -32,6 +32,7 @@ from margin.metering.queries import Filters
 log = logging.getLogger("margin.limits")
 HOUR_S = 3600
 _SCOPE_FILTER = {"user": "user", "team": "team", "feature": "feature", "key": "key"}
+_COST = ("requests", "cost_usd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +109,19 @@ def budget_reports(db: Database, specs: Sequence[BudgetSpec], tz_name: str, now_
         b = period_bounds(spec.period, now_s, tz)
         if spec.name == "*":
             window = Filters(b.start_s, now_s)
-            spenders = sorted(((v, t.cost_usd) for v, t in
-                               cq.totals_by(db, spec.scope, window, skip_null=True)),
-                              key=lambda x: -x[1])[:cfg.max_scopes_per_rule]
+            # Only the cost is summed: a month of 2,000 users is tens of thousands of
+            # rollup rows.
+            spenders = sorted(((v, s.cost_usd) for (v,), s in
+                               cq.sums(db, window, (spec.scope,), measures=_COST).items()
+                               if v is not None), key=lambda x: -x[1])[:cfg.max_scopes_per_rule]
             names = [v for v, cost in spenders if v is not None and cost > 0]
         else:
             names = [spec.name]
         for name in names:
             f = Filters(**{_SCOPE_FILTER[spec.scope]: name})
-            spent = cq.total(db, Filters(**{**_as_kwargs(f), "since_s": b.start_s,
-                                            "until_s": now_s + 1e-6})).cost_usd
+            spent = cq.sums(db, Filters(**{**_as_kwargs(f), "since_s": b.start_s,
+                                           "until_s": now_s + 1e-6}), measures=_COST
+                            ).get((), cq.ZERO).cost_usd
             n_out = budget_horizon(now_s, b.end_s)
 
             def fit(f: Filters = f, n_out: int = n_out) -> Any:

@@ -21,9 +21,18 @@ def row_count(db: Database) -> int:
 
 
 def request_indexes() -> list[str]:
-    """The migrations' ``CREATE INDEX`` statements on ``requests``."""
-    return [s for steps in MIGRATIONS.values() for s in steps
-            if isinstance(s, str) and s.startswith("CREATE INDEX") and " ON requests " in s]
+    """The migrations' ``CREATE INDEX`` statements on ``requests`` (less those a later
+    migration dropped)."""
+    out: dict[str, str] = {}
+    for version in sorted(MIGRATIONS):
+        for s in MIGRATIONS[version]:
+            if not isinstance(s, str):
+                continue
+            if s.startswith("CREATE INDEX") and " ON requests " in s:
+                out[s.split()[5]] = s
+            elif s.startswith("DROP INDEX IF EXISTS "):
+                out.pop(s.split()[4], None)
+    return list(out.values())
 
 
 def load(db: Database, chunks: Iterable[list[tuple]]) -> dict[str, float]:

@@ -3,13 +3,14 @@
 A window ``[since, until)`` is cut into pieces: whole buckets of the narrowest rollup that
 holds what is asked (``metering/rollups.py``), and the partial buckets at either edge from
 the ``requests`` table itself. Nothing but the model, the cache outcome or the status:
-``rollup_model_hour``. One of user, team, feature or key alone: whole UTC days from
-``rollup_dim_day``, whole hours from ``rollup_dim_hour``. Several of user, team,
-feature and model (no key, cache or status): whole days from ``rollup_day``, the partial
-days from the raw table on its indexes; anything else, or hourly buckets of several: the
-raw table. Each piece is one grouped
-query; their sums are added here. The numbers are exactly those of the raw table (the
-writer updates the rollups in the transaction that inserts the rows).
+``rollup_model_hour_sums`` and ``rollup_model_day``. One of user, team, feature or key
+alone: whole weeks, days and hours of ``rollup_dim_*``. One team, feature or model (or the
+errors) filtered and grouped by one other dimension: ``rollup_pair_hour`` / ``_day``.
+Several of user, team, feature and model (no key, cache or status): whole days from
+``rollup_day``, the partial days from the raw table on its indexes; anything else, or
+hourly buckets of several: the raw table. Each piece is one grouped query; their sums are
+added here. The numbers are exactly those of the raw table (the writer updates the
+rollups in the transaction that inserts the rows).
 
 The request log reads the raw table with keyset pagination on ``(ts, id)``.
 The CLI (``margin spend``, ``margin anomalies``, ``margin ledger stats``) and ``/admin/``
@@ -23,13 +24,16 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import orjson
 
 from margin.metering import rollups
 from margin.metering.db import Database
 from margin.metering.queries import GROUPS, Filters, Totals, status_condition
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, MEASURES, MODEL_HOURLY,
-                                     STAGE_HOURLY, Table, hist_bucket)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_STAGE_HOURLY, DIM_WEEKLY, MEASURES, MODEL_DAILY,
+                                     MODEL_HOURLY, MODEL_HOURLY_SUMS, PAIR_DAILY, PAIR_HOURLY,
+                                     STAGE_HOURLY, Table)
 
 # A report's dimension -> the rollup column holding it.
 ROLLUP_COLUMNS = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
@@ -64,6 +68,15 @@ class Sums:
                       int(v["cache_hits"]), float(v["overrun_usd"]))
 
 
+def _measure(i: int) -> property:
+    return property(lambda self: self.values[i])
+
+
+# Each measure a plain property: a page reads several of thousands of groups.
+for _i, _m in enumerate(MEASURES):
+    if _m != "requests":
+        setattr(Sums, _m, _measure(_i))
+
 ZERO = Sums(tuple(0 for _ in MEASURES))
 
 
@@ -77,7 +90,7 @@ def _note_sql(db: Database, key: str) -> str:
     return f"SUM(CASE WHEN {found} THEN COALESCE({value}, 0) ELSE 0 END)"
 
 
-def _raw_measures(db: Database) -> str:
+def _raw_measures(db: Database, measures: Sequence[str] = MEASURES) -> str:
     parts = ["COUNT(*)", "SUM(prompt_tokens)", "SUM(completion_tokens)", "SUM(cost_usd)",
              "SUM(saved_usd)", "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
              "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
@@ -86,7 +99,7 @@ def _raw_measures(db: Database) -> str:
              "SUM(COALESCE(latency_ms, 0))", "SUM(COALESCE(upstream_ms, 0))"]
     parts += [_note_sql(db, k) for k in rollups.NOTE_SAVINGS.values()]
     assert len(parts) == len(MEASURES)
-    return ", ".join(parts)
+    return ", ".join(parts[MEASURES.index(m)] for m in measures)
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -128,45 +141,70 @@ def pieces(since_s: float | None, until_s: float | None, widths: Sequence[Table]
     return out
 
 
-def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> list[Table]:
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a query's whole buckets are read: ``widths`` (narrowest first; none: the raw
+    table), and for the pair tables which pair holds the two dimensions asked about."""
+
+    widths: tuple[Table, ...]
+    dim: str | None = None                    # the dimension tables: which one
+    pair: tuple[str, str] | None = None       # the pair tables: (a, b)
+
+
+
+
+def _source(f: Filters, group: Iterable[str], bucket_s: int | None) -> Source:
     """The narrowest rollups that hold what ``f`` and ``group`` ask about."""
     group = [g for g in group if g != "t"]
-    dims = {d for d in _ATTRIBUTION if getattr(f, d) is not None} | \
-        {g for g in group if g in _ATTRIBUTION}
-    if not dims:
-        return [MODEL_HOURLY]
-    others = any(getattr(f, d) is not None for d in ("model", "status", "cache")) or \
-        any(g not in _ATTRIBUTION for g in group)
+    filtered = {d for d in (*DIMENSIONS, "status", "cache") if getattr(f, d) is not None}
+    asked = filtered | set(group)
+    dims = {d for d in _ATTRIBUTION if d in asked}
     hourly = bucket_s is not None and bucket_s < DAILY.bucket_s
-    if len(dims) == 1 and not others:
-        return [DIM_HOURLY] if hourly else [DIM_HOURLY, DIM_DAILY]
+    if not dims:
+        return Source((MODEL_HOURLY_SUMS,) if hourly else (MODEL_HOURLY_SUMS, MODEL_DAILY))
+    if len(asked) == 1:
+        (dim,) = dims
+        weekly = bucket_s is None or bucket_s % DIM_WEEKLY.bucket_s == 0
+        return Source((DIM_HOURLY,) if hourly else (DIM_HOURLY, DIM_DAILY, DIM_WEEKLY) if weekly
+                      else (DIM_HOURLY, DIM_DAILY), dim=dim)
+    if len(asked) == 2 and ("status" not in asked or f.status == "error"):
+        for a, b in rollups.PAIRS:
+            # The pair's first dimension filtered: one range of its key.
+            if {a, b} == asked and getattr(f, a) is not None and b not in filtered:
+                return Source((PAIR_HOURLY,) if hourly else (PAIR_HOURLY, PAIR_DAILY),
+                              pair=(a, b))
     combo = {"user", "team", "feature", "model"}
-    if hourly or not (dims | set(group) | {d for d in DIMENSIONS if getattr(f, d) is not None}
-                      ) <= combo or f.status is not None or f.cache is not None:
-        return []
-    return [DAILY]
-
-
-def _dim_of(f: Filters, group: Iterable[str]) -> str:
-    for d in _ATTRIBUTION:
-        if getattr(f, d) is not None or d in group:
-            return d
-    raise AssertionError("no dimension")
+    if hourly or not asked <= combo:
+        return Source(())
+    return Source((DAILY,))
 
 
 def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
-                  dim: str | None = None) -> tuple[str, list[Any]]:
+                  src: Source = Source(()), sqlite: bool = False) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if t.keys == rollups.DIM_KEYS:
+        dim = src.dim
         assert dim is not None
-        clauses.append("dim = ?")
-        params.append(dim)
         value = getattr(f, dim)
+        # All values of a dimension over a window: the key (bucket, dim, value), not the
+        # index (dim, value, bucket), which SQLite prefers without statistics because it
+        # yields the groups in order, and then reads every bucket of the dimension. The
+        # unary + keeps "dim" off that index.
+        clauses.append("+dim = ?" if sqlite and value is None else "dim = ?")
+        params.append(dim)
         if value is not None:
             clauses.append("value = ?")
             params.append(value)
         f = replace(f, **{dim: None})
+    if t.keys == rollups.PAIR_KEYS:
+        assert src.pair is not None
+        clauses.append("pair = ?")
+        params.append(rollups.pair_name(*src.pair))
+        a, b = src.pair
+        clauses.append("a = ?")
+        params.append(getattr(f, a))   # "error" for the status pairs
+        f = replace(f, **{a: None})
     if lo_s is not None:
         clauses.append("bucket >= ?")
         params.append(int(lo_s // t.bucket_s))
@@ -188,6 +226,14 @@ def _rollup_where(f: Filters, t: Table, lo_s: float | None, hi_s: float | None,
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _rollup_column(g: str, src: Source) -> str:
+    if src.dim is not None:
+        return "value"
+    if src.pair is not None:
+        return "a" if g == src.pair[0] else "b"
+    return ROLLUP_COLUMNS[g]
+
+
 def _raw_bucket(db: Database, width_s: int) -> str:
     if db.dialect == "postgresql":
         return f"CAST(FLOOR(ts / {width_s}) AS BIGINT)"
@@ -197,24 +243,43 @@ def _raw_bucket(db: Database, width_s: int) -> str:
 Key = tuple
 
 
-def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | None = None
-         ) -> dict[Key, Sums]:
+def _among_sql(column: str, values: Sequence[str | None]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({', '.join('?' for _ in values)})", ["" if v is None else v
+                                                                for v in values]
+
+
+def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | None = None,
+         *, measures: Sequence[str] = MEASURES,
+         among: tuple[str, Sequence[str | None]] | None = None) -> dict[Key, Sums]:
     """The sums per ``group`` (dimension names of ``ROLLUP_COLUMNS``, and ``"t"`` for the
     start of a ``bucket_s`` time bucket in UNIX seconds) of the rows ``f`` matches. A
-    missing attribution is None."""
+    missing attribution is None.
+
+    ``measures``: only these are summed (the others are NaN in the answer: a page that
+    needs the cost of 2,000 users need not add up fourteen columns for each).
+    ``among``: (a dimension of ``group``, its values): only the groups with those values
+    (a chart's top ten, not every user per day)."""
+    if not measures or measures[0] != "requests":
+        raise ValueError("measures must start with requests (a group with none is dropped)")
+    if among is not None and among[0] not in group:
+        raise ValueError("among names a dimension that is not grouped")
     if "t" in group and not bucket_s:
         raise ValueError("grouping by time needs bucket_s")
     if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
         raise ValueError("bucket_s must divide a day or be whole days")
-    widths = _source(f, group, bucket_s)
-    dim = _dim_of(f, group) if widths and widths[0] is DIM_HOURLY else None
+    src = _source(f, group, bucket_s)
     out: dict[Key, list[float]] = {}
-    n = len(MEASURES)
-    raw_measures = _raw_measures(db)
-    for p in pieces(f.since_s, f.until_s, widths):
+    n = len(measures)
+    raw_measures = _raw_measures(db, measures)
+    if among is not None and not among[1]:
+        return {}
+    for p in pieces(f.since_s, f.until_s, src.widths):
         if p.table is None:
             cols = [(_raw_bucket(db, bucket_s) if g == "t" else _RAW[g]) for g in group]
-            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
+            extra = [] if among is None else [_among_sql(_RAW[among[0]], among[1])]
+            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
+                *(c for c, _ in extra))
+            params += [v for _, vs in extra for v in vs]
             sql = f"SELECT {', '.join([*cols, raw_measures])} FROM requests{where}"
             scale = bucket_s or 1
         else:
@@ -222,24 +287,44 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
             # A bucket of this table is a whole number of wanted buckets, or the other way.
             per = (bucket_s // t.bucket_s) if bucket_s and bucket_s >= t.bucket_s else 1
             cols = [(f"bucket / {per}" if per > 1 else "bucket") if g == "t"
-                    else "value" if dim is not None else ROLLUP_COLUMNS[g] for g in group]
-            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, dim)
-            summed = ", ".join(f"SUM({m})" for m in MEASURES)
+                    else _rollup_column(g, src) for g in group]
+            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, src, db.dialect == "sqlite")
+            if among is not None:
+                clause, values = _among_sql(_rollup_column(among[0], src), among[1])
+                where += (" AND " if where else " WHERE ") + clause
+                params += values
+            summed = ", ".join(f"SUM({m})" for m in measures)
             sql = f"SELECT {', '.join([*cols, summed])} FROM {t.name}{where}"
             scale = t.bucket_s * per if bucket_s else 1
         if group:
             sql += " GROUP BY " + ", ".join(cols)
+        ng = len(group)
+        plain = ng == 1 and group[0] not in ("t", "status")   # one text dimension
         for row in db.query(sql, params):
-            k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
-            values = row[len(group):]
-            if values[0] in (None, 0):
+            if not row[ng]:
                 continue
+            if plain:
+                v = row[0]
+                k: Key = (None if v is None or v == "" else str(v),)
+            else:
+                k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
             acc = out.get(k)
             if acc is None:
-                out[k] = [float(x or 0) for x in values]
+                out[k] = [float(x or 0) for x in row[ng:]]
             else:
                 for i in range(n):
-                    acc[i] += float(values[i] or 0)
+                    acc[i] += float(row[ng + i] or 0)
+    if tuple(measures) != MEASURES:
+        # The measures not summed are NaN: a caller that reads one gets no silent zero.
+        template = [math.nan] * len(MEASURES)
+        positions = [MEASURES.index(m) for m in measures]
+        full: dict[Key, Sums] = {}
+        for k, v in out.items():
+            t = template.copy()
+            for pos, x in zip(positions, v):
+                t[pos] = x
+            full[k] = Sums(tuple(t))
+        return full
     return {k: Sums(tuple(v)) for k, v in out.items()}
 
 
@@ -315,20 +400,57 @@ def _has_attribution(f: Filters) -> bool:
     return any(getattr(f, d) is not None for d in _ATTRIBUTION)
 
 
+def _hist_dimension(f: Filters) -> str | None:
+    """The one team or feature ``f`` is about, when that is all it filters (the per-
+    dimension histogram tables hold it)."""
+    set_ = [d for d in (*DIMENSIONS, "status", "cache") if getattr(f, d) is not None]
+    if len(set_) == 1 and set_[0] in rollups.HIST_DIMENSIONS:
+        return set_[0]
+    return None
+
+
+def _dim_hist_where(f: Filters, dim: str, lo_s: float | None, hi_s: float | None
+                    ) -> tuple[str, list[Any]]:
+    clauses, params = ["dim = ?", "value = ?"], [dim, getattr(f, dim)]
+    if lo_s is not None:
+        clauses.append("bucket >= ?")
+        params.append(int(lo_s // HOUR_S))
+    if hi_s is not None:
+        clauses.append("bucket < ?")
+        params.append(int(hi_s // HOUR_S))
+    return " WHERE " + " AND ".join(clauses), params
+
+
+HOUR_S = 3600
+
+
 def latency_histograms(db: Database, f: Filters) -> tuple[list[int], list[int]]:
     """Histograms (``rollups.hist_bucket``) of gateway overhead and upstream time."""
     nb = rollups.HIST_BUCKETS
     overhead, upstream = [0] * nb, [0] * nb
-    widths = [] if _has_attribution(f) else [MODEL_HOURLY]
+    hist_dim = _hist_dimension(f)
+    widths = [DIM_LATENCY_HOURLY] if hist_dim else [] if _has_attribution(f) else [MODEL_HOURLY]
+    cols = ", ".join(f"SUM({c})" for c in rollups.OVERHEAD_HIST + rollups.UPSTREAM_HIST)
     for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is DIM_LATENCY_HOURLY:
+            assert hist_dim is not None
+            where, params = _dim_hist_where(f, hist_dim, p.lo_s, p.hi_s)
+            row = db.query(f"SELECT {cols} FROM {DIM_LATENCY_HOURLY.name}{where}", params)[0]
+            for i in range(nb):
+                overhead[i] += int(row[i] or 0)
+                upstream[i] += int(row[nb + i] or 0)
+            continue
         if p.table is None or _has_attribution(f):
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where()
-            for ov, up in db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}",
-                                   params):
-                if ov is not None:
-                    overhead[hist_bucket(float(ov))] += 1
-                if up is not None and float(up) > 0:
-                    upstream[hist_bucket(float(up))] += 1
+            rows = db.query(f"SELECT overhead_ms, upstream_ms FROM requests{where}", params)
+            if not rows:
+                continue
+            # A day of one team is tens of thousands of rows: bucketed with numpy.
+            values = np.array(rows, dtype=np.float64)   # NULL -> nan
+            ov, up = values[:, 0], values[:, 1]
+            for acc, v in ((overhead, ov[~np.isnan(ov)]), (upstream, up[np.nan_to_num(up) > 0])):
+                for i, c in enumerate(np.bincount(rollups.hist_buckets(v), minlength=nb)):
+                    acc[i] += int(c)
             continue
         where, params = _rollup_where(f, MODEL_HOURLY, p.lo_s, p.hi_s)
         cols = ", ".join(f"SUM({c})" for c in rollups.OVERHEAD_HIST + rollups.UPSTREAM_HIST)
@@ -344,14 +466,31 @@ def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
     nb = rollups.HIST_BUCKETS
     out: dict[str, list[int]] = {}
     plain = not _has_attribution(f) and f.model is None and f.status is None and f.cache is None
-    widths = [STAGE_HOURLY] if plain else []
+    hist_dim = _hist_dimension(f)
+    widths = [STAGE_HOURLY] if plain else [DIM_STAGE_HOURLY] if hist_dim else []
     for p in pieces(f.since_s, f.until_s, widths):
+        if p.table is DIM_STAGE_HOURLY:
+            assert hist_dim is not None
+            where, params = _dim_hist_where(f, hist_dim, p.lo_s, p.hi_s)
+            cols = ", ".join(f"SUM({c})" for c in rollups.STAGE_HIST)
+            for stage, *counts in db.query(f"SELECT stage, {cols} FROM {DIM_STAGE_HOURLY.name}"
+                                           f"{where} GROUP BY stage", params):
+                acc = out.setdefault(str(stage), [0] * nb)
+                for i, c in enumerate(counts):
+                    acc[i] += int(c or 0)
+            continue
         if p.table is None or not plain:
             where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
                 "stage_ms IS NOT NULL")
+            per_stage: dict[str, list[float]] = {}
             for (text,) in db.query(f"SELECT stage_ms FROM requests{where}", params):
                 for stage, ms in rollups._stage_items(text):
-                    out.setdefault(stage, [0] * nb)[hist_bucket(ms)] += 1
+                    per_stage.setdefault(stage, []).append(ms)
+            for stage, values in per_stage.items():
+                acc = out.setdefault(stage, [0] * nb)
+                counts = np.bincount(rollups.hist_buckets(np.asarray(values)), minlength=nb)
+                for i, c in enumerate(counts):
+                    acc[i] += int(c)
             continue
         clauses, params = [], []
         if p.lo_s is not None:
@@ -449,6 +588,6 @@ def model_hours(db: Database, since_s: float, until_s: float) -> list[ModelHour]
     (aligned down to hours), oldest first."""
     lo, hi = int(since_s // 3600), int(until_s // 3600)
     rows = db.query(f"SELECT bucket, model, SUM(requests), SUM(prompt_tokens) + "
-                    f"SUM(completion_tokens) FROM {MODEL_HOURLY.name} WHERE bucket >= ? AND "
+                    f"SUM(completion_tokens) FROM {MODEL_HOURLY_SUMS.name} WHERE bucket >= ? AND "
                     "bucket < ? GROUP BY bucket, model ORDER BY bucket", [lo, hi])
     return [ModelHour(int(h), str(m), int(n or 0), int(t or 0)) for h, m, n, t in rows if m]

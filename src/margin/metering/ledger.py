@@ -78,6 +78,7 @@ class LedgerWriter:
         self._stop = threading.Event()
         self._db: Database | None = None
         self._sql = schema.insert_sql()
+        self._copy_sql = f"COPY {schema.TABLE} ({', '.join(schema.NAMES)}) FROM STDIN"
         self._last_replay_try = 0.0
         self._spool_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="margin-ledger", daemon=True)
@@ -191,6 +192,11 @@ class LedgerWriter:
                                     min(len(self._queue), self.cfg.catch_up_batch_size)))
             if not batch:
                 return
+            if self.db_healthy and self._spool_has_rows():
+                # Rows spilled while the database is up (a burst past max_queue_rows): the
+                # spool is written first, then this batch goes straight in, instead of
+                # every batch after a spill taking the spool's detour (fsync, re-read).
+                self.replay_spool()
             if self._spool_has_rows() or not self._write(batch):
                 # Keep order simple: while a spool exists, new rows join it and are
                 # replayed together, so nothing overtakes what is waiting.
@@ -253,7 +259,16 @@ class LedgerWriter:
             seen: set[Any] = set()
             fresh = [r for r in fresh if not (r.get("id") in seen or seen.add(r.get("id")))]
         if fresh:
-            db.executemany(self._sql, [schema.values(r) for r in fresh])
+            if db.dialect == "postgresql":
+                # COPY: the rows are known to be new (their ids were just read), and one
+                # COPY costs the server a fraction of a thousand INSERTs. A row it refuses
+                # fails the batch, which is then written row by row (_write_each).
+                with db._guard(), db.conn.cursor() as cur:
+                    with cur.copy(self._copy_sql) as copy:
+                        for r in fresh:
+                            copy.write_row(schema.values(r))
+            else:
+                db.executemany(self._sql, [schema.values(r) for r in fresh])
             rollups.apply(db, fresh)
 
     def _write_each(self, rows: list[dict[str, Any]]) -> bool:
@@ -319,7 +334,10 @@ class LedgerWriter:
         if not self._spool_has_rows():
             return
         now = time.monotonic()
-        if not force and now - self._last_replay_try < self.cfg.replay_interval_s:
+        # The interval spaces out retries of a database that is down; rows spilled while
+        # it is up (the writer fell behind a burst) are replayed at the next flush.
+        if not force and not self.db_healthy and \
+                now - self._last_replay_try < self.cfg.replay_interval_s:
             return
         self._last_replay_try = now
         self.replay_spool()
@@ -337,8 +355,10 @@ class LedgerWriter:
                     return 0
                 os.replace(self.spool_path, taken)
         rows = self._read_spool(taken)
-        for start in range(0, len(rows), self.cfg.batch_size):
-            if not self._write(rows[start:start + self.cfg.batch_size]):
+        # A spool is a backlog: written in catch-up batches, like a long queue.
+        step = max(self.cfg.batch_size, self.cfg.catch_up_batch_size)
+        for start in range(0, len(rows), step):
+            if not self._write(rows[start:start + step]):
                 self._put_back(rows[start:], taken)
                 self.counters.replayed += start
                 return start

@@ -16,9 +16,11 @@ import polars as pl
 
 from margin.metering import rollups
 from margin.metering.db import Database
-from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, HIST_BASE_MS, HIST_BUCKETS,
-                                     MEASURES, MODEL_HOURLY, ONE_DIMENSION, STAGE_HOURLY,
-                                     TABLES, Table)
+from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
+                                     DIM_STAGE_HOURLY, DIM_WEEKLY, ERROR_PAIRS, HIST_BASE_MS,
+                                     HIST_BUCKETS, HIST_DIMENSIONS, MEASURES, MODEL_DAILY,
+                                     MODEL_HOURLY, MODEL_HOURLY_SUMS, ONE_DIMENSION, PAIR_DAILY,
+                                     PAIR_HOURLY, PAIRS, STAGE_HOURLY, TABLES, Table, pair_name)
 
 COLUMNS = ("ts", "user_id", "team", "feature", "key_id", "model", "requested_model", "cache",
            "status", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
@@ -29,7 +31,8 @@ _SCHEMA = {"ts": pl.Float64, "user_id": pl.Utf8, "team": pl.Utf8, "feature": pl.
            "cost_usd": pl.Float64, "saved_usd": pl.Float64, "reserved_usd": pl.Float64,
            "latency_ms": pl.Float64, "upstream_ms": pl.Float64, "overhead_ms": pl.Float64,
            "stage_ms": pl.Utf8, "notes": pl.Utf8}
-_DIM_COLUMN = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id"}
+_DIM_COLUMN = {"user": "user_id", "team": "team", "feature": "feature", "key": "key_id",
+               "model": "model", "cache": "cache"}
 
 
 def _bucket_expr(ms: pl.Expr) -> pl.Expr:
@@ -53,6 +56,7 @@ def _prepare(rows: list[tuple]) -> pl.DataFrame:
     return df.select(
         (pl.col("ts") // 3600).cast(pl.Int64).alias("hour"),
         (pl.col("ts") // 86400).cast(pl.Int64).alias("day"),
+        (pl.col("ts") // rollups.WEEK_S).cast(pl.Int64).alias("week"),
         *(pl.col(c).fill_null("").alias(c) for c in ("user_id", "team", "feature", "key_id")),
         pl.coalesce(pl.col("model"), pl.col("requested_model"), pl.lit("")).alias("model"),
         cache.alias("cache"), status.alias("status"),
@@ -83,10 +87,60 @@ def _hist_columns(frame: pl.DataFrame, bucket_col: str, names: tuple[str, ...]) 
     return [(pl.col(bucket_col) == i).cast(pl.Int64).alias(n) for i, n in enumerate(names)]
 
 
-def aggregate(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Each table's sums over ``df`` (from ``_prepare``), columns in the table's order."""
+def _pair_value(name: str) -> pl.Expr:
+    if name == "status":   # only error rows go into the status pairs
+        return pl.lit("error")
+    return pl.col(_DIM_COLUMN[name])
+
+
+def aggregate(df: pl.DataFrame, tables: tuple[Table, ...] = TABLES) -> dict[str, pl.DataFrame]:
+    """Each of ``tables``' sums over ``df`` (from ``_prepare``), columns in the table's
+    order."""
     out: dict[str, pl.DataFrame] = {}
     measures = list(MEASURES)
+    wanted = {t.name for t in tables}
+    if MODEL_DAILY.name in wanted:
+        out[MODEL_DAILY.name] = _sum(df.rename({"day": "bucket"}),
+                                     ["bucket", *MODEL_DAILY.keys], MEASURES)
+    if MODEL_HOURLY_SUMS.name in wanted:
+        out[MODEL_HOURLY_SUMS.name] = _sum(df.rename({"hour": "bucket"}),
+                                           ["bucket", *MODEL_HOURLY_SUMS.keys], MEASURES)
+    if PAIR_HOURLY.name in wanted or PAIR_DAILY.name in wanted:
+        parts = []
+        for a, b in PAIRS:
+            frame = df.filter(pl.col("status") >= 400) if (a, b) in ERROR_PAIRS else df
+            parts.append(frame.select(pl.col("hour"), pl.col("day"),
+                                      pl.lit(pair_name(a, b)).alias("pair"),
+                                      _pair_value(a).alias("a"), _pair_value(b).alias("b"),
+                                      *measures))
+        p = pl.concat(parts)
+        out[PAIR_HOURLY.name] = _sum(p.rename({"hour": "bucket"}).drop("day"),
+                                     ["bucket", "pair", "a", "b"], MEASURES)
+        out[PAIR_DAILY.name] = _sum(p.rename({"day": "bucket"}).drop("hour"),
+                                    ["bucket", "pair", "a", "b"], MEASURES)
+    if DIM_WEEKLY.name in wanted:
+        weeks = pl.concat([df.select(pl.col("week").alias("bucket"), pl.lit(dim).alias("dim"),
+                                     pl.col(_DIM_COLUMN[dim]).alias("value"), *measures)
+                           for dim in ONE_DIMENSION])
+        out[DIM_WEEKLY.name] = _sum(weeks, ["bucket", "dim", "value"], MEASURES)
+    if DIM_LATENCY_HOURLY.name in wanted:
+        m = df.with_columns(*_hist_columns(df, "ov_bucket", rollups.OVERHEAD_HIST),
+                            *_hist_columns(df, "up_bucket", rollups.UPSTREAM_HIST))
+        m = m.with_columns(*(pl.col(c).fill_null(0) for c in DIM_LATENCY_HOURLY.values))
+        parts = [m.select(pl.col("hour").alias("bucket"), pl.lit(dim).alias("dim"),
+                          pl.col(_DIM_COLUMN[dim]).alias("value"), *DIM_LATENCY_HOURLY.values)
+                 for dim in HIST_DIMENSIONS]
+        out[DIM_LATENCY_HOURLY.name] = _sum(pl.concat(parts), ["bucket", "dim", "value"],
+                                            DIM_LATENCY_HOURLY.values)
+    if DIM_STAGE_HOURLY.name in wanted:
+        st = _stages(df, ["team", "feature"])
+        parts = [st.select("bucket", pl.lit(dim).alias("dim"),
+                           pl.col(_DIM_COLUMN[dim]).alias("value"), "stage",
+                           *DIM_STAGE_HOURLY.values) for dim in HIST_DIMENSIONS]
+        out[DIM_STAGE_HOURLY.name] = _sum(pl.concat(parts), ["bucket", "dim", "value", "stage"],
+                                          DIM_STAGE_HOURLY.values)
+    if DAILY.name not in wanted:   # the tables of migration 7 come together
+        return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
     out[DAILY.name] = _sum(df.rename({"day": "bucket"}), ["bucket", *DAILY.keys], MEASURES)
     dims = []
     for dim in ONE_DIMENSION:
@@ -103,21 +157,24 @@ def aggregate(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
                          + rollups.UPSTREAM_HIST))
     out[MODEL_HOURLY.name] = _sum(m.rename({"hour": "bucket"}), ["bucket", *MODEL_HOURLY.keys],
                                   MODEL_HOURLY.values)
-    pairs = (df.select(pl.col("hour").alias("bucket"),
+    out[STAGE_HOURLY.name] = _sum(_stages(df, []), ["bucket", "stage"], STAGE_HOURLY.values)
+    return {t.name: out[t.name].select("bucket", *t.keys, *t.values) for t in tables}
+
+
+def _stages(df: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
+    """One row per (request, stage) with ``keep`` columns, the hour as ``bucket`` and the
+    stage's histogram columns."""
+    pairs = (df.select(pl.col("hour").alias("bucket"), *keep,
                        pl.col("stage_ms").str.extract_all(r'"[^"]+"\s*:\s*-?[0-9.eE+-]+').alias("p"))
              .explode("p").drop_nulls("p"))
     stages = pairs.select(
-        pl.col("bucket"),
+        pl.col("bucket"), *keep,
         pl.col("p").str.extract(r'^"([^"]+)"', 1).str.slice(0, 64).alias("stage"),
         pl.col("p").str.extract(r':\s*(-?[0-9.eE+-]+)$', 1).cast(pl.Float64, strict=False)
         .alias("ms")).drop_nulls()
     stages = stages.with_columns(pl.lit(1, pl.Int64).alias("samples"),
                                  _bucket_expr(pl.col("ms")).alias("b"))
-    stages = stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
-    out[STAGE_HOURLY.name] = _sum(stages, ["bucket", "stage"], STAGE_HOURLY.values)
-    for t in TABLES:
-        out[t.name] = out[t.name].select("bucket", *t.keys, *t.values)
-    return out
+    return stages.with_columns(*_hist_columns(stages, "b", rollups.STAGE_HIST))
 
 
 def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
@@ -125,6 +182,9 @@ def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
         return
     cols = ("bucket",) + t.keys + t.values
     if db.dialect == "postgresql":
+        # PostgreSQL keeps rows where they were written: in the key's order, one pair's
+        # buckets (one model's keys over a week) sit on a few pages, not one row a page.
+        frame = frame.sort(list(rollups.key_columns(t)))
         with db.conn.cursor() as cur:
             with cur.copy(f"COPY {t.name} ({', '.join(cols)}) FROM STDIN") as copy:
                 for row in frame.iter_rows():
@@ -137,10 +197,10 @@ def _write(db: Database, t: Table, frame: pl.DataFrame) -> None:
         db.executemany(sql, rows[start:start + 50_000])
 
 
-def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
-    """Empty every rollup and fill it from the ``requests`` table (the caller commits);
-    returns the rows read."""
-    for t in TABLES:
+def rebuild(db: Database, chunk_rows: int = 500_000, tables: tuple[Table, ...] = TABLES) -> int:
+    """Empty ``tables`` (every rollup) and fill them from the ``requests`` table (the
+    caller commits); returns the rows read."""
+    for t in tables:
         db.execute(f"DELETE FROM {t.name}")
     sql = f"SELECT {', '.join(COLUMNS)} FROM requests ORDER BY ts"
     cur: Any
@@ -150,8 +210,8 @@ def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
         cur.execute(sql)
     else:
         cur = db.execute(sql)
-    pending: dict[str, pl.DataFrame | None] = {t.name: None for t in TABLES}
-    by_name = {t.name: t for t in TABLES}
+    pending: dict[str, pl.DataFrame | None] = {t.name: None for t in tables}
+    by_name = {t.name: t for t in tables}
     n = 0
     while True:
         chunk = cur.fetchmany(chunk_rows)
@@ -159,7 +219,7 @@ def rebuild(db: Database, chunk_rows: int = 500_000) -> int:
             break
         n += len(chunk)
         last_ts = float(chunk[-1][0])
-        for name, frame in aggregate(_prepare(chunk)).items():
+        for name, frame in aggregate(_prepare(chunk), tables).items():
             t = by_name[name]
             before = pending[name]
             if before is not None:

@@ -104,12 +104,25 @@ MIGRATIONS: dict[int, list[Step]] = {
         "CREATE INDEX IF NOT EXISTS requests_experiment_ts ON requests (experiment, ts)"],
     # Hourly and daily rollups the console reads (metering/rollups.py), filled from the
     # rows already there; the request log's keyset index.
-    7: [*rollups.ddl(), rollups.rebuild],
+    7: [*rollups.ddl(7), rollups.rebuild_step(7)],
     # No rollup holds the tokens before and after compression: ``margin ledger stats``
     # sums them on this partial index (only the compressed rows) instead of scanning.
     8: ["CREATE INDEX IF NOT EXISTS requests_compressed_ts ON requests "
         "(ts, tokens_before_compression, tokens_after_compression) "
         "WHERE tokens_before_compression IS NOT NULL"],
+    # Rollups for the pages migration 7's could not answer at ten million rows (per day
+    # and model, per week, pairs of dimensions filtered on one and grouped on the other,
+    # histograms per team and feature), filled from the rows already there
+    # (metering/rollups.py). And the request table's indexes, for the writer's sake and
+    # the bot check's: (ts) is the prefix of (ts, id), so every query it served the other
+    # serves, and each index is one more B-tree insert per row; (user_id, ts) gains the
+    # prompt hash, so a user's recent requests (the spend page's bot check) are read from
+    # the index alone.
+    9: [rollups.create_step(9), rollups.rebuild_step(9),
+        "CREATE INDEX IF NOT EXISTS requests_user_ts_hash ON requests "
+        "(user_id, ts, prompt_hash)",
+        "DROP INDEX IF EXISTS requests_user_ts",
+        "DROP INDEX IF EXISTS requests_ts"],
     # A key's role (NULL: user): viewer and admin keys may open the console.
     10: ["ALTER TABLE api_keys ADD COLUMN role TEXT"],
 }
