@@ -4,26 +4,12 @@ key ends the console sessions made with it at once."""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
-import pytest
 
-from margin.gateway.app import create_app
 from margin.gateway.console_session import cookie_value
-from tests.conftest import ThreadServer
-from tests.gateway.test_console_ui import _gateway
+from tests.gateway.test_console_ui import MASTER, served  # noqa: F401  (the fixture)
 
-MASTER = "roles-master-" + uuid.uuid4().hex
 AS_MASTER = {"authorization": f"Bearer {MASTER}"}
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch, fake_upstream):
-    srv = ThreadServer(create_app(_gateway(tmp_path, monkeypatch, fake_upstream.url, MASTER,
-                                           console={"session_ttl_s": 600}))).start()
-    yield srv
-    srv.stop()
 
 
 def _key(url: str, role: str | None, user: str) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from margin.errors import MarginError, error_body
 from margin.gateway import validate
@@ -29,6 +29,28 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 
 # How long an answer may take before the gateway starts watching for the client leaving.
 _WATCH_AFTER_S = 0.05
+
+
+class _LateWatch:
+    """A task watching for the client leaving, started only once ``_WATCH_AFTER_S`` has
+    passed: watching costs a task (~25 µs), so a fast answer (a cache hit, a short
+    stream) pays for a timer alone."""
+
+    __slots__ = ("task", "_timer")
+
+    def __init__(self, watch: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        loop = asyncio.get_running_loop()
+        self.task: asyncio.Task[None] | None = None
+        self._timer = loop.call_later(_WATCH_AFTER_S, self._start, loop, watch)
+
+    def _start(self, loop: asyncio.AbstractEventLoop,
+               watch: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.task = loop.create_task(watch())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Proxy:
@@ -143,15 +165,10 @@ class Proxy:
                                        receive: Receive) -> Response | None:
         """The pipeline's answer; None when the client disconnected first, in which case
         the pipeline (and the upstream call in it) is cancelled rather than left running
-        for nobody.
-
-        Watching costs a task (~25 µs), so it starts only once the answer has taken
-        ``_WATCH_AFTER_S``: a fast answer (a cache hit) pays for a timer alone."""
+        for nobody (watched from ``_WATCH_AFTER_S`` on: ``_LateWatch``)."""
         me = asyncio.current_task()
         assert me is not None
-        loop = asyncio.get_running_loop()
         abandoned = False
-        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             nonlocal abandoned
@@ -160,11 +177,7 @@ class Proxy:
                 abandoned = True
                 me.cancel()
 
-        def start() -> None:
-            nonlocal watcher
-            watcher = loop.create_task(watch())
-
-        timer = loop.call_later(_WATCH_AFTER_S, start)
+        watcher = _LateWatch(watch)
         try:
             response = await self.gw.handler(ctx)
         except asyncio.CancelledError:
@@ -172,9 +185,7 @@ class Proxy:
                 raise
             response = None
         finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
         if abandoned:
             me.uncancel()
             ctx.fail(499, "client_closed", "client closed the connection before the answer")
@@ -194,7 +205,6 @@ class Proxy:
         disconnected = asyncio.Event()
         me = asyncio.current_task()
         assert me is not None
-        loop = asyncio.get_running_loop()
         relaying = False
 
         async def watch() -> None:
@@ -207,15 +217,7 @@ class Proxy:
                         me.cancel()
                     return
 
-        # Like the wait for the answer, watching starts only once the stream has lasted
-        # ``_WATCH_AFTER_S``: a short stream pays for a timer, not a task.
-        watcher: asyncio.Task[None] | None = None
-
-        def start_watching() -> None:
-            nonlocal watcher
-            watcher = loop.create_task(watch())
-
-        timer = loop.call_later(_WATCH_AFTER_S, start_watching)
+        watcher = _LateWatch(watch)
         encode = dialect.encoder(ctx) if dialect is not None else None
         texts: list[str] = []
         try:
@@ -271,9 +273,7 @@ class Proxy:
         except OSError:
             ctx.fail(499, "client_closed", "client went away")
         finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
             if texts:
                 ctx.response_text = "".join(texts)
             finalize_cost(ctx, self.gw.prices)

@@ -357,34 +357,25 @@ class HTTPPool:
                                   if k.lower() not in given)
         head = (f"{method} {path} HTTP/1.1\r\nhost: {self.origin.host_header}\r\n"
                 f"content-length: {len(data)}\r\n{default}{extra}\r\n").encode("latin-1")
-        conn = await self._acquire()
-        reused = conn.uses > 0
-        try:
-            conn.send(head, data)
-            return await conn.response(self.read_timeout_s)
-        except (ServerDisconnectedError, ConnectionError) as exc:
-            conn.close()
-            # No byte came and the loss was quick (_last_data is still the send time): the
-            # server had closed before the request arrived. Later, it may have taken it.
-            race = (reused and not conn.got_bytes
-                    and self.loop.time() - conn._last_data < _RACE_S)
-            if not race:
-                raise _connection_error(exc) from None
-        except BaseException:
-            conn.close()
-            raise
-        # The server had closed the idle connection as the request went out: once more,
-        # on a connection of its own.
-        conn = await self._acquire(fresh=True)
-        try:
-            conn.send(head, data)
-            return await conn.response(self.read_timeout_s)
-        except (ServerDisconnectedError, ConnectionError) as exc:
-            conn.close()
-            raise _connection_error(exc) from None
-        except BaseException:
-            conn.close()
-            raise
+        for fresh in (False, True):
+            conn = await self._acquire(fresh=fresh)
+            reused = conn.uses > 0
+            try:
+                conn.send(head, data)
+                return await conn.response(self.read_timeout_s)
+            except (ServerDisconnectedError, ConnectionError) as exc:
+                conn.close()
+                # No byte came and the loss was quick (_last_data is still the send time):
+                # the server had closed the idle connection before the request arrived, so
+                # it goes once more on a connection of its own. Later, it may have taken it.
+                race = (not fresh and reused and not conn.got_bytes
+                        and self.loop.time() - conn._last_data < _RACE_S)
+                if not race:
+                    raise _connection_error(exc) from None
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable: the second try returns or raises")
 
     async def _acquire(self, fresh: bool = False) -> _Connection:
         if self._closed:  # closed while this request waited, or before its retry
