@@ -23,7 +23,8 @@ from margin.gateway import console_pages as pages
 from margin.gateway import console_params as params
 from margin.limits import projections
 from margin.limits.forecasts import ForecastCache
-from margin.metering.console_queries import DIMENSIONS, BadCursor
+from margin.metering.console_queries import DIMENSIONS
+from margin.metering.request_log import BadCursor
 from margin.metering.db import Database, connect
 from margin.metering.quality_queries import QUALITY_GROUPS, quality_report
 from margin.types import AdminRequest

@@ -17,6 +17,7 @@ from margin.limits.anomalies import find_anomalies
 from margin.limits.config import AnomalyConfig
 from margin.limits.periods import period_bounds
 from margin.metering import console_queries as cq
+from margin.metering import request_log
 from margin.metering.db import Database
 from margin.metering.queries import Filters
 from margin.metering.rollups import hist_quantile
@@ -139,7 +140,7 @@ def spend(db: Database, f: Filters, by: str, bucket_s: int, top: int) -> dict[st
         # Judged on the user's own traffic in the window, whatever else the page filters:
         # how machine-like a sender is does not depend on the model or team looked at, and
         # (user, ts, prompt hash) is then an index the rows are read from alone.
-        times = cq.recent_times(db, Filters(f.since_s, f.until_s, user=user), BOT_SAMPLE_ROWS)
+        times = request_log.recent_times(db, Filters(f.since_s, f.until_s, user=user), BOT_SAMPLE_ROWS)
         signals = spend_report.bot_signals([t for t, _ in times], [h for _, h in times])
         if signals["bot_like"]:
             flagged.append({"group": user, "reason": ", ".join(signals["flags"]),
@@ -163,7 +164,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def requests_page(db: Database, f: Filters, limit: int, cursor: str | None) -> dict[str, Any]:
-    rows, nxt = cq.request_page(db, f, limit, cursor)
+    rows, nxt = request_log.request_page(db, f, limit, cursor)
     return {"rows": [_row(r) for r in rows], "next_cursor": nxt}
 
 
@@ -177,7 +178,7 @@ def _loads(text: Any) -> Any:
 
 
 def request_detail(db: Database, request_id: str, log_content: bool) -> dict[str, Any] | None:
-    r = cq.request_detail(db, request_id, with_content=log_content)
+    r = request_log.request_detail(db, request_id, with_content=log_content)
     if r is None:
         return None
     out = _row(r)

@@ -12,24 +12,22 @@ hourly buckets of several: the raw table. Each piece is one grouped query; their
 added here. The numbers are exactly those of the raw table (the writer updates the
 rollups in the transaction that inserts the rows).
 
-The request log reads the raw table with keyset pagination on ``(ts, id)``.
-The CLI (``margin spend``, ``margin anomalies``, ``margin ledger stats``) and ``/admin/``
+The request log (``metering/request_log.py``) reads the raw table with keyset pagination
+on ``(ts, id)``. The CLI (``margin spend``, ``margin anomalies``, ``margin ledger stats``) and ``/admin/``
 read through these functions.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import orjson
 
 from margin.metering import rollups
 from margin.metering.db import Database
-from margin.metering.queries import GROUPS, Filters, Totals, status_condition
+from margin.metering.queries import Filters, Totals, status_condition
 from margin.metering.rollups import (DAILY, DIM_DAILY, DIM_HOURLY, DIM_LATENCY_HOURLY,
                                      DIM_STAGE_HOURLY, DIM_WEEKLY, MEASURES, MODEL_DAILY,
                                      MODEL_HOURLY, MODEL_HOURLY_SUMS, PAIR_DAILY, PAIR_HOURLY,
@@ -507,70 +505,6 @@ def stage_histograms(db: Database, f: Filters) -> dict[str, list[int]]:
             for i, c in enumerate(counts):
                 acc[i] += int(c or 0)
     return out
-
-
-# ------------------------------------------------------------------------- request log
-
-PAGE_COLUMNS: tuple[str, ...] = (
-    "id", "ts", "user_id", "team", "feature", "model", "requested_model", "key_id", "status",
-    "cache", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms")
-DETAIL_COLUMNS: tuple[str, ...] = PAGE_COLUMNS + (
-    "endpoint", "provider", "route", "error_type", "stage_ms", "attempts", "cache_similarity",
-    "ttft_ms", "upstream_ms", "overhead_ms", "reserved_usd", "dialect", "saved_usd", "notes",
-    "streamed", "estimated", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
-CONTENT_COLUMNS = ("prompt", "response")
-
-
-class BadCursor(ValueError):
-    """A cursor this layer did not write."""
-
-
-def encode_cursor(ts: float, request_id: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([ts, request_id])).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        ts, rid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(rid, str) or isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise ValueError
-        return float(ts), rid
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise BadCursor("cursor is not one this endpoint returned") from None
-
-
-def request_page(db: Database, f: Filters, limit: int, cursor: str | None = None
-                 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to ``limit`` matching rows, newest first (ties by id), and the cursor of the
-    next page (None after the last)."""
-    extra: list[str] = []
-    params: list[Any] = []
-    if cursor:
-        ts, rid = decode_cursor(cursor)
-        extra.append("(ts < ? OR (ts = ? AND id < ?))")
-        params = [ts, ts, rid]
-    where, fparams = f.where(*extra)
-    rows = db.query(f"SELECT {', '.join(PAGE_COLUMNS)} FROM requests{where} "
-                    "ORDER BY ts DESC, id DESC LIMIT ?", [*fparams, *params, limit + 1])
-    out = [dict(zip(PAGE_COLUMNS, r)) for r in rows[:limit]]
-    nxt = encode_cursor(out[-1]["ts"], out[-1]["id"]) if len(rows) > limit else None
-    return out, nxt
-
-
-def request_detail(db: Database, request_id: str, *, with_content: bool
-                   ) -> dict[str, Any] | None:
-    cols = DETAIL_COLUMNS + (CONTENT_COLUMNS if with_content else ())
-    rows = db.query(f"SELECT {', '.join(cols)} FROM requests WHERE id = ?", [request_id])
-    return dict(zip(cols, rows[0])) if rows else None
-
-
-def recent_times(db: Database, f: Filters, limit: int) -> list[tuple[float, str | None]]:
-    """(ts, prompt hash) of the newest ``limit`` matching requests, oldest first: a
-    user's recent spacing and repeats, read on the (user, ts) index."""
-    where, params = f.where()
-    rows = db.query(f"SELECT ts, prompt_hash FROM requests{where} ORDER BY ts DESC LIMIT ?",
-                    [*params, limit])
-    return [(float(ts), h) for ts, h in reversed(rows)]
 
 
 # ------------------------------------------------------------------------------ capacity
