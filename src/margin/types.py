@@ -6,7 +6,8 @@ caches, limits, metering and the gateway can all use it. Stages write to the con
 nobody re-parses the body. ``Response`` is what flows back:
 either a complete JSON answer (``payload`` and, when already serialised, ``raw``) or a
 stream of OpenAI chunk dicts — or, when the request allows it (``Call.relay``), of
-``bytes`` blocks holding whole server-sent events exactly as the client gets them.
+``bytes`` blocks holding whole server-sent events exactly as the client gets them (the
+stream's last block as ``LastEvents``, so that it can leave with the stream's end).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol
 
 Endpoint = str  # "chat" | "completions" | "embeddings"
+
+
+class LastEvents(bytes):
+    """A relayed stream's last block of events: nothing follows it but the end of the
+    stream, so the gateway sends both in one write (one syscall less per stream)."""
+
+    __slots__ = ()
 
 
 class ModelRef(Protocol):

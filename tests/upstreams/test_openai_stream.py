@@ -205,3 +205,42 @@ def test_a_messages_client_still_gets_its_chunks_translated(relay):
     assert text == "".join(WORDS)
     (row,) = wait_rows(db, 1)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 5)
+
+
+def _http_chunks(url: str, body: dict) -> list[bytes]:
+    """The response's HTTP/1.1 chunks as framed on the wire (one per body message the
+    gateway sent), read over a raw socket."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    payload = orjson.dumps(body)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                  b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload)
+                  + payload)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    chunks = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks
+        chunks.append(rest[:size])
+        rest = rest[size + 2:]
+
+
+def test_the_last_events_leave_with_the_end_of_the_stream(relay):
+    gw, app, db = relay
+    app.parts = [EVENTS[0], b"".join(EVENTS[1:]), USAGE + DONE]
+    body = {"model": "small", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    chunks = _http_chunks(gw.url, body)
+    assert b"".join(chunks) == b"".join(EVENTS) + USAGE + DONE
+    # Each block as it came, and the usage event in the one message that ends the stream.
+    assert chunks[0] == EVENTS[0]
+    assert chunks[-1] == USAGE + DONE

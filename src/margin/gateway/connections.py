@@ -11,7 +11,8 @@ included, is refused. This subclass of its httptools protocol adds:
   once (503 / 429, OpenAI's error shape) and closed, before any request is read;
 - requests the HTTP parser refuses (a bad Content-Length, two of them, broken chunking)
   answered in OpenAI's error shape rather than uvicorn's plain text, each with a ledger
-  row when its request line was read (``gateway/rejections.py``).
+  row when its request line was read (``gateway/rejections.py``);
+- a response's head written with its first body bytes (``gateway/head_writes.py``).
 
 The body has its own deadline in the app (``gateway/http.read_body``): it is read there.
 """
@@ -25,6 +26,8 @@ from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from margin.gateway.head_writes import HeldHead
 
 
 # The app puts its recorder for parser-refused requests in the lifespan state under this
@@ -128,6 +131,9 @@ def guarded_protocol(header_timeout_s: float, max_connections: int,
             self._awaiting_headers = False
             self._disarm()
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.transport is self.transport:  # a new request's
+                cycle.transport = HeldHead(self.transport, self.loop)
 
         def on_response_complete(self) -> None:
             # Idle until the next request: uvicorn's keep-alive timeout covers that. (A

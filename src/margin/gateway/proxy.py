@@ -20,7 +20,7 @@ from margin.gateway.service import Gateway
 from margin.gateway.streaming import DONE, sse, sse_error, text_of
 from margin.metering.charge import finalize_cost
 from margin.quality.optimizations import Saving
-from margin.types import RequestContext, Response
+from margin.types import LastEvents, RequestContext, Response
 
 log = logging.getLogger("margin.gateway")
 
@@ -220,6 +220,9 @@ class Proxy:
         watcher = _LateWatch(watch)
         encode = dialect.encoder(ctx) if dialect is not None else None
         texts: list[str] = []
+        # The upstream's last events wait for the stream's end (a few µs: the row's
+        # accounting) and leave with it in one write.
+        last = b""
         try:
             await send({"type": "http.response.start", "status": 200, "headers": h})
             try:
@@ -230,9 +233,16 @@ class Proxy:
                         break
                     if kept is not None:
                         kept.append(chunk)  # parsed after the stream, only if shadowed
+                    if last:  # more came after the "last" events after all
+                        await send({"type": "http.response.body", "body": last,
+                                    "more_body": True})
+                        last = b""
                     if type(chunk) is bytes:  # whole events, relayed as the upstream sent them
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
+                        continue
+                    if type(chunk) is LastEvents:
+                        last = chunk
                         continue
                     if self.log_content:
                         for ch in chunk.get("choices") or []:
@@ -251,14 +261,16 @@ class Proxy:
             except MarginError as exc:
                 ctx.fail(exc.status_code, exc.error_type, exc.message)
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": (sse_error if encode is None else encode.error)(
+                            "body": last + (sse_error if encode is None else encode.error)(
                                 exc.message, exc.error_type, exc.code)})
+                last = b""
             except Exception as exc:
                 log.exception("stream failed in request %s", ctx.request_id)
                 ctx.fail(502, "upstream_error", f"{type(exc).__name__}: {exc}")
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": (sse_error if encode is None else encode.error)(
+                            "body": last + (sse_error if encode is None else encode.error)(
                                 "the stream failed", "server_error", None)})
+                last = b""
             finally:
                 relaying = False
                 await stream.aclose()  # type: ignore[attr-defined]
@@ -268,8 +280,8 @@ class Proxy:
             record()
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "more_body": False,
-                            "body": DONE if encode is None
-                            else encode.end() if ctx.status == 200 else b""})
+                            "body": last + (DONE if encode is None
+                                            else encode.end() if ctx.status == 200 else b"")})
         except OSError:
             ctx.fail(499, "client_closed", "client went away")
         finally:

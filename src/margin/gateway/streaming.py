@@ -33,7 +33,7 @@ def chunks_of(items: list[dict[str, Any] | bytes]) -> list[dict[str, Any]]:
     (parsed here once, at the end, only when someone needs the whole answer)."""
     out: list[dict[str, Any]] = []
     for item in items:
-        if type(item) is not bytes:
+        if not isinstance(item, bytes):  # LastEvents too
             out.append(item)  # type: ignore[arg-type]
             continue
         for line in item.split(b"\n"):

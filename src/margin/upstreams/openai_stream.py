@@ -24,7 +24,7 @@ import orjson
 
 from margin.errors import UpstreamError
 from margin.metering.tokens import estimate_prompt_tokens, estimate_tokens
-from margin.types import Call
+from margin.types import Call, LastEvents
 from margin.upstreams.openai_answers import MalformedAnswer, is_count
 from margin.upstreams.stream_book import StreamBook
 
@@ -285,7 +285,7 @@ async def relay_events(up: OpenAIHTTPUpstream, call: Call, dep: HTTPDeployment,
                         call.result.ttft_ms = call.elapsed_ms()
                     book.sent += 1
                     relayed.append(block)
-                    yield block
+                    yield LastEvents(block) if done else block
                 if failure is not None:
                     raise failure
             if not book.sent:
