@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from margin.plan.forecast.config import ForecastConfig
 from margin.plan.forecast.origins import PointForecasts, eps_for, min_history, origin_step
 from margin.plan.forecast.residual_band import MIN_RESIDUAL_ORIGINS, raw_band
 
@@ -76,3 +77,19 @@ def aci_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, b
             if not (b == j).any():
                 logf[j] = max(logf[j], logf[j - 1])
     return np.repeat(np.exp(logf), bucket)[:n_out]
+
+
+def side_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, bucket: int,
+                 cfg: ForecastConfig, side: int) -> np.ndarray:
+    """One half's scale per day of lead; a day of lead that fewer than
+    ``cfg.min_calibration_origins`` past bands reached (the far leads of a young history: only
+    the oldest origins have seen 3-7 days past them) takes the scale learned over all leads
+    instead, the rule the whole band follows when it has too few past bands."""
+    per_lead = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side)
+    nb = (n_out + bucket - 1) // bucket
+    seen = np.array([sum(bool(((ld // bucket) == j).any()) for ld in leads) for j in range(nb)])
+    few = np.repeat(seen < cfg.min_calibration_origins, bucket)[:n_out]
+    if not few.any():
+        return per_lead
+    pooled = aci_factors(leads, scores, n_out, n_out, cfg.coverage, cfg.aci_gain, side)
+    return np.where(few, pooled, per_lead)
