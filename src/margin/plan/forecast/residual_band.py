@@ -2,7 +2,9 @@
 history, the log-ratios actual/forecast are grouped by lead time (one bucket per day of lead),
 and their quantiles make the band. Leads with no past errors get the last bucket's width grown
 with sqrt(lead). Without calibration a band from k < 10 past origins is widened by sqrt(10/k),
-since k origins are k samples of the level, not k x 24."""
+since k origins are k samples of the level, not k x 24. The band that is then calibrated has
+its middle moved by ``band_bias_weight`` x the last day's median error (``last_day_bias``;
+0.25, chosen on the shared traces' backtest rows, docs/planner.md)."""
 
 from __future__ import annotations
 
