@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from margin.plan.forecast import (ForecastConfig, PointForecasts, aci_factors, backtest,
                                   forecast, forecast_with_interval, seasonal_naive, wape)
+from margin.plan.forecast.calibration import side_factors
+from margin.plan.forecast.residual_band import last_day_bias
 from margin.plan.series import RateSeries
 
 HOURS = 6 * 168
@@ -158,12 +161,52 @@ def test_each_half_of_the_band_is_calibrated_on_its_own_misses() -> None:
 def test_too_few_past_bands_to_calibrate_on_keeps_the_raw_rule() -> None:
     # Five days of history: the bands of earlier origins rest on under two origins' errors, so
     # there is nothing to calibrate on; the band is the raw one with its few-origins widening.
+    # (The band's middle still follows the last day's error; that is tested below, and left
+    # out here so that the rest of the band can be compared with the raw one exactly.)
     rng = np.random.default_rng(3)
     y = weekly_shape(5 * 24) * np.exp(rng.normal(0, 0.1, 5 * 24))
-    cal = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600))
+    cfg = ForecastConfig(horizon_s=24 * 3600, band_bias_weight=0.0)
+    cal = forecast_with_interval(y, 24, 24, cfg)
     raw = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600, calibrate=False))
     for a, b in zip(cal, raw):
         np.testing.assert_allclose(a, b, rtol=1e-12)
-    narrow = forecast_with_interval(y, 24, 24, ForecastConfig(horizon_s=24 * 3600,
-                                                              min_calibration_origins=0))
+    narrow = forecast_with_interval(y, 24, 24, replace(cfg, min_calibration_origins=0))
     assert (narrow[2] - narrow[1]).mean() < (cal[2] - cal[1]).mean()   # the widening is there
+
+
+def test_the_band_moves_towards_the_last_days_error_and_the_forecast_does_not() -> None:
+    # Three weeks of a steady weekly series, then a last day 50 % above it: the calibrated band's
+    # middle moves up by band_bias_weight x log(1.5) against the same band without the shift;
+    # the point forecast is the same either way. A last day on the usual level moves nothing.
+    rng = np.random.default_rng(5)
+    n = 21 * 24
+    y = weekly_shape(n) * np.exp(rng.normal(0, 0.02, n))
+    y[-24:] *= 1.5
+    on = ForecastConfig(horizon_s=24 * 3600)
+    off = replace(on, band_bias_weight=0.0)
+    p_on, lo_on, hi_on = forecast_with_interval(y, 24, 24, on)
+    p_off, lo_off, hi_off = forecast_with_interval(y, 24, 24, off)
+    np.testing.assert_allclose(p_on, p_off)
+    assert (hi_on > hi_off).all()
+    # before calibration the whole band shifts by the weight x the last day's median log error
+    assert last_day_bias(y, n, 24, PointForecasts(y, 24, 24, on)) == pytest.approx(
+        math.log(1.5), abs=0.08)
+    flat = weekly_shape(n) * np.exp(rng.normal(0, 0.02, n))
+    assert abs(last_day_bias(flat, n, 24, PointForecasts(flat, 24, 24, on))) < 0.03
+
+
+def test_a_day_of_lead_few_past_bands_reached_takes_the_scale_learned_over_all_leads() -> None:
+    # Four past bands: all four saw the first day of lead, only the oldest saw the second.
+    # The second day's scale rests on one band's misses, so it takes the pooled scale; the
+    # first day's is its own.
+    cfg = ForecastConfig(min_calibration_origins=3)
+    leads = [np.arange(24)] * 3 + [np.arange(48)]
+    scores = [np.full(24, 0.5)] * 3 + [np.concatenate([np.full(24, 0.5), np.full(24, 3.0)])]
+    f = side_factors(leads, scores, 48, 24, cfg, side=1)
+    own = aci_factors(leads, scores, 48, 24, cfg.coverage, cfg.aci_gain, side=1)
+    pooled = aci_factors(leads, scores, 48, 48, cfg.coverage, cfg.aci_gain, side=1)
+    assert f[0] == pytest.approx(own[0])
+    assert f[30] == pytest.approx(pooled[30]) and pooled[30] != pytest.approx(own[30])
+    # with enough bands at every lead nothing is pooled
+    assert np.allclose(side_factors(leads, scores, 48, 24, replace(cfg, min_calibration_origins=1),
+                                    side=1), own)

@@ -79,6 +79,27 @@ def test_perturbing_the_future_does_not_change_past_decisions(trace: np.ndarray,
     assert not np.array_equal(per_min[m:], per_min2[m:])
 
 
+@pytest.mark.parametrize("spec", [SPEC, RATE_SPEC], ids=["upper band", "70 % of the forecast"])
+def test_a_days_floor_reads_nothing_from_its_origin_on(trace: np.ndarray,
+                                                       spec: PredictiveSpec) -> None:
+    # Stricter than the test above, whose cut lies half a day after an origin (a floor that read
+    # up to 12 hours into its own day would pass it): change everything from the second replayed
+    # day's origin (an hour before that day) on. The floor of that whole day, asked for until the
+    # third day's origin, must not move; the third day's, forecast after the change, does (the
+    # upper band's; the point forecast of a weekday from one week of history is that weekday
+    # a week ago, which the change leaves alone).
+    start = (DAYS - REPLAY_DAYS) * DAY_S
+    origin = start + DAY_S - spec.origin_lead_s
+    changed = trace.copy()
+    changed[origin:] *= 1000     # large enough that even one second read would show
+    floor = floor_schedule(trace, start, REPLAY_DAYS * DAY_S, CFG, spec)
+    floor2 = floor_schedule(changed, start, REPLAY_DAYS * DAY_S, CFG, spec)
+    m = (2 * DAY_S - spec.origin_lead_s) // 60
+    np.testing.assert_array_equal(floor[:m], floor2[:m])
+    if spec is SPEC:
+        assert not np.array_equal(floor[m:], floor2[m:])
+
+
 def test_start_up_longer_than_the_forecast_lead_is_refused(trace: np.ndarray) -> None:
     slow = SimConfig(model=CFG.model, slo=CFG.slo, startup_s=2 * 3600)
     with pytest.raises(ValueError, match="longer than the forecast lead"):

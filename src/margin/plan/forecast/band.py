@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from margin.plan.forecast.calibration import aci_factors, band_scores
+from margin.plan.forecast.calibration import aci_factors, band_scores, side_factors
 from margin.plan.forecast.config import ForecastConfig
 from margin.plan.forecast.origins import PointForecasts, bucket_steps, eps_for
 from margin.plan.forecast.residual_band import raw_band
@@ -25,8 +25,8 @@ def forecast_with_interval(values: np.ndarray, n_out: int, day: int | None,
         if len(scores) < cfg.min_calibration_origins:
             f_lo = f_hi = np.full(n_out, np.sqrt(10 / k) if 0 < k < 10 else 1.0)
         elif cfg.calibrate_sides:
-            f_lo = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=-1)
-            f_hi = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side=1)
+            f_lo = side_factors(leads, scores, n_out, bucket, cfg, side=-1)
+            f_hi = side_factors(leads, scores, n_out, bucket, cfg, side=1)
         else:
             f_lo = f_hi = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain)
         mid = (lo + hi) / 2

@@ -15,13 +15,16 @@ With ``aci_gain`` 2 this was chosen on the backtest rows of the shared traces (m
 from 80 % coverage 3.6 points, against 3.8 with one factor at gain 1) and checked on derived
 traces held out (docs/planner.md). With fewer than ``min_calibration_origins`` (3) past bands to
 learn from, the band is not calibrated but widened by sqrt(10/k) for k < 10 past origins, as the
-raw band is: one or two past bands say more about those days than about the band's width.
+raw band is: one or two past bands say more about those days than about the band's width. The
+same rule per day of lead (``side_factors``): a lead that fewer past bands reached takes the
+scale learned over all leads (on the 26-day NASA cut this brings 168 h ahead from 93 to 89 %).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from margin.plan.forecast.config import ForecastConfig
 from margin.plan.forecast.origins import PointForecasts, eps_for, min_history, origin_step
 from margin.plan.forecast.residual_band import MIN_RESIDUAL_ORIGINS, raw_band
 
@@ -76,3 +79,19 @@ def aci_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, b
             if not (b == j).any():
                 logf[j] = max(logf[j], logf[j - 1])
     return np.repeat(np.exp(logf), bucket)[:n_out]
+
+
+def side_factors(leads: list[np.ndarray], scores: list[np.ndarray], n_out: int, bucket: int,
+                 cfg: ForecastConfig, side: int) -> np.ndarray:
+    """One half's scale per day of lead; a day of lead that fewer than
+    ``cfg.min_calibration_origins`` past bands reached (the far leads of a young history: only
+    the oldest origins have seen 3-7 days past them) takes the scale learned over all leads
+    instead, the rule the whole band follows when it has too few past bands."""
+    per_lead = aci_factors(leads, scores, n_out, bucket, cfg.coverage, cfg.aci_gain, side)
+    nb = (n_out + bucket - 1) // bucket
+    seen = np.array([sum(bool(((ld // bucket) == j).any()) for ld in leads) for j in range(nb)])
+    few = np.repeat(seen < cfg.min_calibration_origins, bucket)[:n_out]
+    if not few.any():
+        return per_lead
+    pooled = aci_factors(leads, scores, n_out, n_out, cfg.coverage, cfg.aci_gain, side)
+    return np.where(few, pooled, per_lead)

@@ -23,3 +23,5 @@ class ForecastConfig:
     aci_gain: float = 2.0               # log-scale step per unit of excess miss rate
     calibrate_sides: bool = True        # calibrate the upper and lower halves apart
     min_calibration_origins: int = 3    # fewer past bands to learn from: the raw band's widening
+    band_bias_weight: float = 0.25      # calibrated band: move its middle by this share of the
+    #                                     last day's median log error (0: off)

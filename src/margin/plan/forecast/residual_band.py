@@ -2,7 +2,9 @@
 history, the log-ratios actual/forecast are grouped by lead time (one bucket per day of lead),
 and their quantiles make the band. Leads with no past errors get the last bucket's width grown
 with sqrt(lead). Without calibration a band from k < 10 past origins is widened by sqrt(10/k),
-since k origins are k samples of the level, not k x 24."""
+since k origins are k samples of the level, not k x 24. The band that is then calibrated has
+its middle moved by ``band_bias_weight`` x the last day's median error (``last_day_bias``;
+0.25, chosen on the shared traces' backtest rows, docs/planner.md)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,23 @@ def interval_bands(leads: np.ndarray, errs: np.ndarray, k_origins: int, n_out: i
     return np.repeat(lo, bucket)[:n_out], np.repeat(hi, bucket)[:n_out]
 
 
+def last_day_bias(values: np.ndarray, origin: int, day: int | None, fc: PointForecasts) -> float:
+    """Median log-ratio actual/forecast over the day before ``origin``, of the forecast made a
+    day earlier (0 without a daily cycle, or with under half of that day observed).
+
+    The band's quantiles describe errors over weeks; a level that has just moved (NASA's last
+    days climbing 20-60 % above the usual weekday, ServeGen's drop to half) shows first in the
+    last day's errors, all on one side."""
+    if not day or origin - day < min_history(day, origin):
+        return 0.0
+    prev = origin - day
+    a = values[prev:origin]
+    eps = eps_for(values[:origin])
+    r = np.log((a + eps) / (np.maximum(fc.at(prev, day), 0.0) + eps))
+    r = r[~np.isnan(r)]
+    return float(np.median(r)) if len(r) * 2 >= day else 0.0
+
+
 def raw_band(fc: PointForecasts, origin: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Point forecast and log-ratio band from ``origin``, from the errors before it."""
@@ -83,5 +102,8 @@ def raw_band(fc: PointForecasts, origin: int
     leads, errs, k = lead_residuals(values, origin, n_out, day, cfg, fc)
     lo, hi = interval_bands(leads, errs, k, n_out, bucket_steps(day, n_out), cfg.coverage,
                             widen=not cfg.calibrate)
+    if cfg.calibrate and cfg.band_bias_weight:
+        b = cfg.band_bias_weight * last_day_bias(values, origin, day, fc)
+        lo, hi = lo + b, hi + b
     fc.bands[origin] = (point, lo, hi, k)
     return point, lo, hi, k
