@@ -434,26 +434,7 @@ def _upsert_sql(t: Table) -> str:
             f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
 
 
-def _pg_type(t: Table, col: str) -> str:
-    if col == "bucket":
-        return "bigint"
-    if col in t.keys:
-        return "integer" if col in _INT_KEYS else "text"
-    return "double precision" if col in _FLOAT_MEASURES else "bigint"
-
-
-def _pg_upsert_sql(t: Table) -> str:
-    """One statement per table and batch on PostgreSQL: every row's columns as arrays,
-    unnested (a fixed text the server prepares once, one round trip)."""
-    cols = ("bucket",) + t.keys + t.values
-    arrays = ", ".join(f"%s::{_pg_type(t, c)}[]" for c in cols)
-    sets = ", ".join(f"{v} = {t.name}.{v} + excluded.{v}" for v in t.values)
-    return (f"INSERT INTO {t.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) "
-            f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
-
-
 _UPSERTS = {t.name: _upsert_sql(t) for t in TABLES}
-_PG_UPSERTS = {t.name: _pg_upsert_sql(t) for t in TABLES}
 
 
 def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
@@ -464,12 +445,12 @@ def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
     for name, batch in aggregate(rows).items():
         if not batch.keys:
             continue
-        cols = _columns(by_name[name], batch)
         if db.dialect == "postgresql":
-            with db._guard(), db.conn.cursor() as cur:
-                cur.execute(_PG_UPSERTS[name], cols, prepare=True)
+            from margin.metering import rollup_pg   # imports this module
+
+            rollup_pg.upsert(db, by_name[name], batch)
         else:
-            db.executemany(_UPSERTS[name], zip(*cols))
+            db.executemany(_UPSERTS[name], zip(*_columns(by_name[name], batch)))
 
 
 def rebuild(db: Database, since: int | None = None) -> int:
