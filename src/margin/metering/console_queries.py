@@ -245,6 +245,15 @@ def _raw_bucket(db: Database, width_s: int) -> str:
 Key = tuple
 
 
+def _sum_sql(db: Database, column: str) -> str:
+    # PostgreSQL sums BIGINT columns as NUMERIC, which is slow to add up again and slow
+    # to read back; the answer is floats anyway (exact up to 2**53). As DOUBLE PRECISION,
+    # read in the binary format, thousands of groups come back in half the time.
+    if db.dialect == "postgresql":
+        return f"CAST(SUM({column}) AS DOUBLE PRECISION)"
+    return f"SUM({column})"
+
+
 def _among_sql(column: str, values: Sequence[str | None]) -> tuple[str, list[Any]]:
     return f"{column} IN ({', '.join('?' for _ in values)})", ["" if v is None else v
                                                                 for v in values]
@@ -306,7 +315,7 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
                 clause, values = _among_sql(_rollup_column(among[0], src), among[1])
                 where += (" AND " if where else " WHERE ") + clause
                 piece_params += values
-            summed = [f"SUM({m})" for m in measures]
+            summed = [_sum_sql(db, m) for m in measures]
             table = t.name
         named = [f"{c} AS g{i}" for i, c in enumerate(cols)]
         named += [f"{m} AS m{i}" for i, m in enumerate(summed)]
@@ -318,7 +327,7 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     if not parts:
         return {}
     ng = len(group)
-    outer = [f"g{i}" for i in range(ng)] + [f"SUM(m{i})" for i in range(n)]
+    outer = [f"g{i}" for i in range(ng)] + [_sum_sql(db, f"m{i}") for i in range(n)]
     sql = (f"SELECT {', '.join(outer)} FROM ("
            + " UNION ALL ".join(parts) + ") AS piece")
     if group:
@@ -326,7 +335,7 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     scale = bucket_s or 1
     out: dict[Key, list[float]] = {}
     plain = ng == 1 and group[0] not in ("t", "status")   # one text dimension
-    for row in db.query(sql, params):
+    for row in db.query(sql, params, binary=True):
         if not row[ng]:
             continue
         if plain:
