@@ -20,6 +20,7 @@ read through these functions.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
@@ -346,15 +347,11 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
         out[k] = [float(x or 0) for x in row[ng:]]
     if tuple(measures) != MEASURES:
         # The measures not summed are NaN: a caller that reads one gets no silent zero.
-        template = [math.nan] * len(MEASURES)
-        positions = [MEASURES.index(m) for m in measures]
-        full: dict[Key, Sums] = {}
-        for k, v in out.items():
-            t = template.copy()
-            for pos, x in zip(positions, v):
-                t[pos] = x
-            full[k] = Sums(tuple(t))
-        return full
+        # Each of MEASURES picked from the summed ones, or from the NaN appended last (one
+        # C call per group: thousands of groups on a page by user or key).
+        pick = operator.itemgetter(*(measures.index(m) if m in measures else n
+                                     for m in MEASURES))
+        return {k: Sums(pick(v + [math.nan])) for k, v in out.items()}
     return {k: Sums(tuple(v)) for k, v in out.items()}
 
 
