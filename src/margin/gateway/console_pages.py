@@ -20,7 +20,7 @@ from margin.metering import console_queries as cq
 from margin.metering import request_log
 from margin.metering.db import Database
 from margin.metering.queries import Filters
-from margin.metering.rollups import hist_quantile
+from margin.metering.rollups import MEASURES, hist_quantile
 
 DAY_S = 86_400
 BOT_SAMPLE_ROWS = 2000   # a user's newest requests that judge how machine-like it is
@@ -107,13 +107,19 @@ def spend(db: Database, f: Filters, by: str, bucket_s: int, top: int) -> dict[st
     groups.sort(key=lambda g: (-g[1].cost_usd, -g[1].requests, _label(g[0])))
     shown = {g[0] for g in groups[:top]}
     grand = sum(s.cost_usd for _, s in groups)
-    totals = [{"group": _label(v), "cost_usd": _r(s.cost_usd), "requests": s.requests,
-               "tokens": int(s.prompt_tokens + s.completion_tokens),
-               "prompt_tokens": int(s.prompt_tokens),
-               "completion_tokens": int(s.completion_tokens), "saved_usd": _r(s.saved_usd),
-               "errors": int(s.errors), "cache_hits": int(s.cache_hits),
-               "share": round(s.cost_usd / grand, 4) if grand > 0 else 0.0}
-              for v, s in groups]
+    # Read by position: a page by key or user has thousands of groups, and a property
+    # per measure per group was a fifth of the page's time (profiled at 10 M rows).
+    i_req, i_pt, i_ct, i_cost, i_saved, i_err, i_hits = (MEASURES.index(m)
+                                                         for m in shown_measures)
+    totals = []
+    for v, s in groups:
+        x = s.values
+        totals.append({"group": _label(v), "cost_usd": round(x[i_cost], 8),
+                       "requests": int(x[i_req]), "tokens": int(x[i_pt] + x[i_ct]),
+                       "prompt_tokens": int(x[i_pt]), "completion_tokens": int(x[i_ct]),
+                       "saved_usd": round(x[i_saved], 8), "errors": int(x[i_err]),
+                       "cache_hits": int(x[i_hits]),
+                       "share": round(x[i_cost] / grand, 4) if grand > 0 else 0.0})
     # The chart: the top groups per bucket and, where other groups have rows too, "other"
     # as the bucket's total less the top's (reading every group per bucket would be
     # 60,000 rows for 2,000 users over 30 days).

@@ -20,6 +20,7 @@ read through these functions.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
@@ -89,6 +90,10 @@ def _note_sql(db: Database, key: str) -> str:
 
 
 def _raw_measures(db: Database, measures: Sequence[str] = MEASURES) -> str:
+    return ", ".join(_raw_measure_list(db, measures))
+
+
+def _raw_measure_list(db: Database, measures: Sequence[str] = MEASURES) -> list[str]:
     parts = ["COUNT(*)", "SUM(prompt_tokens)", "SUM(completion_tokens)", "SUM(cost_usd)",
              "SUM(saved_usd)", "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
              "SUM(CASE WHEN cache IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
@@ -97,7 +102,7 @@ def _raw_measures(db: Database, measures: Sequence[str] = MEASURES) -> str:
              "SUM(COALESCE(latency_ms, 0))", "SUM(COALESCE(upstream_ms, 0))"]
     parts += [_note_sql(db, k) for k in rollups.NOTE_SAVINGS.values()]
     assert len(parts) == len(MEASURES)
-    return ", ".join(parts[MEASURES.index(m)] for m in measures)
+    return [parts[MEASURES.index(m)] for m in measures]
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -241,6 +246,15 @@ def _raw_bucket(db: Database, width_s: int) -> str:
 Key = tuple
 
 
+def _sum_sql(db: Database, column: str) -> str:
+    # PostgreSQL sums BIGINT columns as NUMERIC, which is slow to add up again and slow
+    # to read back; the answer is floats anyway (exact up to 2**53). As DOUBLE PRECISION,
+    # read in the binary format, thousands of groups come back in half the time.
+    if db.dialect == "postgresql":
+        return f"CAST(SUM({column}) AS DOUBLE PRECISION)"
+    return f"SUM({column})"
+
+
 def _among_sql(column: str, values: Sequence[str | None]) -> tuple[str, list[Any]]:
     return f"{column} IN ({', '.join('?' for _ in values)})", ["" if v is None else v
                                                                 for v in values]
@@ -266,63 +280,78 @@ def sums(db: Database, f: Filters, group: Sequence[str] = (), bucket_s: int | No
     if bucket_s and DAILY.bucket_s % bucket_s and bucket_s % DAILY.bucket_s:
         raise ValueError("bucket_s must divide a day or be whole days")
     src = _source(f, group, bucket_s)
-    out: dict[Key, list[float]] = {}
     n = len(measures)
-    raw_measures = _raw_measures(db, measures)
+    raw_measures = _raw_measure_list(db, measures)
     if among is not None and not among[1]:
         return {}
+    # Every piece is one SELECT of the same shape (group columns with the same meaning,
+    # then the sums), and the pieces are added up by the server in one statement: one
+    # round trip, and one row per group comes back instead of one per group and piece
+    # (2,000 users in each of a window's hours, days and weeks).
+    parts: list[str] = []
+    params: list[Any] = []
     for p in pieces(f.since_s, f.until_s, src.widths):
         if p.table is None:
             cols = [(_raw_bucket(db, bucket_s) if g == "t" else _RAW[g]) for g in group]
             extra = [] if among is None else [_among_sql(_RAW[among[0]], among[1])]
-            where, params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
+            where, piece_params = replace(f, since_s=p.lo_s, until_s=p.hi_s).where(
                 *(c for c, _ in extra))
-            params += [v for _, vs in extra for v in vs]
-            sql = f"SELECT {', '.join([*cols, raw_measures])} FROM requests{where}"
-            scale = bucket_s or 1
+            piece_params += [v for _, vs in extra for v in vs]
+            summed = raw_measures
+            table = "requests"
         else:
             t = p.table
-            # A bucket of this table is a whole number of wanted buckets, or the other way.
-            per = (bucket_s // t.bucket_s) if bucket_s and bucket_s >= t.bucket_s else 1
-            cols = [(f"bucket / {per}" if per > 1 else "bucket") if g == "t"
-                    else _rollup_column(g, src) for g in group]
-            where, params = _rollup_where(f, t, p.lo_s, p.hi_s, src, db.dialect == "sqlite")
+            # A bucket of this table is a whole number of wanted buckets, or the other way
+            # (a finer bucket then gets the table bucket's sums at its start): every
+            # piece's time column counts buckets of bucket_s.
+            time_col = "bucket"
+            if bucket_s and bucket_s > t.bucket_s:
+                time_col = f"bucket / {bucket_s // t.bucket_s}"
+            elif bucket_s and bucket_s < t.bucket_s:
+                time_col = f"bucket * {t.bucket_s // bucket_s}"
+            cols = [time_col if g == "t" else _rollup_column(g, src) for g in group]
+            where, piece_params = _rollup_where(f, t, p.lo_s, p.hi_s, src,
+                                                db.dialect == "sqlite")
             if among is not None:
                 clause, values = _among_sql(_rollup_column(among[0], src), among[1])
                 where += (" AND " if where else " WHERE ") + clause
-                params += values
-            summed = ", ".join(f"SUM({m})" for m in measures)
-            sql = f"SELECT {', '.join([*cols, summed])} FROM {t.name}{where}"
-            scale = t.bucket_s * per if bucket_s else 1
+                piece_params += values
+            summed = [_sum_sql(db, m) for m in measures]
+            table = t.name
+        named = [f"{c} AS g{i}" for i, c in enumerate(cols)]
+        named += [f"{m} AS m{i}" for i, m in enumerate(summed)]
+        sql = f"SELECT {', '.join(named)} FROM {table}{where}"
         if group:
             sql += " GROUP BY " + ", ".join(cols)
-        ng = len(group)
-        plain = ng == 1 and group[0] not in ("t", "status")   # one text dimension
-        for row in db.query(sql, params):
-            if not row[ng]:
-                continue
-            if plain:
-                v = row[0]
-                k: Key = (None if v is None or v == "" else str(v),)
-            else:
-                k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
-            acc = out.get(k)
-            if acc is None:
-                out[k] = [float(x or 0) for x in row[ng:]]
-            else:
-                for i in range(n):
-                    acc[i] += float(row[ng + i] or 0)
+        parts.append(sql)
+        params += piece_params
+    if not parts:
+        return {}
+    ng = len(group)
+    outer = [f"g{i}" for i in range(ng)] + [_sum_sql(db, f"m{i}") for i in range(n)]
+    sql = (f"SELECT {', '.join(outer)} FROM ("
+           + " UNION ALL ".join(parts) + ") AS piece")
+    if group:
+        sql += " GROUP BY " + ", ".join(f"g{i}" for i in range(ng))
+    scale = bucket_s or 1
+    out: dict[Key, list[float]] = {}
+    plain = ng == 1 and group[0] not in ("t", "status")   # one text dimension
+    for row in db.query(sql, params, binary=True):
+        if not row[ng]:
+            continue
+        if plain:
+            v = row[0]
+            k: Key = (None if v is None or v == "" else str(v),)
+        else:
+            k = tuple(_key_value(g, v, scale) for g, v in zip(group, row))
+        out[k] = [float(x or 0) for x in row[ng:]]
     if tuple(measures) != MEASURES:
         # The measures not summed are NaN: a caller that reads one gets no silent zero.
-        template = [math.nan] * len(MEASURES)
-        positions = [MEASURES.index(m) for m in measures]
-        full: dict[Key, Sums] = {}
-        for k, v in out.items():
-            t = template.copy()
-            for pos, x in zip(positions, v):
-                t[pos] = x
-            full[k] = Sums(tuple(t))
-        return full
+        # Each of MEASURES picked from the summed ones, or from the NaN appended last (one
+        # C call per group: thousands of groups on a page by user or key).
+        pick = operator.itemgetter(*(measures.index(m) if m in measures else n
+                                     for m in MEASURES))
+        return {k: Sums(pick(v + [math.nan])) for k, v in out.items()}
     return {k: Sums(tuple(v)) for k, v in out.items()}
 
 

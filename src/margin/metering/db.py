@@ -125,7 +125,15 @@ class Database:
             else:
                 self.conn.executemany(sql, rows)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def query(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False
+              ) -> list[tuple]:
+        """All rows of ``sql``. ``binary``: PostgreSQL sends the result in its binary
+        format (floats are then copied, not parsed from text: a reader of thousands of
+        rows spends half its time less); SQLite ignores it."""
+        if binary and self.dialect == "postgresql":
+            with self._guard(), self.conn.cursor(binary=True) as cur:
+                cur.execute(_pg_sql(sql), params)
+                return [tuple(r) for r in cur.fetchall()]
         cur = self.execute(sql, params)
         rows = cur.fetchall()
         return [tuple(r) for r in rows]

@@ -71,5 +71,5 @@ def recent_times(db: Database, f: Filters, limit: int) -> list[tuple[float, str 
     user's recent spacing and repeats, read on the (user, ts) index."""
     where, params = f.where()
     rows = db.query(f"SELECT ts, prompt_hash FROM requests{where} ORDER BY ts DESC LIMIT ?",
-                    [*params, limit])
+                    [*params, limit], binary=True)
     return [(float(ts), h) for ts, h in reversed(rows)]

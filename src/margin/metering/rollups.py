@@ -39,6 +39,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import orjson
 
+from margin.metering import rollup_keys
 from margin.metering.db import Database
 
 HOUR_S = 3600
@@ -274,14 +275,6 @@ def _group(keys: Iterable[tuple]) -> tuple[list[tuple], np.ndarray]:
     return list(index), np.asarray(gids, dtype=np.int64)
 
 
-def _sum(keys: Iterable[tuple], m: np.ndarray) -> Batch:
-    distinct, gids = _group(keys)
-    out = np.empty((len(distinct), m.shape[1]))
-    for j in range(m.shape[1]):
-        out[:, j] = np.bincount(gids, weights=m[:, j], minlength=len(distinct))
-    return Batch(distinct, out)
-
-
 def _floats(rows: Sequence[dict[str, Any]], column: str) -> np.ndarray:
     return np.array([float(r.get(column) or 0.0) for r in rows])
 
@@ -290,7 +283,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
     """Each table's sums over ``rows`` (dicts by ledger column).
 
     The writer calls this for every batch: the per-row Python is the reading of each
-    column and the building of the keys; grouping and sums are numpy's (bincount)."""
+    column and coding its keys; grouping (``rollup_keys``) and sums (bincount) are
+    numpy's."""
     rows = list(rows)
     out: dict[str, Batch] = {}
     n = len(rows)
@@ -320,41 +314,58 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
         _floats(rows, "saved_usd"), (status_a >= 400).astype(float),
         np.array([c in ("exact", "semantic") for c in v["cache"]], dtype=float), overrun,
         cost * cost, _floats(rows, "latency_ms"), _floats(rows, "upstream_ms"), notes])
-    user, team, feature, model, cache = v["user"], v["team"], v["feature"], v["model"], v["cache"]
-    out[DAILY.name] = _sum(zip(days, user, team, feature, model), m)
-    dim_keys_h: list[tuple] = []
-    dim_keys_d: list[tuple] = []
-    dim_keys_w: list[tuple] = []
-    for dim in ONE_DIMENSION:
-        dim_keys_h += zip(hours, [dim] * n, v[dim])
-        dim_keys_d += zip(days, [dim] * n, v[dim])
-        dim_keys_w += zip(weeks, [dim] * n, v[dim])
-    m4 = np.concatenate([m] * len(ONE_DIMENSION))
-    out[DIM_HOURLY.name] = _sum(dim_keys_h, m4)
-    out[DIM_DAILY.name] = _sum(dim_keys_d, m4)
-    out[DIM_WEEKLY.name] = _sum(dim_keys_w, m4)
-    out[MODEL_DAILY.name] = _sum(zip(days, model, cache, status), m)
-    out[MODEL_HOURLY_SUMS.name] = _sum(zip(hours, model, cache, status), m)
-    errors = [i for i, s in enumerate(status) if s >= 400]
-    pair_h: list[tuple] = []
-    pair_d: list[tuple] = []
+    # Key columns as codes (metering/rollup_keys.py): one dict lookup per row and
+    # column here, the grouping of every table in numpy.
+    texts = rollup_keys.Codes()
+    code = {d: texts.encode(v[d]) for d in ("user", "team", "feature", "key", "model",
+                                             "cache")}
+    errors = np.flatnonzero(status_a >= 400)
+    code["status"] = texts.encode(["error"] * len(errors))   # the error rows' "a"
+    statuses = rollup_keys.Codes()
+    status_part = (statuses.encode(status), statuses.values())
+    words = texts.values()
+    hours_a, days_a, weeks_a = (np.asarray(x, dtype=np.int64) for x in (hours, days, weeks))
+
+    def text(d: str) -> rollup_keys.Part:
+        return code[d], words
+
+    def put(t: Table, parts: list[rollup_keys.Part], mm: np.ndarray) -> None:
+        keys_, sums_ = rollup_keys.sums(parts, mm)
+        out[t.name] = Batch(keys_, sums_)
+
+    put(DAILY, [rollup_keys.buckets(days_a), *(text(d) for d in ("user", "team", "feature",
+                                                                 "model"))], m)
+    n_dim = len(ONE_DIMENSION)
+    dim_parts = [(np.repeat(np.arange(n_dim), n), ONE_DIMENSION),
+                 (np.concatenate([code[d] for d in ONE_DIMENSION]), words)]
+    m4 = np.concatenate([m] * n_dim)
+    for t, b in ((DIM_HOURLY, hours_a), (DIM_DAILY, days_a), (DIM_WEEKLY, weeks_a)):
+        put(t, [rollup_keys.buckets(np.tile(b, n_dim)), *dim_parts], m4)
+    put(MODEL_DAILY, [rollup_keys.buckets(days_a), text("model"), text("cache"), status_part],
+        m)
+    model_hour_parts = [rollup_keys.buckets(hours_a), text("model"), text("cache"),
+                        status_part]
+    put(MODEL_HOURLY_SUMS, model_hour_parts, m)
     picks: list[np.ndarray] = []
-    for a, b in PAIRS:
-        name = pair_name(a, b)
-        va, vb = v[a], v[b]
-        if (a, b) in ERROR_PAIRS:
-            pair_h += ((hours[i], name, va[i], vb[i]) for i in errors)
-            pair_d += ((days[i], name, va[i], vb[i]) for i in errors)
-            picks.append(m[errors])
-        else:
-            pair_h += zip(hours, [name] * n, va, vb)
-            pair_d += zip(days, [name] * n, va, vb)
-            picks.append(m)
-    mp = np.concatenate(picks)
-    out[PAIR_HOURLY.name] = _sum(pair_h, mp)
-    out[PAIR_DAILY.name] = _sum(pair_d, mp)
+    pair_ids: list[np.ndarray] = []
+    a_codes: list[np.ndarray] = []
+    b_codes: list[np.ndarray] = []
+    for i, (a, b) in enumerate(PAIRS):
+        pick = errors if (a, b) in ERROR_PAIRS else np.arange(n)
+        picks.append(pick)
+        pair_ids.append(np.full(len(pick), i, dtype=np.int64))
+        a_codes.append(code["status"] if a == "status" else code[a][pick])
+        b_codes.append(code[b][pick])
+    rows_p = np.concatenate(picks)
+    pair_parts = [(np.concatenate(pair_ids), [pair_name(a, b) for a, b in PAIRS]),
+                  (np.concatenate(a_codes), words), (np.concatenate(b_codes), words)]
+    mp = m[rows_p]
+    # The pair tables' keys are (bucket, pair, a, b) like the others'; their primary key
+    # order differs, which only the upsert's order cares about (rollups._columns).
+    put(PAIR_HOURLY, [rollup_keys.buckets(hours_a[rows_p]), *pair_parts], mp)
+    put(PAIR_DAILY, [rollup_keys.buckets(days_a[rows_p]), *pair_parts], mp)
     # Per (hour, model, cache, status): the measures and the two latency histograms.
-    keys, gids = _group(zip(hours, model, cache, status))
+    keys, gids = rollup_keys.group(model_hour_parts)
     n_m, g = len(MEASURES), len(keys)
     per_model = np.zeros((g, n_m + 2 * HIST_BUCKETS))
     for j in range(n_m):
@@ -371,10 +382,13 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Batch]:
                 cells, minlength=g * HIST_BUCKETS).reshape(g, HIST_BUCKETS)
     out[MODEL_HOURLY.name] = Batch(keys, per_model)
     # The same two histograms per (hour, team) and (hour, feature).
-    keys, gids = _group([k for dim in HIST_DIMENSIONS for k in zip(hours, [dim] * n, v[dim])])
+    reps = len(HIST_DIMENSIONS)
+    keys, gids = rollup_keys.group([
+        rollup_keys.buckets(np.tile(hours_a, reps)),
+        (np.repeat(np.arange(reps), n), HIST_DIMENSIONS),
+        (np.concatenate([code[d] for d in HIST_DIMENSIONS]), words)])
     g = len(keys)
     per_dim = np.zeros((g, 2 * HIST_BUCKETS))
-    reps = len(HIST_DIMENSIONS)
     for values, offset, keep in ((overhead, 0, ~np.isnan(overhead)),
                                  (upstream, HIST_BUCKETS, np.nan_to_num(upstream) > 0)):
         keep_all = np.concatenate([keep] * reps)
@@ -434,26 +448,7 @@ def _upsert_sql(t: Table) -> str:
             f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
 
 
-def _pg_type(t: Table, col: str) -> str:
-    if col == "bucket":
-        return "bigint"
-    if col in t.keys:
-        return "integer" if col in _INT_KEYS else "text"
-    return "double precision" if col in _FLOAT_MEASURES else "bigint"
-
-
-def _pg_upsert_sql(t: Table) -> str:
-    """One statement per table and batch on PostgreSQL: every row's columns as arrays,
-    unnested (a fixed text the server prepares once, one round trip)."""
-    cols = ("bucket",) + t.keys + t.values
-    arrays = ", ".join(f"%s::{_pg_type(t, c)}[]" for c in cols)
-    sets = ", ".join(f"{v} = {t.name}.{v} + excluded.{v}" for v in t.values)
-    return (f"INSERT INTO {t.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) "
-            f"ON CONFLICT ({', '.join(('bucket',) + t.keys)}) DO UPDATE SET {sets}")
-
-
 _UPSERTS = {t.name: _upsert_sql(t) for t in TABLES}
-_PG_UPSERTS = {t.name: _pg_upsert_sql(t) for t in TABLES}
 
 
 def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
@@ -464,12 +459,12 @@ def apply(db: Database, rows: Sequence[dict[str, Any]]) -> None:
     for name, batch in aggregate(rows).items():
         if not batch.keys:
             continue
-        cols = _columns(by_name[name], batch)
         if db.dialect == "postgresql":
-            with db._guard(), db.conn.cursor() as cur:
-                cur.execute(_PG_UPSERTS[name], cols, prepare=True)
+            from margin.metering import rollup_pg   # imports this module
+
+            rollup_pg.upsert(db, by_name[name], batch)
         else:
-            db.executemany(_UPSERTS[name], zip(*cols))
+            db.executemany(_UPSERTS[name], zip(*_columns(by_name[name], batch)))
 
 
 def rebuild(db: Database, since: int | None = None) -> int:

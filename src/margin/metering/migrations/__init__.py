@@ -13,7 +13,7 @@ import time
 
 from typing import Callable, Union
 
-from margin.metering import rollups, schema
+from margin.metering import rollup_pg, rollups, schema
 from margin.metering.db import Database
 
 # A step is a portable statement, or a function of the database for what SQL alone cannot
@@ -125,6 +125,9 @@ MIGRATIONS: dict[int, list[Step]] = {
         "DROP INDEX IF EXISTS requests_ts"],
     # A key's role (NULL: user): viewer and admin keys may open the console.
     10: ["ALTER TABLE api_keys ADD COLUMN role TEXT"],
+    # PostgreSQL: the pair rollups also by (pair, a, b, bucket), so a chart's top values
+    # of one pair over a window are short ranges (metering/rollup_pg.py).
+    11: [rollup_pg.create_pair_value_indexes],
 }
 
 
