@@ -195,6 +195,20 @@ def test_the_band_moves_towards_the_last_days_error_and_the_forecast_does_not() 
     assert abs(last_day_bias(flat, n, 24, PointForecasts(flat, 24, 24, on))) < 0.03
 
 
+def test_a_horizon_shorter_than_a_day_takes_the_last_days_error_over_that_horizon() -> None:
+    # 21 steps ahead with a 24-step day (the console's budget forecast near a period's end):
+    # the last day's error is compared over the 21 steps forecast then, not over 24.
+    rng = np.random.default_rng(7)
+    n = 21 * 24
+    y = weekly_shape(n) * np.exp(rng.normal(0, 0.02, n))
+    y[-24:] *= 1.5
+    cfg = ForecastConfig(horizon_s=21 * 3600)
+    assert last_day_bias(y, n, 24, PointForecasts(y, 21, 24, cfg)) == pytest.approx(
+        math.log(1.5), abs=0.08)
+    point, lo, hi = forecast_with_interval(y, 21, 24, cfg)
+    assert len(point) == 21 and (lo <= point).all() and (point <= hi).all()
+
+
 def test_a_day_of_lead_few_past_bands_reached_takes_the_scale_learned_over_all_leads() -> None:
     # Four past bands: all four saw the first day of lead, only the oldest saw the second.
     # The second day's scale rests on one band's misses, so it takes the pooled scale; the

@@ -85,11 +85,12 @@ def last_day_bias(values: np.ndarray, origin: int, day: int | None, fc: PointFor
     if not day or origin - day < min_history(day, origin):
         return 0.0
     prev = origin - day
-    a = values[prev:origin]
+    f = np.maximum(fc.at(prev, day), 0.0)  # shorter than a day when the horizon is
+    a = values[prev:prev + len(f)]
     eps = eps_for(values[:origin])
-    r = np.log((a + eps) / (np.maximum(fc.at(prev, day), 0.0) + eps))
+    r = np.log((a + eps) / (f + eps))
     r = r[~np.isnan(r)]
-    return float(np.median(r)) if len(r) * 2 >= day else 0.0
+    return float(np.median(r)) if len(r) * 2 >= len(f) and len(r) else 0.0
 
 
 def raw_band(fc: PointForecasts, origin: int
