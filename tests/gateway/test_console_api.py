@@ -112,7 +112,8 @@ def _sel(rows, since=None, until=None, **eq) -> list[dict[str, Any]]:
 def _in_bucket_of_quantile(value: float | None, values: list[float], q: float) -> bool:
     exact = float(np.quantile(np.asarray(values), q, method="inverted_cdf"))
     lo, hi = bucket_bounds(hist_bucket(exact))
-    return value is not None and lo - 1e-9 <= value <= hi + 1e-9
+    # The API rounds to 3 decimals: a quantile on a bucket's edge may round past it.
+    return value is not None and lo - 5e-4 <= value <= hi + 5e-4
 
 
 def test_overview_figures_equal_the_rows(console):
