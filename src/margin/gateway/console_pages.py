@@ -17,7 +17,7 @@ from margin.limits.anomalies import find_anomalies
 from margin.limits.config import AnomalyConfig
 from margin.limits.periods import period_bounds
 from margin.metering import console_queries as cq
-from margin.metering import request_log
+from margin.metering import latency_queries, request_log
 from margin.metering.db import Database
 from margin.metering.queries import Filters
 from margin.metering.rollups import MEASURES, hist_quantile
@@ -61,8 +61,8 @@ def overview(db: Database, f: Filters, now_s: float, tz: str) -> dict[str, Any]:
     saved = {k: _r(v) for k, v in saved.items()}
     saved["total"] = _r(sum(saved.values()))
     day = window(now_s - DAY_S)
-    overhead, upstream = cq.latency_histograms(db, day)
-    stages = cq.stage_histograms(db, day)
+    overhead, upstream = latency_queries.latency_histograms(db, day)
+    stages = latency_queries.stage_histograms(db, day)
     return {
         "generated_at": now_s,
         "spend_usd": {k: _r(t.cost_usd) for k, t in by_window.items()},

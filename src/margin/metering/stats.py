@@ -26,7 +26,7 @@ import math
 from typing import Any, Sequence
 
 from margin.metering import console_queries as cq
-from margin.metering import queries, rollups
+from margin.metering import latency_queries, queries, rollups
 from margin.metering.db import Database
 from margin.metering.queries import Filters
 
@@ -69,7 +69,7 @@ def whole_request(s: cq.Sums) -> dict[str, Any]:
 
 
 def by_stage(db: Database, f: Filters, whole: cq.Sums) -> list[dict[str, Any]]:
-    overhead, upstream = cq.latency_histograms(db, f)
+    overhead, upstream = latency_queries.latency_histograms(db, f)
     out = []
     if whole.requests:
         out.append({"stage": "total", "requests": whole.requests, **whole_request(whole)})
@@ -79,7 +79,7 @@ def by_stage(db: Database, f: Filters, whole: cq.Sums) -> list[dict[str, Any]]:
                     **from_histogram(upstream, whole.upstream_ms_sum / n_up)})
     if sum(overhead):
         out.append({"stage": "overhead", "requests": sum(overhead), **from_histogram(overhead)})
-    for stage, counts in cq.stage_histograms(db, f).items():
+    for stage, counts in latency_queries.stage_histograms(db, f).items():
         if sum(counts):
             out.append({"stage": stage, "requests": sum(counts), **from_histogram(counts)})
     out.sort(key=lambda g: (_ORDER.get(g["stage"], 9), g["stage"]))
