@@ -120,8 +120,8 @@ class LedgerConfig(_Strict):
     journal_fsync: Literal["never", "always"] = "never"
     """``never``: rows survive the process dying however it dies, and a power loss or
     kernel crash loses what the database has not committed (at most about one flush
-    interval); ``always``: a flush to disk (msync) per row on the request path, so rows
-    survive a power loss too, at the price of a disk flush per request."""
+    interval); ``always``: an fsync per row on the request path, so rows survive a power
+    loss too, at the price of a disk flush per request."""
 
 
 class ServerConfig(_Strict):

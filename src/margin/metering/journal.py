@@ -3,19 +3,14 @@ response completes, so a row survives a SIGKILL of the process while it waits in
 for the database writer's next batch.
 
 Layout: a directory of segments, one open segment per process, named
-``<pid>-<token>-<n>.jsonl`` (JSON lines, zero bytes after the last row). A segment is a
-file of fixed size mapped into memory (``MAP_SHARED``): appending a row is a copy into
-the map, with no system call. The mapped pages are the kernel's page cache of the file,
-so the bytes outlive the process whatever kills it. (A ``write()`` per row would do the
-same for durability, but each one lets go of the GIL, and the ledger writer's thread
-takes it: the request then waits for that thread's Python work, about 0.1–0.2 ms a row
-on average and milliseconds at P99, where the copy costs a few microseconds.) Whether the
-rows outlive the machine is the fsync policy:
+``<pid>-<token>-<n>.jsonl`` (JSON lines). Each row is one ``write()`` to a file opened with
+``O_APPEND``; once the call returns the bytes are in the kernel's page cache and outlive
+the process whatever kills it. Whether they outlive the machine is the fsync policy:
 
 - ``never`` (default): nothing is lost when the process dies, however it dies; a power
   loss or kernel crash loses the rows the database has not committed yet (at most about
   one flush interval: the same window as without a journal);
-- ``always``: ``msync`` after every row, on the request path: a row survives a power loss
+- ``always``: ``fsync`` after every row, on the request path: a row survives a power loss
   too, for a disk flush per request (tens of microseconds on a local NVMe disk,
   milliseconds on network block storage).
 
@@ -35,7 +30,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import mmap
 import os
 import threading
 from pathlib import Path
@@ -59,44 +53,20 @@ def journal_dir(cfg: LedgerConfig) -> Path:
     return Path(cfg.url + ".journal")
 
 
-SEGMENT_BYTES = 4 << 20
-"""A segment's size: at ~1 KB a row, thousands of rows, while the writer seals the open
-segment at every flush (a few hundred milliseconds of traffic)."""
-
-
 class _Segment:
-    """One open, locked, memory-mapped segment file."""
+    """One open, locked segment file."""
 
-    def __init__(self, directory: Path, name: str, size: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, name: str) -> None:
         tmp = directory / (name + ".new")
-        self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         # Locked before it has its final name, so no starting process can take it for a
         # dead one's; the lock belongs to the inode and survives the rename.
         fcntl.flock(self.fd, fcntl.LOCK_EX)
-        os.ftruncate(self.fd, size)  # sparse: disk is used only as rows fill it
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.size = size
-        self.used = 0
         self.path = directory / name
         os.rename(tmp, self.path)
         self.rows = 0
 
-    def fits(self, n: int) -> bool:
-        return self.used + n <= self.size
-
-    def append(self, data: bytes) -> None:
-        end = self.used + len(data)
-        self.map[self.used:end] = data
-        self.used = end
-        self.rows += 1
-
-    def close(self, kept: bool = True) -> None:
-        self.map.close()
-        if kept:  # left for replay: cut to its rows (a crash leaves zeros, skipped too)
-            try:
-                os.ftruncate(self.fd, self.used)
-            except OSError:
-                pass
+    def close(self) -> None:
         os.close(self.fd)
 
 
@@ -112,7 +82,6 @@ class Journal:
         # keeps its new segments from taking the names of the ones it must replay.
         self._token = os.urandom(4).hex()
         self._current: _Segment | None = None
-        self._full: list[_Segment] = []
         self._sealed: list[_Segment] = []
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -123,19 +92,16 @@ class Journal:
     def close(self) -> None:
         """Close; rows not retired stay on disk and are replayed at the next start."""
         with self._lock:
-            current, sealed = self._current, [*self._sealed, *self._full]
-            self._sealed, self._full, self._current = [], [], None
+            current, sealed = self._current, self._sealed
+            self._sealed, self._current = [], None
         if current is not None and not current.rows:
             os.unlink(current.path)
-            current.close(kept=False)
-            current = None
         for seg in [*sealed, *([current] if current else [])]:
             seg.close()
 
-    def _new_segment(self, at_least: int = 0) -> _Segment:
+    def _new_segment(self) -> _Segment:
         self._n += 1
-        return _Segment(self.directory, f"{os.getpid()}-{self._token}-{self._n}.jsonl",
-                        max(SEGMENT_BYTES, at_least))
+        return _Segment(self.directory, f"{os.getpid()}-{self._token}-{self._n}.jsonl")
 
     # -- hot path ------------------------------------------------------------------------
     def append(self, row: dict[str, Any], then: Callable[[dict[str, Any]], None]) -> None:
@@ -146,12 +112,10 @@ class Journal:
             seg = self._current
             if seg is None:
                 raise RuntimeError("the ledger journal is not open")
-            if not seg.fits(len(data)):  # full before the writer sealed it: the next one
-                self._full.append(seg)  # sealed with the open one at the next seal
-                seg = self._current = self._new_segment(len(data))
-            seg.append(data)
+            os.write(seg.fd, data)
+            seg.rows += 1
             if self.fsync == "always":
-                seg.map.flush()
+                os.fsync(seg.fd)
             then(row)
 
     # -- the writer's side -----------------------------------------------------------------
@@ -159,8 +123,6 @@ class Journal:
         """Start a new segment if the open one has rows; every row of a sealed segment is
         already queued. Returns whether sealed segments wait to be retired."""
         with self._lock:
-            self._sealed.extend(self._full)
-            self._full = []
             seg = self._current
             if seg is not None and seg.rows:
                 self._current = self._new_segment()
@@ -175,7 +137,7 @@ class Journal:
         n = 0
         for seg in sealed:
             os.unlink(seg.path)
-            seg.close(kept=False)
+            seg.close()
             n += seg.rows
         return n
 
@@ -191,8 +153,7 @@ class Journal:
         then calls ``forget(path)``; a segment not forgotten stays for the next start."""
         if not self.directory.is_dir():
             return
-        own = {s.path for s in [*self._sealed, *self._full,
-                                *([self._current] if self._current else [])]}
+        own = {s.path for s in [*self._sealed, *([self._current] if self._current else [])]}
         for path in self.directory.glob("*.jsonl.new"):
             _remove_if_unlocked(path)  # a process died between creating and naming one
         for path in sorted(self.directory.glob("*.jsonl")):
@@ -236,8 +197,7 @@ def _remove_if_unlocked(path: Path) -> None:
 def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
     rows: list[dict[str, Any]] = []
     bad: list[bytes] = []
-    # A segment its process could not close ends in the zeros after its last row.
-    for line in path.read_bytes().rstrip(b"\0").splitlines():
+    for line in path.read_bytes().splitlines():
         if not line.strip():
             continue
         try:
